@@ -1,0 +1,51 @@
+"""`postgressor init` and `postgressor config check`."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import typer
+
+from postgressor.cli.common import console, emit_json, global_options, settings_for
+from postgressor.config import DEFAULT_CONFIG_FILE
+from postgressor.errors import UsageError
+
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+
+
+def starter_config() -> str:
+    return resources.files("postgressor.templates").joinpath("postgressor.toml").read_text()
+
+
+def init(
+    ctx: typer.Context,
+    path: Path = typer.Option(DEFAULT_CONFIG_FILE, "--path", "-o", help="Where to write the starter file."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented starter postgressor.toml."""
+    target = global_options(ctx).config or path
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists already; pass --force to overwrite it")
+    target.write_text(starter_config())
+    console.print(f"wrote {target}; edit it, then run 'postgressor config check'")
+
+
+@config_app.command("check")
+def check(ctx: typer.Context) -> None:
+    """Validate the configuration and print it, secrets masked."""
+    settings = settings_for(ctx)
+    data = settings.model_dump(mode="json")
+    if global_options(ctx).json:
+        emit_json({"ok": True, "config": data})
+        return
+    console.print("[green]configuration is valid[/]")
+    _print_tree(data, "")
+
+
+def _print_tree(data: dict, prefix: str) -> None:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            _print_tree(value, f"{prefix}{key}.")
+        else:
+            console.print(f"{prefix}{key} = {value!r}", markup=False)

@@ -1,0 +1,191 @@
+"""The configuration model: postgressor.toml, POSTGRESSOR_* environment variables and .env."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from postgressor.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("postgressor.toml")
+PROVIDERS = ("local", "ssh", "hetzner", "oracle", "ovh")
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+_toml_path: ContextVar[Path | None] = ContextVar("postgressor_toml_path", default=None)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SSHConfig(Section):
+    host: str = ""
+    port: int = Field(22, ge=1, le=65535)
+    user: str = "root"
+    key_path: Path = Path("~/.ssh/id_ed25519")
+
+
+class LocalConfig(Section):
+    memory_mb: int = Field(2048, ge=512)
+    cpus: int = Field(2, ge=1, le=64)
+    disk_gb: int = Field(16, ge=4)
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    boot_timeout: int = Field(600, ge=30, description="seconds to wait for SSH after boot")
+
+
+class PostgresConfig(Section):
+    source: Literal["pgdg", "distro"] | None = None
+    version: int | None = Field(None, ge=13, le=18)
+    database: str = "app"
+    owner: str = "app"
+    extensions: list[str] = []
+    private_address: str = ""
+    max_connections: int | None = Field(None, ge=20, le=5000)
+    profile: Literal["web", "oltp"] = "web"
+    storage: Literal["ssd", "nvme", "hdd"] = "ssd"
+
+    @field_validator("database", "owner")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not IDENTIFIER.match(value):
+            raise ValueError("use lower-case letters, digits and underscores, starting with a letter")
+        if value in ("postgres", "electric", "template0", "template1"):
+            raise ValueError(f"'{value}' is reserved by postgressor; pick another name")
+        return value
+
+
+class HardeningConfig(Section):
+    swap_below_mb: int = Field(4096, ge=0, description="add a swap file when RAM is below this")
+    swap_mb: int = Field(2048, ge=256)
+    extra_ports: list[int] = []
+
+
+class SupabaseConfig(Section):
+    jwt_secret: SecretStr | None = None
+    jwks_url: str = ""
+    issuer: str = ""
+    audience: str = "authenticated"
+
+
+class SyncTable(Section):
+    name: str
+    owner_column: str = "user_id"
+    columns: list[str] = []
+    where: str = ""
+
+
+class SyncConfig(Section):
+    tables: list[SyncTable] = []
+
+
+class Settings(BaseSettings):
+    """Everything postgressor reads. CLI flags override the file and environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POSTGRESSOR_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+    )
+
+    provider: Literal["local", "ssh", "hetzner", "oracle", "ovh"] = "local"
+    region: str = ""
+    size: str = ""
+    state_dir: Path = Path(".postgressor")
+    ssh: SSHConfig = SSHConfig()
+    local: LocalConfig = LocalConfig()
+    postgres: PostgresConfig = PostgresConfig()
+    hardening: HardeningConfig = HardeningConfig()
+    supabase: SupabaseConfig = SupabaseConfig()
+    sync: SyncConfig = SyncConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = _toml_path.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _provider_needs(self) -> Settings:
+        if self.provider == "ssh" and not self.ssh.host:
+            raise ValueError("provider 'ssh' needs a host: pass --host or set [ssh] host")
+        return self
+
+    def postgres_source(self) -> Literal["pgdg", "distro"]:
+        """PGDG on real boxes; the distro's packages on the local VM (PGDG is unreachable offline)."""
+        if self.postgres.source:
+            return self.postgres.source
+        return "distro" if self.provider == "local" else "pgdg"
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc[:-1]:
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        current = annotation
+    return list(current.model_fields)
+
+
+def describe_validation_error(err: ValidationError, source: str) -> str:
+    """One line for the first problem in ``err``: where, what, and how to fix it."""
+    first = err.errors()[0]
+    loc = tuple(first.get("loc", ()))
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        names = _field_names(Settings, loc)
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys here: {', '.join(names)}"
+        return f"{source}: unknown setting '{where}'; {hint}{more}"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "literal_error" and loc == ("provider",):
+        message = f"unknown provider; choose one of {', '.join(PROVIDERS)}"
+    return f"{source}: {where}: {message}{more}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``config_file`` (or ./postgressor.toml when present), env, .env and overrides."""
+    explicit = config_file is not None
+    path = config_file if explicit else DEFAULT_CONFIG_FILE
+    assert path is not None
+    if explicit and not path.is_file():
+        raise ConfigError(f"config file {path} not found; create one with 'postgressor init' or fix --config")
+    toml = path if path.is_file() else None
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    token = _toml_path.set(toml)
+    try:
+        return Settings(**clean)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, str(toml or "configuration"))) from None
+    except ValueError as err:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"{path}: cannot parse: {err}; check the TOML syntax") from None
+    finally:
+        _toml_path.reset(token)
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration with every secret replaced by a mask."""
+    return settings.model_dump(mode="json")

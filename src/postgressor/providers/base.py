@@ -1,0 +1,42 @@
+"""The interface every provider implements: local QEMU, an existing SSH host, and the clouds."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from postgressor.config import Settings
+from postgressor.state import HostRecord, StackState
+
+Log = Callable[[str], None]
+
+
+class Provider(ABC):
+    """Creates (or finds) one server per stack, records what it made, and removes it again."""
+
+    name: str
+
+    def __init__(self, settings: Settings, state: StackState, log: Log) -> None:
+        self.settings = settings
+        self.state = state
+        self.log = log
+
+    def validate(self) -> None:
+        """Check inputs before any side effect; raise UsageError with a one-line fix."""
+
+    @abstractmethod
+    def plan(self) -> list[str]:
+        """What ``provision`` would create or start now, without changing anything."""
+
+    @abstractmethod
+    def provision(self) -> HostRecord:
+        """Create or find the server, wait for SSH and pin its host key. Idempotent."""
+
+    def ensure_running(self) -> HostRecord:
+        """Connection details of the existing server, starting it first if the provider can."""
+        assert self.state.host is not None
+        return self.state.host
+
+    @abstractmethod
+    def destroy(self) -> list[str]:
+        """Remove every resource recorded for the stack; return what was removed."""

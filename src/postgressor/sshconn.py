@@ -1,0 +1,151 @@
+"""SSH to the box: key generation, waiting for sshd, host-key pinning, and running one command."""
+
+from __future__ import annotations
+
+import base64
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from postgressor.errors import PostgressorError, UsageError
+from postgressor.state import HostRecord, StackState
+
+
+@dataclass
+class CommandResult:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+def generate_keypair(private_path: Path, comment: str) -> str:
+    """Create an ed25519 key pair (private file 0600) unless it exists; return the public key line."""
+    public_path = private_path.with_suffix(".pub")
+    if private_path.exists() and public_path.exists():
+        return public_path.read_text().strip()
+    private_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    private_path.touch(mode=0o600)
+    private_path.write_bytes(pem)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    line = f"{public.decode()} {comment}"
+    public_path.write_text(line + "\n")
+    return line
+
+
+def fetch_host_key(address: str, port: int, timeout: float = 10) -> str:
+    """Do a real SSH key exchange and return the server's host key as '<type> <base64>'."""
+    sock = socket.create_connection((address, port), timeout=timeout)
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = timeout
+    transport.handshake_timeout = timeout
+    try:
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+        return f"{key.get_name()} {key.get_base64()}"
+    finally:
+        transport.close()
+
+
+def wait_for_ssh(address: str, port: int, timeout: float) -> str:
+    """Poll until sshd completes a key exchange; return its host key. A bare TCP accept proves nothing."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            return fetch_host_key(address, port, timeout=min(15, max(1, deadline - time.monotonic())))
+        except (OSError, paramiko.SSHException, EOFError) as err:
+            last = str(err) or type(err).__name__
+            time.sleep(2)
+    raise PostgressorError(
+        f"SSH on {address}:{port} did not answer within {int(timeout)} s (last: {last}); "
+        "check that the server is up and port 22 is open"
+    )
+
+
+def pin_host_key(state: StackState, host: HostRecord, seen_key: str) -> None:
+    """Accept the key on first contact; afterwards a different key is a hard error."""
+    if host.host_key and host.host_key != seen_key:
+        raise PostgressorError(
+            f"the SSH host key of {host.address}:{host.port} changed since it was pinned for stack "
+            f"'{state.stack}' (possible man-in-the-middle); if the server was rebuilt on purpose, "
+            f"clear host.host_key in {state.path}"
+        )
+    host.host_key = seen_key
+    state.set_host(host)
+    write_known_hosts(known_hosts_path(state), host)
+
+
+def known_hosts_path(state: StackState) -> Path:
+    return state.stack_dir / "known_hosts"
+
+
+def write_known_hosts(path: Path, host: HostRecord) -> None:
+    name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(f"{name} {host.host_key}\n")
+    path.chmod(0o600)
+
+
+def _pinned_key(host: HostRecord) -> paramiko.PKey:
+    kind, data = host.host_key.split(" ", 1)
+    return paramiko.PKey.from_type_string(kind, base64.b64decode(data))
+
+
+def connect(host: HostRecord, timeout: float = 20) -> paramiko.SSHClient:
+    """An SSH client that trusts only the pinned host key; clear errors for wrong user or key."""
+    key_path = Path(host.key_path).expanduser()
+    if not key_path.is_file():
+        raise UsageError(f"SSH key {key_path} not found; set [ssh] key_path or pass --key")
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    if host.host_key:
+        name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+        client.get_host_keys().add(name, host.host_key.split(" ", 1)[0], _pinned_key(host))
+    try:
+        client.connect(
+            host.address, port=host.port, username=host.user, key_filename=str(key_path),
+            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+            allow_agent=False, look_for_keys=False,
+        )  # fmt: skip
+    except paramiko.AuthenticationException:
+        raise UsageError(
+            f"SSH login as '{host.user}' on {host.address}:{host.port} with key {key_path} was refused; "
+            "check the user (--user) and that the key is in its authorized_keys"
+        ) from None
+    except paramiko.BadHostKeyException:
+        raise PostgressorError(
+            f"the SSH host key of {host.address}:{host.port} does not match the pinned one; refusing to connect"
+        ) from None
+    except (OSError, paramiko.SSHException) as err:
+        raise PostgressorError(
+            f"cannot reach {host.address}:{host.port} over SSH ({err}); check the address and firewall"
+        ) from None
+    return client
+
+
+def run(host: HostRecord, command: str, timeout: float = 120) -> CommandResult:
+    """Run one command (as root via sudo when the user is not root)."""
+    client = connect(host)
+    try:
+        if host.user != "root":
+            command = f"sudo -n sh -c {shlex.quote(command)}"
+        _, stdout, stderr = client.exec_command(command, timeout=timeout)
+        out = stdout.read().decode(errors="replace")
+        err = stderr.read().decode(errors="replace")
+        return CommandResult(stdout.channel.recv_exit_status(), out, err)
+    finally:
+        client.close()
