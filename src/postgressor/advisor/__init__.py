@@ -1,0 +1,1 @@
+"""Regions, latency and cost: plain functions over a dated catalogue (see catalogue.toml)."""
