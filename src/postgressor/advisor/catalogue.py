@@ -61,6 +61,8 @@ class Size:
     notes: str = ""
     free_tier: bool = False
     monthly_by_region: dict[str, float] = field(default_factory=dict)
+    included_tb_by_region: dict[str, float] = field(default_factory=dict)  # from --live only
+    overage_by_region: dict[str, float] = field(default_factory=dict)  # from --live only
     live: bool = False
 
     def offered_in(self, code: str) -> bool:
@@ -72,6 +74,7 @@ class Size:
 
 @dataclass(frozen=True)
 class AuthTier:
+    key: str  # free | pro
     name: str
     currency: str
     monthly: float
@@ -121,6 +124,9 @@ class Catalogue:
 
     def sizes_of(self, provider: str) -> list[Size]:
         return [s for s in self.sizes if s.provider == provider]
+
+    def auth_tier(self, key: str) -> AuthTier:
+        return next(t for t in self.auth_tiers if t.key == key)
 
     def to_eur(self, amount: float, currency: str) -> float:
         if currency == "EUR":

@@ -50,8 +50,10 @@ def resolve_region(provider: str, name: str, cat: Catalogue | None = None) -> st
     wanted = name.strip()
     if info.regionless:
         if wanted:
-            raise UsageError(f"provider '{info.name}' has no regions ({info.note}); "
-                             f"remove region '{wanted}' from the flags or config")
+            raise UsageError(
+                f"provider '{info.name}' has no regions ({info.note}); "
+                f"remove region '{wanted}' from the flags or config"
+            )
         return ""
     regions = cat.regions_of(info.name)
     if not wanted:
@@ -68,13 +70,17 @@ def resolve_region(provider: str, name: str, cat: Catalogue | None = None) -> st
         names = [r.code for r in regions] + [normalise(a) for r in regions for a in (r.city, *r.aliases)]
         close = difflib.get_close_matches(wanted.lower(), [n.lower() for n in names], n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise UsageError(f"unknown {info.name} region '{wanted}'; {hint}known: "
-                         f"{', '.join(r.code for r in regions)} (or a city; see 'postgressor regions')")
+        raise UsageError(
+            f"unknown {info.name} region '{wanted}'; {hint}known: "
+            f"{', '.join(r.code for r in regions)} (or a city; see 'postgressor regions')"
+        )
     ranked = _nearest(regions, city.lat, city.lon)
     same_country = [r for _, r in ranked if r.country == city.country]
     if same_country:
         return same_country[0].code
     options = ", ".join(f"{r.code} ({r.city}, {km:,.0f} km)" for km, r in ranked[:3])
-    raise UsageError(f"{info.name} has no region in {city.name} or elsewhere in {city.country}; "
-                     f"nearest: {options}; or pick another provider ('postgressor regions --near "
-                     f"{normalise(city.name)}')")
+    raise UsageError(
+        f"{info.name} has no region in {city.name} or elsewhere in {city.country}; "
+        f"nearest: {options}; or pick another provider ('postgressor regions --near "
+        f"{normalise(city.name)}')"
+    )
