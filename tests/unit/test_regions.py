@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import math
+import re
 import tomllib
 from importlib import resources
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from postgressor import providers as providers_pkg
 from postgressor.advisor import catalogue as catalogue_mod
 from postgressor.advisor.catalogue import load
 from postgressor.advisor.geo import Latency, distance_km, find_city, known_cities, normalise
@@ -258,3 +262,40 @@ def test_unknown_city_lists_close_matches() -> None:
     with pytest.raises(UsageError) as err:
         find_city(CAT, "chenai")
     assert "chennai" in str(err.value) and "\n" not in str(err.value)
+
+
+# ---- the provider modules and the catalogue agree (skipped until a provider module exists)
+
+PROVIDER_MODULES = {"hetzner": ("hetzner",), "oracle": ("oracle", "oci"), "ovh": ("ovh",)}
+CODE_SHAPES = {
+    "hetzner": re.compile(r"^(fsn|nbg|hel|ash|hil|sin)\d?$"),
+    "oracle": re.compile(r"^[a-z]{2}-[a-z]+-\d$"),
+    "ovh": re.compile(r"^((GRA|SBG|RBX|DE|UK|WAW|BHS|SGP|SYD)\d{1,2}|[A-Z]{2}-[A-Z]+-[A-Z]+-\d)$"),
+}
+
+
+def _provider_source(provider: str) -> tuple[Path, str] | None:
+    base = Path(providers_pkg.__file__).parent
+    for stem in PROVIDER_MODULES[provider]:
+        for candidate in (base / f"{stem}.py", base / stem / "__init__.py"):
+            if candidate.is_file():
+                sources = [candidate] if candidate.name != "__init__.py" else sorted(candidate.parent.glob("*.py"))
+                return candidate, "\n".join(p.read_text(encoding="utf-8") for p in sources)
+    return None
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDER_MODULES))
+def test_provider_modules_use_the_catalogue_for_regions(provider: str) -> None:
+    found = _provider_source(provider)
+    if found is None:
+        pytest.skip(f"no {provider} provider module yet")
+    path, text = found
+    # every region-looking literal in the provider's code is a catalogue region of that provider ...
+    known = {r.code for r in list_regions(provider)}
+    literals = {
+        node.value for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and CODE_SHAPES[provider].match(node.value)
+    }
+    assert literals <= known, f"{path}: region codes missing from catalogue.toml: {sorted(literals - known)}"
+    # ... and the provider resolves --region through resolve_region, so it accepts every catalogue region
+    assert "resolve_region" in text, f"{path} should resolve --region with advisor.regions.resolve_region"
