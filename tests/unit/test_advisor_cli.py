@@ -78,6 +78,7 @@ def test_regions_table_shows_floor_and_estimate() -> None:
         ("recommend",),
         ("recommend", "--near", "gotham"),
         ("regions", "--live"),  # no token
+        ("regions", "--live", "--provider", "ovh"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args: tuple[str, ...]) -> None:

@@ -15,7 +15,9 @@ from postgressor.advisor.geo import Latency, find_city
 from postgressor.advisor.listing import latency_basis, region_rows
 from postgressor.advisor.recommend import ranking_rule
 from postgressor.advisor.recommend import recommend as rank
+from postgressor.advisor.regions import provider_info
 from postgressor.cli.common import console, emit_json, global_options, settings_for
+from postgressor.errors import UsageError
 
 _NEAR = typer.Option(None, "--near", help="A city your users are near (e.g. chennai); adds estimated RTT.")
 _PROVIDER = typer.Option(None, "--provider", "-p", help="Only this provider (hetzner, oracle, ovh).")
@@ -29,10 +31,12 @@ _AUTH = typer.Option("auto", "--auth-tier", help=f"Supabase tier: {', '.join(AUT
 _NO_FREE = typer.Option(False, "--no-free-tier", help="Ignore free-tier boxes (e.g. Oracle home region elsewhere).")
 
 
-def _catalogue(ctx: typer.Context, use_live: bool) -> Catalogue:
+def _catalogue(ctx: typer.Context, use_live: bool, provider: str | None = None) -> Catalogue:
     cat = catalogue.load()
     if not use_live:
         return cat
+    if provider is not None and provider_info(provider, cat).name != "hetzner":
+        raise UsageError("--live refreshes Hetzner's prices only; drop --live or use --provider hetzner")
     token, endpoint = live.hetzner_credentials(settings_for(ctx))
     prices = live.fetch_hetzner_prices(token, endpoint)
     return live.apply_hetzner_prices(cat, prices, source=f"{endpoint.rstrip('/')}/server_types")
@@ -90,7 +94,7 @@ def regions(
     json_out: bool = _JSON,
 ) -> None:
     """List provider regions with traffic terms, free tiers and (with --near) estimated round trips."""
-    cat = _catalogue(ctx, use_live)
+    cat = _catalogue(ctx, use_live, provider)
     city = find_city(cat, near) if near else None
     rows = region_rows(cat, near=city, provider=provider, route_factor=route_factor)
     basis = latency_basis(cat, route_factor)
@@ -129,7 +133,7 @@ def cost(
 ) -> None:
     """Estimate the monthly bill per region: box + Supabase auth tier + egress beyond the allowance."""
     usage = Usage(users, egress_gb_per_user, min_ram_gb, auth_tier.lower(), free_tier=not no_free_tier)
-    cat = _catalogue(ctx, use_live)
+    cat = _catalogue(ctx, use_live, provider)
     options = estimate(cat, usage, provider, region)
     notes = assumptions(cat, usage)
     if json_out or global_options(ctx).json:
@@ -169,7 +173,7 @@ def recommend(
 ) -> None:
     """Rank where to host for users near a city, by latency and cost, with the reasons for each option."""
     usage = Usage(users, egress_gb_per_user, min_ram_gb, auth_tier.lower(), free_tier=not no_free_tier)
-    cat = _catalogue(ctx, use_live)
+    cat = _catalogue(ctx, use_live, provider)
     city = find_city(cat, near)
     recs = rank(cat, city, usage, provider=provider, route_factor=route_factor)
     factor = cat.assumptions.route_factor if route_factor is None else route_factor
