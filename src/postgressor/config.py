@@ -89,6 +89,10 @@ class SyncConfig(Section):
     tables: list[SyncTable] = []
 
 
+class MigrationsConfig(Section):
+    directory: Path = Path("migrations")
+
+
 class Settings(BaseSettings):
     """Everything postgressor reads. CLI flags override the file and environment."""
 
@@ -109,6 +113,7 @@ class Settings(BaseSettings):
     hardening: HardeningConfig = HardeningConfig()
     supabase: SupabaseConfig = SupabaseConfig()
     sync: SyncConfig = SyncConfig()
+    migrations: MigrationsConfig = MigrationsConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from postgressor.cli import advisor_cmds, box, config_cmds
+from postgressor.cli import advisor_cmds, box, config_cmds, migrate_cmds
 from postgressor.cli.common import GlobalOptions, err_console
 from postgressor.errors import PostgressorError
 
@@ -34,6 +34,8 @@ def _global(
 app.command("init")(config_cmds.init)
 app.add_typer(config_cmds.config_app, name="config")
 box.register(app)
+app.command("migrate")(migrate_cmds.migrate)
+app.add_typer(migrate_cmds.schema_app, name="schema")
 app.command("regions")(advisor_cmds.regions)
 app.command("cost")(advisor_cmds.cost)
 app.command("recommend")(advisor_cmds.recommend)

@@ -1,0 +1,126 @@
+"""Database connections for postgressor's own SQL work: a URL, or a stack's box through an SSH tunnel."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from postgressor import sshconn
+from postgressor.config import Settings
+from postgressor.errors import PostgressorError, UsageError
+from postgressor.state import require_state
+from postgressor.tunnel import Tunnel
+
+SECRETS_DIR = "/etc/postgressor/secrets"
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """``text`` with every password in a URL or key=value conninfo replaced by ***."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    return _KV_PASSWORD.sub(lambda m: f"{m['head']}***", text)
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    try:
+        return conninfo_to_dict(url)
+    except psycopg.Error as err:
+        raise UsageError(f"database URL {mask_url(url)} is invalid ({mask_url(str(err).strip())}); "
+                         "use postgresql://user:password@host:5432/dbname") from None
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """The conninfo without its password, and the password (kept out of argv and logs)."""
+    params = parse_url(url)
+    password = params.pop("password", None)
+    return make_conninfo("", **params), password
+
+
+def describe(url: str) -> str:
+    """user@host:port/db for messages; never the password."""
+    p = parse_url(url)
+    host = p.get("host") or "localhost"
+    port = f":{p['port']}" if p.get("port") else ""
+    user = f"{p['user']}@" if p.get("user") else ""
+    return f"{user}{host}{port}/{p.get('dbname', '')}"
+
+
+def connect(conninfo: str, label: str, **kwargs: Any) -> psycopg.Connection:
+    """An autocommit connection; failures become one line naming ``label``, never the password."""
+    kwargs.setdefault("connect_timeout", 15)
+    kwargs.setdefault("application_name", "postgressor")
+    try:
+        return psycopg.connect(conninfo, autocommit=True, **kwargs)
+    except psycopg.Error as err:
+        detail = " ".join(mask_url(str(err)).split())
+        raise PostgressorError(f"cannot connect to {label}: {detail}; check the URL, the password and "
+                               "that the server accepts connections from here") from None
+
+
+@dataclass
+class Target:
+    conn: psycopg.Connection
+    label: str
+
+
+@contextlib.contextmanager
+def url_target(url: str) -> Iterator[Target]:
+    parse_url(url)
+    conn = connect(url, describe(url))
+    try:
+        yield Target(conn, describe(url))
+    finally:
+        conn.close()
+
+
+def read_box_password(host: sshconn.HostRecord, owner: str) -> str:
+    """The owner role's password from the root-only secrets file on the box; kept in memory only."""
+    path = f"{SECRETS_DIR}/{owner}.password"
+    result = sshconn.run(host, f"cat {shlex.quote(path)}")
+    if not result.ok:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.exit_status}"
+        raise PostgressorError(f"cannot read {path} on {host.address} ({reason}); run 'postgressor deploy' "
+                               "for this stack first")
+    password = result.stdout.strip()
+    if not password:
+        raise PostgressorError(f"{path} on {host.address} is empty; run 'postgressor deploy' again")
+    return password
+
+
+@contextlib.contextmanager
+def stack_target(settings: Settings, stack: str) -> Iterator[Target]:
+    """The stack's database through an SSH tunnel to the box's localhost:5432."""
+    state = require_state(settings.state_dir, stack)
+    host = state.host
+    assert host is not None
+    owner, database = settings.postgres.owner, settings.postgres.database
+    password = read_box_password(host, owner)
+    client = sshconn.connect(host)
+    try:
+        transport = client.get_transport()
+        if transport is None:
+            raise PostgressorError(f"the SSH connection to {host.address} closed; try again")
+        with Tunnel(transport) as tunnel:
+            label = f"{owner}@{database} on stack '{stack}' ({host.address}, via SSH)"
+            try:
+                conn = connect("", label, host="127.0.0.1", port=tunnel.port, dbname=database, user=owner,
+                               password=password)
+            except PostgressorError as err:
+                if tunnel.last_error:
+                    raise PostgressorError(f"cannot connect to {label}: {tunnel.last_error}; check that "
+                                           "PostgreSQL runs on the box ('postgressor status')") from None
+                raise err
+            try:
+                yield Target(conn, label)
+            finally:
+                conn.close()
+    finally:
+        client.close()
