@@ -8,7 +8,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -42,6 +50,7 @@ class LocalConfig(Section):
     disk_gb: int = Field(16, ge=4)
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     boot_timeout: int = Field(600, ge=30, description="seconds to wait for SSH after boot")
+    forward_ports: list[int] = Field([], description="more guest TCP ports to forward to 127.0.0.1")
 
 
 class PostgresConfig(Section):
@@ -93,6 +102,52 @@ class MigrationsConfig(Section):
     directory: Path = Path("migrations")
 
 
+class GatewayConfig(Section):
+    """The auth gateway in front of Electric (postgressor gateway serve)."""
+
+    upstream: str = "http://127.0.0.1:3000"
+    listen: str = "127.0.0.1"
+    port: int = Field(3001, ge=1, le=65535)
+    electric_secret: SecretStr | None = None
+
+
+class HetznerConfig(Section):
+    """Hetzner Cloud. The token comes from here, POSTGRESSOR_HETZNER__TOKEN or HCLOUD_TOKEN."""
+
+    token: SecretStr | None = None
+    api_endpoint: str = "https://api.hetzner.cloud/v1"
+    image: str = "debian-12"
+    ssh_timeout: int = Field(600, ge=1, description="seconds to wait for SSH on a new server")
+
+
+class OracleConfig(Section):
+    """Oracle Cloud (OCI). Credentials come from the OCI config file (~/.oci/config or OCI_CONFIG_FILE)."""
+
+    config_file: Path | None = None
+    profile: str = ""  # empty: OCI_CLI_PROFILE, else DEFAULT
+    pass_phrase: SecretStr | None = None  # of the API signing key, when it has one
+    compartment_id: str = ""  # empty: the tenancy (root compartment)
+    ocpus: float = Field(2, gt=0, le=80)  # flexible shapes; 2 OCPU / 12 GB is the A1 Always Free limit
+    memory_gb: float = Field(12, gt=0, le=1024)
+    boot_volume_gb: int = Field(50, ge=50, le=32768)
+    image_id: str = ""  # empty: the newest Canonical Ubuntu 24.04 image for the shape
+    endpoint: str = ""  # one URL for all OCI services (tests); empty: derived from the region
+    capacity_rounds: int = Field(3, ge=1, le=50, description="passes over all ADs on 'Out of host capacity'")
+    ssh_timeout: int = Field(600, ge=1)
+
+
+class OVHConfig(Section):
+    """OVHcloud Public Cloud. Keys come from here, OVH_* environment variables or ovh.conf."""
+
+    endpoint: str = ""  # ovh-eu, ovh-ca, ovh-us, or an API URL; empty: OVH_ENDPOINT / ovh.conf
+    application_key: SecretStr | None = None
+    application_secret: SecretStr | None = None
+    consumer_key: SecretStr | None = None
+    project_id: str = ""  # the Public Cloud project (serviceName); empty: OVH_CLOUD_PROJECT_SERVICE
+    image: str = "Debian 12"
+    ssh_timeout: int = Field(600, ge=1)
+
+
 class Settings(BaseSettings):
     """Everything postgressor reads. CLI flags override the file and environment."""
 
@@ -113,7 +168,11 @@ class Settings(BaseSettings):
     hardening: HardeningConfig = HardeningConfig()
     supabase: SupabaseConfig = SupabaseConfig()
     sync: SyncConfig = SyncConfig()
+    gateway: GatewayConfig = GatewayConfig()
     migrations: MigrationsConfig = MigrationsConfig()
+    hetzner: HetznerConfig = HetznerConfig()
+    oracle: OracleConfig = OracleConfig()
+    ovh: OVHConfig = OVHConfig()
 
     @classmethod
     def settings_customise_sources(

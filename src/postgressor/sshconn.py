@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import shlex
 import socket
 import time
@@ -15,6 +16,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.state import HostRecord, StackState
+
+# paramiko logs handshake failures while sshd boots; they are expected and reported our own way.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 @dataclass

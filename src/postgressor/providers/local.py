@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from postgressor.errors import UsageError
 from postgressor.providers.base import Provider
@@ -16,7 +17,9 @@ class LocalProvider(Provider):
 
     def validate(self) -> None:
         if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
-            raise UsageError("the local provider needs QEMU; install it (apt-get install qemu-system-x86 qemu-utils)")
+            raise UsageError(
+                "the local provider needs QEMU; install it (apt-get install qemu-system-x86 qemu-utils)"
+            )
         if not image.base_image().exists() and image.missing_tools():
             raise UsageError(
                 f"building the local VM image needs {', '.join(image.missing_tools())}; "
@@ -24,7 +27,7 @@ class LocalProvider(Provider):
             )
 
     @property
-    def key_path(self):  # type: ignore[no-untyped-def]
+    def key_path(self) -> Path:
         return self.state.stack_dir / "id_ed25519"
 
     def _spec(self, public_key: str = "") -> machine.VMSpec:
@@ -32,15 +35,15 @@ class LocalProvider(Provider):
         return machine.VMSpec(
             directory=self.state.stack_dir, image=image.base_image(), public_key=public_key,
             memory_mb=cfg.memory_mb, cpus=cfg.cpus, disk_gb=cfg.disk_gb, accel=cfg.accel,
-            extra_ports=list(self.settings.hardening.extra_ports),
+            extra_ports=sorted({*self.settings.hardening.extra_ports, *cfg.forward_ports}),
         )  # fmt: skip
 
     def plan(self) -> list[str]:
         steps = []
-        if not image.base_image().exists():
-            steps.append("build the Debian bookworm base image with debootstrap (cached)")
         vm = self.state.find("vm")
         if vm is None:
+            if not image.base_image().exists():
+                steps.append("build the Debian bookworm base image with debootstrap (cached)")
             steps.append(f"create a {self.settings.local.disk_gb} GB VM disk and boot it with QEMU")
         elif machine.running_pid(self._spec().pid_file) is None:
             steps.append("boot the stack's VM (it is stopped)")
@@ -60,10 +63,14 @@ class LocalProvider(Provider):
         vm = self.state.find("vm")
         ports = {int(g): int(h) for g, h in (vm.details.get("ports", {}) if vm else {}).items()}
         if machine.running_pid(spec.pid_file) is None or not ports:
-            ports = {g: ports.get(g) or machine.free_port() for g in (*machine.GUEST_PORTS, *spec.extra_ports)}
+            ports = {
+                g: ports.get(g) or machine.free_port() for g in (*machine.GUEST_PORTS, *spec.extra_ports)
+            }
             self.state.add("vm", self.state.stack, disk=str(spec.disk), ports=ports)
             running = machine.boot(spec, ports, self.log)
-            self.state.add("vm", self.state.stack, disk=str(spec.disk), ports=running.ports, accel=running.accel)
+            self.state.add(
+                "vm", self.state.stack, disk=str(spec.disk), ports=running.ports, accel=running.accel
+            )
         pinned = self.state.host.host_key if self.state.host else ""
         host = HostRecord("127.0.0.1", ports[22], "root", str(self.key_path), pinned)
         self.log(f"waiting for SSH on 127.0.0.1:{ports[22]}")

@@ -26,8 +26,8 @@ MIRROR = "http://deb.debian.org/debian"
 PACKAGES = (
     "systemd-sysv", "udev", "dbus", "linux-image-amd64", "openssh-server", "ifupdown", "isc-dhcp-client",
     "iproute2", "netbase", "ca-certificates", "sudo", "procps", "curl", "gnupg", "kmod", "less",
-    "e2fsprogs", "apt-utils",
-)  # fmt: skip
+    "e2fsprogs", "apt-utils", "python3",
+)  # fmt: skip  (python3, as on Debian's cloud images)
 ROOT_FS_SIZE = "3G"
 BUILDER_VERSION = "1"  # bump when the steps below change
 
@@ -49,7 +49,9 @@ class BaseImage:
         return self.directory / "initrd.img"
 
     def exists(self) -> bool:
-        return all(p.is_file() for p in (self.disk, self.kernel, self.initrd, self.directory / "manifest.json"))
+        return all(
+            p.is_file() for p in (self.disk, self.kernel, self.initrd, self.directory / "manifest.json")
+        )
 
 
 def _vm_file(name: str) -> bytes:
@@ -98,7 +100,11 @@ def ensure_base_image(log: Callable[[str], None]) -> BaseImage:
     work = Path(tempfile.mkdtemp(prefix="build-", dir=image.directory.parent))
     try:
         _build(work, log)
-        work.rename(image.directory)
+        try:
+            work.rename(image.directory)
+        except OSError:
+            if not image.exists():  # another process may have finished the same build first
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return image

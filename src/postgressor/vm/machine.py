@@ -123,7 +123,8 @@ def _launch(spec: VMSpec, ports: dict[int, int], accel: str) -> int:
     spec.console_log.unlink(missing_ok=True)
     proc = subprocess.run(qemu_command(spec, ports, accel), capture_output=True, text=True)
     if proc.returncode != 0:
-        raise PostgressorError(f"QEMU failed to start: {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PostgressorError(f"QEMU failed to start ({accel}): {last}")
     pid = running_pid(spec.pid_file)
     if pid is None:
         raise PostgressorError(f"QEMU exited right after start; see {spec.console_log}")
@@ -146,22 +147,27 @@ def _booted(spec: VMSpec, timeout: float) -> bool:
 def boot(spec: VMSpec, ports: dict[int, int] | None, log: Callable[[str], None]) -> RunningVM:
     """Start the VM (reusing ``ports`` when given, so the stack's address stays stable)."""
     if shutil.which("qemu-system-x86_64") is None:
-        raise UsageError("the local provider needs QEMU; install it (apt-get install qemu-system-x86 qemu-utils)")
+        raise UsageError(
+            "the local provider needs QEMU; install it (apt-get install qemu-system-x86 qemu-utils)"
+        )
     create_disk(spec)
     wanted = [*GUEST_PORTS, *spec.extra_ports]
     ports = {g: (ports or {}).get(g) or free_port() for g in wanted}
     accel = _choose_accel(spec.accel)
     log(f"booting the VM ({accel.upper()}, {spec.cpus} CPU, {spec.memory_mb} MB)")
-    pid = _launch(spec, ports, accel)
     if accel == "kvm" and spec.accel == "auto":
-        if _booted(spec, 60):
-            _record_accel("kvm")
-        else:
-            log("KVM guest did not boot within 60 s; falling back to TCG (remembered for this host)")
-            stop(spec)
-            _record_accel("tcg")
-            accel = "tcg"
+        try:
             pid = _launch(spec, ports, accel)
+            works = _booted(spec, 60)
+        except PostgressorError:
+            works = False
+        _record_accel("kvm" if works else "tcg")
+        if works:
+            return RunningVM(pid=pid, ports=ports, accel=accel)
+        log("KVM did not boot the guest; falling back to TCG (remembered for this host)")
+        stop(spec)
+        accel = "tcg"
+    pid = _launch(spec, ports, accel)
     return RunningVM(pid=pid, ports=ports, accel=accel)
 
 

@@ -1,0 +1,3 @@
+from postgressor.cli import main
+
+main()

@@ -1,0 +1,105 @@
+"""Facts postgressor reads from the box (read-only shell commands, parsed into values)."""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra.api import FactBase
+
+from postgressor.tuning import Machine
+
+
+class MachineSize(FactBase[Machine]):
+    """RAM (kB), CPUs and the size of the disk holding /var/lib (kB)."""
+
+    def command(self) -> str:
+        return (
+            "echo $(awk '/^MemTotal:/{print $2}' /proc/meminfo) $(nproc) "
+            "$(df -Pk /var/lib | awk 'NR==2{print $2}')"
+        )
+
+    def process(self, output: list[str]) -> Machine:
+        ram, cpus, disk = (int(v) for v in output[0].split())
+        return Machine(ram_kb=ram, cpus=cpus, disk_kb=disk)
+
+
+class DpkgInterrupted(FactBase[bool]):
+    """True when an earlier dpkg run was cut off and needs `dpkg --configure -a`."""
+
+    def command(self) -> str:
+        return "ls -A /var/lib/dpkg/updates 2>/dev/null | head -n 1"
+
+    def process(self, output: list[str]) -> bool:
+        return any(line.strip() for line in output)
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+
+class ActiveSwap(FactBase[list[str]]):
+    def command(self) -> str:
+        return "swapon --show=NAME --noheadings 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+
+class UfwStatus(FactBase[dict]):
+    """{'active': bool, 'default_incoming': str, 'allowed': set of 'PORT/tcp' or 'PORT/tcp FROM'}."""
+
+    def command(self) -> str:
+        return "command -v ufw >/dev/null && LC_ALL=C ufw status verbose || true"
+
+    def process(self, output: list[str]) -> dict:
+        status: dict = {"active": False, "default_incoming": "", "allowed": set()}
+        for line in output:
+            if line.startswith("Status:"):
+                status["active"] = line.split(":", 1)[1].strip() == "active"
+            elif line.startswith("Default:"):
+                status["default_incoming"] = line.split(":", 1)[1].split("(incoming)")[0].strip()
+            elif " ALLOW IN " in line and "(v6)" not in line:
+                to, source = (part.strip() for part in line.split(" ALLOW IN ", 1))
+                status["allowed"].add(to if source == "Anywhere" else f"{to} {source}")
+        return status
+
+    @staticmethod
+    def default() -> dict:
+        return {"active": False, "default_incoming": "", "allowed": set()}
+
+
+class PostgresScalar(FactBase[str]):
+    """One value from a SQL query run as the postgres superuser; '' when PostgreSQL is not up."""
+
+    def command(self, sql: str, database: str = "postgres") -> str:
+        query = shlex.quote(sql)
+        return (
+            f"if command -v psql >/dev/null; then cd / && runuser -u postgres -- psql -XAtq "
+            f"-d {shlex.quote(database)} -c {query} 2>/dev/null || true; fi"
+        )
+
+    def process(self, output: list[str]) -> str:
+        return "\n".join(output).strip()
+
+    @staticmethod
+    def default() -> str:
+        return ""
+
+
+class FileMtime(FactBase[int]):
+    """Modification time (epoch seconds) of the newest of the given files; 0 when none exist."""
+
+    def command(self, paths: list[str]) -> str:
+        quoted = " ".join(shlex.quote(p) for p in paths)
+        return f"stat -c %Y {quoted} 2>/dev/null | sort -n | tail -n 1"
+
+    def process(self, output: list[str]) -> int:
+        return int(output[0]) if output and output[0].strip() else 0
+
+    @staticmethod
+    def default() -> int:
+        return 0

@@ -1,0 +1,131 @@
+"""What the deploys need to know, derived from settings and the box's OS: validated before any change."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from postgressor.config import Settings
+from postgressor.errors import UsageError
+
+# The PostgreSQL major version each supported distribution ships.
+DISTRO_POSTGRES = {("debian", 12): 15, ("debian", 13): 17, ("ubuntu", 22): 14, ("ubuntu", 24): 16}
+
+# Extensions that need a package; the contrib ones come with the server.
+EXTENSION_PACKAGES = {
+    "vector": "postgresql-{v}-pgvector",
+    "postgis": "postgresql-{v}-postgis-3",
+    "pg_cron": "postgresql-{v}-cron",
+    "hypopg": "postgresql-{v}-hypopg",
+    "pg_repack": "postgresql-{v}-repack",
+    "pg_partman": "postgresql-{v}-partman",
+}
+CONTRIB_EXTENSIONS = frozenset(
+    {
+        "pg_stat_statements", "pgcrypto", "uuid-ossp", "pg_trgm", "btree_gin", "btree_gist", "hstore",
+        "citext", "ltree", "intarray", "tablefunc", "unaccent", "fuzzystrmatch", "postgres_fdw",
+        "pg_buffercache", "pgstattuple", "amcheck", "cube", "earthdistance", "tsm_system_rows",
+    }
+)  # fmt: skip
+# Extension packages missing from a distribution's own archive (PGDG has them all).
+DISTRO_LACKS = {("debian", 12): {"vector"}, ("ubuntu", 22): {"vector"}}
+# Extensions that must be preloaded before CREATE EXTENSION works.
+PRELOAD = {"pg_cron": "pg_cron", "pg_stat_statements": "pg_stat_statements"}
+
+
+@dataclass(frozen=True)
+class Distro:
+    name: str  # "debian" | "ubuntu"
+    major: int
+    codename: str
+
+
+@dataclass
+class BoxSpec:
+    distro: Distro
+    source: str
+    pg_version: int
+    database: str
+    owner: str
+    extensions: list[str]
+    packages: list[str]
+    listen_addresses: str
+    private_network: str
+    firewall_ports: list[int]
+    swap_below_mb: int
+    swap_mb: int
+    profile: str
+    storage: str
+    max_connections: int | None
+    preload: list[str] = field(default_factory=list)
+
+    @property
+    def conf_dir(self) -> str:
+        return f"/etc/postgresql/{self.pg_version}/main"
+
+
+def distro_from_fact(fact: dict) -> Distro:
+    name = str(fact.get("name") or "").lower()
+    meta = fact.get("release_meta") or {}
+    codename = str(meta.get("VERSION_CODENAME") or meta.get("CODENAME") or "")
+    distro = Distro(name="debian" if "debian" in name else "ubuntu" if "ubuntu" in name else name,
+                    major=int(fact.get("major") or 0), codename=codename)  # fmt: skip
+    if distro.name not in ("debian", "ubuntu"):
+        raise UsageError(
+            f"the box runs {fact.get('name') or 'an unknown OS'}; postgressor supports Debian and Ubuntu"
+        )
+    return distro
+
+
+def box_spec(settings: Settings, distro: Distro) -> BoxSpec:
+    pg = settings.postgres
+    source = settings.postgres_source()
+    if source == "distro":
+        shipped = DISTRO_POSTGRES.get((distro.name, distro.major))
+        if shipped is None:
+            raise UsageError(
+                f"{distro.name} {distro.major} is not a supported release for postgres.source = 'distro'; "
+                "use Debian 12/13 or Ubuntu 22.04/24.04, or set postgres.source = 'pgdg'"
+            )
+        if pg.version and pg.version != shipped:
+            raise UsageError(
+                f"{distro.name} {distro.major} ships PostgreSQL {shipped}, not {pg.version}; set "
+                f"postgres.version = {shipped} or postgres.source = 'pgdg'"
+            )
+        version = shipped
+    else:
+        version = pg.version or 17
+    packages = [f"postgresql-{version}", f"postgresql-client-{version}"]
+    lacking = DISTRO_LACKS.get((distro.name, distro.major), set()) if source == "distro" else set()
+    for ext in pg.extensions:
+        if ext in CONTRIB_EXTENSIONS:
+            continue
+        if ext not in EXTENSION_PACKAGES:
+            known = ", ".join(sorted([*EXTENSION_PACKAGES, *CONTRIB_EXTENSIONS]))
+            raise UsageError(f"unknown extension '{ext}' in postgres.extensions; known: {known}")
+        if ext in lacking:
+            raise UsageError(
+                f"extension '{ext}' has no package in {distro.name} {distro.major}'s own archive; set "
+                "postgres.source = 'pgdg' (the PostgreSQL project's repository) or drop it"
+            )
+        packages.append(EXTENSION_PACKAGES[ext].format(v=version))
+    listen = ["localhost"]
+    private_network = ""
+    ports = [22, 80, 443, *settings.hardening.extra_ports]
+    if pg.private_address:
+        try:
+            iface = ipaddress.ip_interface(pg.private_address)
+        except ValueError:
+            raise UsageError(
+                f"postgres.private_address '{pg.private_address}' is not an address like 10.0.0.2/24"
+            ) from None
+        listen.append(str(iface.ip))
+        private_network = str(iface.network)
+    return BoxSpec(
+        distro=distro, source=source, pg_version=version, database=pg.database, owner=pg.owner,
+        extensions=list(pg.extensions), packages=packages, listen_addresses=",".join(listen),
+        private_network=private_network, firewall_ports=sorted(set(ports)),
+        swap_below_mb=settings.hardening.swap_below_mb, swap_mb=settings.hardening.swap_mb,
+        profile=pg.profile, storage=pg.storage, max_connections=pg.max_connections,
+        preload=sorted({PRELOAD[e] for e in pg.extensions if e in PRELOAD}),
+    )  # fmt: skip

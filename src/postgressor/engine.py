@@ -1,0 +1,170 @@
+"""Run pyinfra deploys against the box through pyinfra's Python API, reporting each operation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyinfra.api import BaseStateCallback, Config, Inventory, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.deploy import add_deploy
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.operations import run_ops
+
+from postgressor.errors import PostgressorError, UsageError
+from postgressor.state import HostRecord
+
+logging.getLogger("pyinfra").addHandler(logging.NullHandler())
+logging.getLogger("pyinfra").propagate = False
+
+
+@dataclass
+class OpReport:
+    name: str
+    status: str  # changed | unchanged | failed | skipped
+    commands: int = 0
+    error: str = ""
+
+
+@dataclass
+class DeployResult:
+    operations: list[OpReport] = field(default_factory=list)
+    remote_commands: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> int:
+        return sum(op.status == "changed" for op in self.operations)
+
+    @property
+    def failed(self) -> list[OpReport]:
+        return [op for op in self.operations if op.status == "failed"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            "unchanged": sum(op.status == "unchanged" for op in self.operations),
+            "failed": len(self.failed),
+            "remote_commands": self.remote_commands,
+            "seconds": round(self.seconds, 1),
+            "dry_run": self.dry_run,
+            "operations": [op.__dict__ for op in self.operations],
+        }
+
+
+OpListener = Callable[[str, OpReport | None], None]  # (op name, None at start / report at end)
+
+
+class _Progress(BaseStateCallback):
+    def __init__(self, result: DeployResult, listener: OpListener) -> None:
+        self.result = result
+        self.listener = listener
+
+    @staticmethod
+    def _name(state: State, op_hash: str) -> str:
+        return ", ".join(sorted(state.get_op_meta(op_hash).names)) or "operation"
+
+    def operation_start(self, state: State, op_hash: str) -> None:  # type: ignore[override]
+        self.listener(self._name(state, op_hash), None)
+
+    def operation_end(self, state: State, op_hash: str) -> None:  # type: ignore[override]
+        name = self._name(state, op_hash)
+        for host in state.inventory:
+            meta = state.get_op_data_for_host(host, op_hash).operation_meta
+            commands = len(meta._commands or [])
+            if not meta.is_complete():
+                report = OpReport(name, "skipped")
+            elif not meta.did_succeed():
+                output = meta._combined_output
+                lines = [line.line for line in output] if output is not None else []
+                error = next((ln for ln in reversed(lines) if ln.strip()), "failed")
+                report = OpReport(name, "failed", commands, error.strip())
+            else:
+                report = OpReport(name, "changed" if meta.did_change() else "unchanged", commands)
+            self.result.operations.append(report)
+            self.listener(name, report)
+
+
+def ssh_inventory(host: HostRecord, known_hosts: Path) -> Inventory:
+    """One host reached over SSH with the stack's key, trusting only its pinned host key."""
+    data = {
+        "ssh_hostname": host.address,
+        "ssh_port": host.port,
+        "ssh_user": host.user,
+        "ssh_key": str(Path(host.key_path).expanduser()),
+        "ssh_known_hosts_file": str(known_hosts),
+        "ssh_strict_host_key_checking": "yes",
+        "ssh_connect_retries": 2,
+    }
+    if host.user != "root":
+        data["_sudo"] = True
+    return Inventory(([(host.address, data)], {}))
+
+
+def run_deploys(
+    inventory: Inventory,
+    deploys: list[tuple[Callable[..., Any], dict[str, Any]]],
+    listener: OpListener,
+    dry_run: bool = False,
+) -> DeployResult:
+    """Connect, add ``deploys`` (facts are read now), run them unless ``dry_run``, disconnect."""
+    result = DeployResult(dry_run=dry_run)
+    started = time.monotonic()
+    state = State(inventory, Config(CONNECT_TIMEOUT=20, FAIL_PERCENT=0))
+    state.add_callback_handler(_Progress(result, listener))
+    try:
+        connect_all(state)
+        if not state.activated_hosts:
+            names = ", ".join(h.name for h in inventory)
+            raise PostgressorError(
+                f"cannot log in to {names}; check the user, the key and that the host key matches the pinned one"
+            )
+        for box in state.inventory:
+            _count_commands(box, result)
+        for func, kwargs in deploys:
+            add_deploy(state, func, **kwargs)
+        if dry_run:
+            for op_hash in state.get_op_order():
+                name = ", ".join(sorted(state.get_op_meta(op_hash).names))
+                for box in state.inventory:
+                    op_data = state.get_op_data_for_host(box, op_hash)
+                    if op_data.global_arguments.get("_if"):
+                        status = "conditional"  # runs only if an earlier operation changes
+                    elif op_data.operation_meta._maybe_is_change is False:
+                        status = "unchanged"
+                    else:
+                        status = "would change"
+                    result.operations.append(OpReport(name, status))
+        else:
+            run_ops(state)
+    except PyinfraError as err:
+        if not result.failed:
+            raise PostgressorError(f"deploy failed: {err}") from None
+    except UsageError:
+        raise
+    finally:
+        disconnect_all(state)
+        result.seconds = time.monotonic() - started
+    return result
+
+
+def _count_commands(box: Any, result: DeployResult) -> None:
+    """Count every remote command and upload (facts included), for benchmarks and reports."""
+    connector = box.connector
+    run, put = connector.run_shell_command, connector.put_file
+
+    def counted_run(*args: Any, **kwargs: Any) -> Any:
+        result.remote_commands += 1
+        return run(*args, **kwargs)
+
+    def counted_put(*args: Any, **kwargs: Any) -> Any:
+        result.remote_commands += 1
+        return put(*args, **kwargs)
+
+    connector.run_shell_command = counted_run
+    connector.put_file = counted_put

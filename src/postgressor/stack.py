@@ -1,0 +1,168 @@
+"""The box verbs as plain functions: provision, deploy, plan, status, destroy. The CLI only renders."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from postgressor.config import Settings
+from postgressor.deploys.box import base, postgresql
+from postgressor.deploys.spec import BoxSpec, Distro, box_spec, distro_from_fact
+from postgressor.engine import DeployResult, OpListener, run_deploys, ssh_inventory
+from postgressor.errors import PostgressorError
+from postgressor.providers import get_provider
+from postgressor.providers.base import Log, Provider
+from postgressor.sshconn import known_hosts_path, run
+from postgressor.state import HostRecord, StackState, load_state, open_state, require_state
+
+STATUS_SETTINGS = (
+    "wal_level", "max_wal_senders", "max_replication_slots", "max_slot_wal_keep_size", "listen_addresses",
+    "shared_buffers", "effective_cache_size", "work_mem", "max_connections", "password_encryption",
+)  # fmt: skip
+
+
+@dataclass
+class UpResult:
+    stack: str
+    host: HostRecord
+    deploy: DeployResult
+    spec: BoxSpec
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "host": {"address": self.host.address, "port": self.host.port, "user": self.host.user},
+            "postgres": {
+                "version": self.spec.pg_version,
+                "source": self.spec.source,
+                "database": self.spec.database,
+                "owner": self.spec.owner,
+            },
+            "deploy": self.deploy.as_dict(),
+        }
+
+
+@dataclass
+class PlanResult:
+    stack: str
+    provider_steps: list[str]
+    operations: list[dict[str, str]] = field(default_factory=list)
+    note: str = ""
+
+
+def _provider(settings: Settings, stack: str, log: Log) -> tuple[StackState, Provider]:
+    state = open_state(settings.state_dir, stack, settings.provider)
+    provider = get_provider(settings, state, log)
+    provider.validate()
+    return state, provider
+
+
+def read_distro(host: HostRecord) -> Distro:
+    """Wait for cloud-init (it holds the apt lock on fresh boxes), then read /etc/os-release."""
+    result = run(host, "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null 2>&1; "
+                       "fi; cat /etc/os-release", timeout=900)  # fmt: skip
+    if not result.ok:
+        raise PostgressorError(f"cannot read /etc/os-release on {host.address}: {result.stderr.strip()}")
+    fields = dict(shlex.split(line)[0].split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    major = fields.get("VERSION_ID", "0").split(".")[0]
+    return distro_from_fact({"name": fields.get("ID", ""), "major": int(major) if major.isdigit() else 0,
+                             "release_meta": fields})  # fmt: skip
+
+
+def deploy_host(
+    settings: Settings, state: StackState, host: HostRecord, listener: OpListener, dry_run: bool = False
+) -> tuple[BoxSpec, DeployResult]:
+    spec = box_spec(settings, read_distro(host))
+    inventory = ssh_inventory(host, known_hosts_path(state))
+    result = run_deploys(inventory, [(base, {"spec": spec}), (postgresql, {"spec": spec})],
+                         listener, dry_run=dry_run)  # fmt: skip
+    if not dry_run and not result.failed:
+        state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
+        state.save()
+    return spec, result
+
+
+def up(settings: Settings, stack: str, log: Log, listener: OpListener) -> UpResult:
+    state, provider = _provider(settings, stack, log)
+    host = provider.provision()
+    spec, result = deploy_host(settings, state, host, listener)
+    return UpResult(stack, host, result, spec)
+
+
+def deploy(settings: Settings, stack: str, log: Log, listener: OpListener) -> UpResult:
+    state = require_state(settings.state_dir, stack)
+    settings = settings.model_copy(update={"provider": state.provider})
+    provider = get_provider(settings, state, log)
+    host = provider.ensure_running()
+    spec, result = deploy_host(settings, state, host, listener)
+    return UpResult(stack, host, result, spec)
+
+
+def plan(settings: Settings, stack: str, log: Log) -> PlanResult:
+    state, provider = _provider(settings, stack, log)
+    steps = provider.plan()
+    result = PlanResult(stack, steps)
+    if state.host is None or steps:
+        result.note = "the box does not run yet: every deploy operation will run after it is created"
+        return result
+    _, dry = deploy_host(settings, state, state.host, lambda name, report: None, dry_run=True)
+    result.operations = [{"name": op.name, "status": op.status} for op in dry.operations]
+    return result
+
+
+def status(settings: Settings, stack: str) -> dict[str, Any]:
+    state = require_state(settings.state_dir, stack)
+    assert state.host is not None
+    names = ",".join(f"'{n}'" for n in STATUS_SETTINGS)
+    query = (
+        "SELECT json_build_object('version', current_setting('server_version'), "  # noqa: S608 (constants)
+        f"'settings', (SELECT json_object_agg(name, setting || coalesce(unit, '')) FROM pg_settings "
+        f"WHERE name IN ({names})), "
+        "'slots', (SELECT coalesce(json_agg(json_build_object('name', slot_name, 'plugin', plugin, "
+        "'type', slot_type, 'active', active, 'wal_status', wal_status, 'retained_bytes', "
+        "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn))), '[]'::json) FROM pg_replication_slots))"
+    )
+    script = (
+        "v=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1); "
+        'echo "service=$(systemctl is-active postgresql@$v-main 2>/dev/null)"; '
+        f"runuser -u postgres -- psql -XAtq -c {shlex.quote(query)}"
+    )
+    report: dict[str, Any] = {"stack": stack, "provider": state.provider, "reachable": False,
+                              "host": f"{state.host.address}:{state.host.port}"}  # fmt: skip
+    try:
+        result = run(state.host, script, timeout=60)
+    except PostgressorError as err:
+        report["error"] = str(err)
+        return report
+    report["reachable"] = True
+    lines = result.stdout.splitlines()
+    report["service"] = lines[0].removeprefix("service=") if lines else "unknown"
+    try:
+        report["postgres"] = json.loads(lines[1]) if len(lines) > 1 else None
+    except ValueError:
+        report["postgres"] = None
+    if report["postgres"] is None:
+        report["error"] = (result.stderr.strip().splitlines() or ["PostgreSQL did not answer"])[-1]
+    report["deployed_at"] = state.deployed_at
+    return report
+
+
+def destroy(settings: Settings, stack: str, log: Log) -> list[str]:
+    state = load_state(settings.state_dir, stack)
+    if state is None:
+        raise PostgressorError(f"stack '{stack}' has no state file; nothing recorded to destroy")
+    settings = settings.model_copy(update={"provider": state.provider})
+    provider = get_provider(settings, state, log)
+    removed = provider.destroy()
+    state.delete()
+    return removed
+
+
+def connection(settings: Settings, stack: str, log: Log) -> tuple[HostRecord, StackState]:
+    """Connection details of a stack's running box (starting a stopped local VM first)."""
+    state = require_state(settings.state_dir, stack)
+    settings = settings.model_copy(update={"provider": state.provider})
+    return get_provider(settings, state, log).ensure_running(), state

@@ -1,0 +1,211 @@
+"""`postgressor up --provider local` on a real Debian VM, checked from outside and inside the box."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import paramiko
+import pytest
+
+from postgressor.vm.machine import running_pid
+from vmstack import Stack
+
+APP_PW = "PGPASSWORD=$(cat /etc/postgressor/secrets/app.password)"
+ELECTRIC_PW = "PGPASSWORD=$(cat /etc/postgressor/secrets/electric.password)"
+
+
+def test_up_changed_the_box(stack: Stack) -> None:
+    deploy = stack.up_result["deploy"]
+    assert stack.up_result["postgres"]["version"] == 15
+    assert deploy["failed"] == 0
+    assert deploy["changed"] > 10
+
+
+def test_postgres_runs_under_systemd_with_logical_wal(stack: Stack) -> None:
+    assert stack.sh("systemctl is-active postgresql@15-main").stdout.strip() == "active"
+    assert stack.sh("systemctl is-enabled postgresql@15-main").stdout.strip() == "enabled"
+    show = stack.sh("runuser -u postgres -- psql -XAtc 'SHOW wal_level' -c 'SHOW password_encryption'")
+    assert show.stdout.split() == ["logical", "scram-sha-256"]
+
+
+def test_postgres_listens_on_localhost_only(stack: Stack) -> None:
+    listeners = stack.sh("ss -Hltn 'sport = :5432' | awk '{print $4}'").stdout.split()
+    assert listeners and all(addr.startswith(("127.0.0.1:", "[::1]:")) for addr in listeners), listeners
+    # From outside the VM (through the forwarded port) PostgreSQL must not answer.
+    proc = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(stack.forwarded(5432)), "-U", "app", "-d", "app", "-c", "select 1"],
+        capture_output=True, text=True, timeout=60, env={"PGCONNECT_TIMEOUT": "5", "PGPASSWORD": "x"},
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "select" not in proc.stdout
+
+
+def test_electric_role_streams_an_insert_over_logical_replication(stack: Stack) -> None:
+    app = f"{APP_PW} psql -XAtq -v ON_ERROR_STOP=1 -h 127.0.0.1 -U app -d app"
+    electric = f"{ELECTRIC_PW} psql -XAtq -v ON_ERROR_STOP=1 -h 127.0.0.1 -U electric -d app"
+    setup = stack.sh(
+        f"{app} -c 'CREATE TABLE e2e_items (id serial PRIMARY KEY, note text NOT NULL)' && "
+        f"{electric} -c 'CREATE PUBLICATION e2e_pub FOR TABLE e2e_items' "
+        "-c \"SELECT 1 FROM pg_create_logical_replication_slot('e2e_slot', 'pgoutput')\""
+    )
+    assert setup.ok, setup.stderr
+    insert = stack.sh(f"{app} -c \"INSERT INTO e2e_items (note) VALUES ('hello-from-e2e')\" && "
+                      f"{electric} -c 'SELECT pg_current_wal_lsn()'")  # fmt: skip
+    assert insert.ok, insert.stderr
+    end_lsn = insert.stdout.split()[-1]
+    # Stream it over a real replication connection, as Electric does.
+    stream = stack.sh(
+        f"{ELECTRIC_PW} pg_recvlogical -h 127.0.0.1 -U electric -d app -S e2e_slot --start --no-loop "
+        f"-o proto_version=1 -o publication_names=e2e_pub -E {end_lsn} -f /tmp/e2e.out && "
+        "grep -c hello-from-e2e /tmp/e2e.out",
+        timeout=120,
+    )
+    assert stream.ok, stream.stderr
+    assert int(stream.stdout.strip()) >= 1
+
+
+def test_status_reports_postgres_and_the_slot(stack: Stack) -> None:
+    report = stack.cli_json("status")
+    assert report["reachable"] and report["service"] == "active"
+    assert report["postgres"]["version"].startswith("15.")
+    assert report["postgres"]["settings"]["wal_level"] == "logical"
+    slots = {slot["name"]: slot for slot in report["postgres"]["slots"]}
+    assert slots["e2e_slot"]["plugin"] == "pgoutput"
+    assert slots["e2e_slot"]["retained_bytes"] is not None
+
+
+def test_password_ssh_login_is_refused(stack: Stack) -> None:
+    sock = socket.create_connection(("127.0.0.1", stack.host.port), timeout=30)
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=30)
+        with pytest.raises(paramiko.BadAuthenticationType) as refused:
+            transport.auth_password("root", "any-password")
+        assert refused.value.allowed_types == ["publickey"]
+    finally:
+        transport.close()
+
+
+def _http_ok(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/", timeout=8).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_firewall_admits_web_ports_and_denies_others(stack: Stack) -> None:
+    start = stack.sh(
+        "for p in 80 8080; do (setsid python3 -m http.server $p --bind 0.0.0.0 -d /tmp "
+        ">/dev/null 2>&1 &); done; sleep 3; curl -fsS -o /dev/null http://127.0.0.1:8080/ && echo inside-ok"
+    )
+    assert "inside-ok" in start.stdout, start.stderr
+    try:
+        assert _http_ok(stack.forwarded(80)), "port 80 must be open"
+        assert not _http_ok(stack.forwarded(8080)), "port 8080 must be filtered by the firewall"
+    finally:
+        stack.sh("pkill -f 'http.server' || true")
+    rules = stack.sh("ufw status").stdout
+    assert "Status: active" in rules
+    assert {line.split()[0] for line in rules.splitlines() if " ALLOW " in line} == {"22/tcp", "80/tcp", "443/tcp"}
+
+
+def test_fail2ban_and_unattended_upgrades(stack: Stack) -> None:
+    assert stack.sh("fail2ban-client status sshd").ok
+    assert 'Unattended-Upgrade "1"' in stack.sh("apt-config dump APT::Periodic").stdout
+    assert stack.sh("swapon --show=NAME --noheadings").stdout.strip() == "/swapfile"
+
+
+def test_ssh_verb_runs_one_command(stack: Stack) -> None:
+    proc = stack.cli("ssh", "--", "hostname")
+    assert proc.stdout.strip() == "postgressor"
+
+
+def test_second_deploy_changes_nothing(stack: Stack) -> None:
+    result = stack.cli_json("deploy")
+    changed = [op["name"] for op in result["deploy"]["operations"] if op["status"] == "changed"]
+    assert changed == []
+    plan = stack.cli_json("plan")
+    assert plan["provider_steps"] == []
+    assert plan["operations"] and not [op for op in plan["operations"] if op["status"] == "would change"]
+
+
+def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
+    # Undo part of the hardening and make sshd actually run with it, so the re-run has real work.
+    drift = stack.sh(
+        "rm /etc/ssh/sshd_config.d/50-postgressor.conf && systemctl reload ssh && ufw delete allow 443/tcp && "
+        "rm /etc/postgresql/15/main/conf.d/50-postgressor.conf && systemctl reload postgresql@15-main"
+    )
+    assert drift.ok, drift.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "postgressor", "deploy"], cwd=stack.project, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen = []
+    deadline = time.monotonic() + 600
+    for line in proc.stderr:
+        seen.append(line)
+        if "started" in line and "SSH: keys only" in line:
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGKILL)
+            break
+        assert time.monotonic() < deadline, "deploy never reached the SSH step"
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+
+    first = stack.cli_json("deploy")
+    assert first["deploy"]["failed"] == 0 and first["deploy"]["changed"] > 0
+    second = stack.cli_json("deploy")
+    assert [op["name"] for op in second["deploy"]["operations"] if op["status"] == "changed"] == []
+    # Converged: the running sshd refuses passwords again, 443 is open, PostgreSQL has its settings.
+    test_password_ssh_login_is_refused(stack)
+    assert "443/tcp" in stack.sh("ufw status").stdout
+    assert stack.sh("runuser -u postgres -- psql -XAtc 'SHOW wal_level'").stdout.strip() == "logical"
+    assert stack.sh("runuser -u postgres -- psql -XAtc 'SHOW max_slot_wal_keep_size'").stdout.strip() != "-1"
+
+
+def test_changed_host_key_is_a_hard_error(stack: Stack) -> None:
+    state_dir = stack.project / ".postgressor"
+    data = json.loads((state_dir / "default.json").read_text())
+    data["stack"] = "tampered"
+    kind, _ = data["host"]["host_key"].split(" ", 1)
+    data["host"]["host_key"] = f"{kind} AAAAC3NzaC1lZDI1NTE5AAAAIOnQ6s3Yp9gC1q7w0mXv0t8mYb0kq1qz7hZfC0x0x0x0"
+    (state_dir / "tampered.json").write_text(json.dumps(data))
+    try:
+        proc = stack.cli("--stack", "tampered", "status", check=False, timeout=120)
+        assert proc.returncode == 1
+        assert "does not match the pinned one" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        (state_dir / "tampered.json").unlink()
+
+
+def test_wrong_ssh_user_is_one_line(stack: Stack) -> None:
+    key = stack.host.key_path
+    proc = stack.cli(
+        "--stack", "wronguser", "up", "--provider", "ssh", "--host", "127.0.0.1",
+        "--port", str(stack.host.port), "--user", "nobody", "--key", key, check=False, timeout=300,
+    )  # fmt: skip
+    try:
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1
+        assert "SSH login as 'nobody'" in proc.stderr and "was refused" in proc.stderr
+    finally:
+        stack.cli("--stack", "wronguser", "destroy", "--yes", check=False)
+
+
+def test_destroy_refuses_without_yes_and_then_removes_the_vm(stack: Stack) -> None:
+    proc = stack.cli("destroy", check=False)
+    assert proc.returncode == 2 and "--yes" in proc.stderr
+    pid_file = stack.state.stack_dir / "qemu.pid"
+    assert running_pid(pid_file) is not None
+    stack.cli("destroy", "--yes")
+    assert running_pid(pid_file) is None
+    assert not (stack.project / ".postgressor" / "default.json").exists()
+    assert not (stack.project / ".postgressor" / "default").exists()

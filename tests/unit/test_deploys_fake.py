@@ -1,0 +1,138 @@
+"""The deploys' generated commands, run through pyinfra's @fake connector (no server needed)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from pyinfra.api import Inventory
+
+from postgressor.config import load_settings
+from postgressor.deploys.box import base, postgresql
+from postgressor.deploys.spec import Distro, box_spec
+from postgressor.engine import run_deploys
+
+BOOKWORM = Distro("debian", 12, "bookworm")
+
+
+def stat_line(path: str) -> str:
+    return f"user=root group=root mode=-rw------- atime=1 mtime=1 ctime=1 size=41 '{path}'"
+
+
+def run_fake(responses: dict[Any, Any], **settings: Any) -> tuple[list[str], Any]:
+    spec = box_spec(load_settings(**settings), BOOKWORM)
+    data = {"fake_responses": responses, "fake_delay": 0, "fake_delay_jitter": 0}
+    inventory = Inventory(([("@fake/box", data)], {}))
+    result = run_deploys(inventory, [(base, {"spec": spec}), (postgresql, {"spec": spec})], lambda n, r: None)
+    host = next(iter(inventory))
+    return [str(c) for c in host.connector.executed_commands], result
+
+
+FRESH_BOX = {"/proc/meminfo": "2015496 2 16431572"}  # a 2 GB VM: everything else is absent
+
+CONVERGED = {
+    "/proc/meminfo": "8388608 4 83886080",
+    "ufw status verbose": [
+        "Status: active",
+        "Default: deny (incoming), allow (outgoing), disabled (routed)",
+        "22/tcp                     ALLOW IN    Anywhere",
+        "80/tcp                     ALLOW IN    Anywhere",
+        "443/tcp                    ALLOW IN    Anywhere",
+        "22/tcp (v6)                ALLOW IN    Anywhere (v6)",
+    ],
+    "secrets/app.password": stat_line("/etc/postgressor/secrets/app.password"),
+    "secrets/electric.password": stat_line("/etc/postgressor/secrets/electric.password"),
+    "pg_has_role": "t",
+    "has_database_privilege": "t",
+    "rolbypassrls": "t",
+}
+
+
+def test_fresh_box_installs_everything_in_one_apt_transaction() -> None:
+    commands, result = run_fake(FRESH_BOX, provider="local")
+    installs = [c for c in commands if "apt-get" in c and " install " in c]
+    assert len(installs) == 1
+    for package in ("postgresql-15", "fail2ban", "ufw", "unattended-upgrades", "python3-systemd"):
+        assert package in installs[0]
+    assert "DPkg::Lock::Timeout=300" in installs[0]
+    assert not result.failed
+
+
+def test_fresh_box_firewall_opens_ssh_before_enabling() -> None:
+    commands, _ = run_fake(FRESH_BOX, provider="local")
+    ufw = [c for c in commands if c.startswith("sh -c 'ufw") or ("ufw " in c and "status" not in c)]
+    joined = "\n".join(ufw)
+    assert "ufw default deny incoming" in joined
+    assert joined.index("ufw allow 22/tcp") < joined.index("ufw --force enable")
+    assert "ufw allow 80/tcp" in joined and "ufw allow 443/tcp" in joined
+    assert "5432" not in joined
+
+
+def test_small_box_gets_swap_and_big_box_does_not() -> None:
+    commands, _ = run_fake(FRESH_BOX, provider="local")
+    assert any("mkswap /swapfile" in c for c in commands)
+    commands, _ = run_fake(CONVERGED, provider="local")
+    assert not any("mkswap" in c for c in commands)
+
+
+def test_passwords_are_generated_on_the_box_and_never_in_commands() -> None:
+    commands, _ = run_fake(FRESH_BOX, provider="local")
+    pw = [c for c in commands if "PASSWORD" in c]
+    assert len(pw) == 2
+    for command in pw:
+        assert "/dev/urandom" in command and "umask 077" in command
+        # the only password material is read from the file inside the shell, never a literal
+        assert not re.search(r"PASSWORD \$\$[A-Za-z0-9]{8,}", command)
+
+
+def test_converged_box_runs_no_changing_command() -> None:
+    commands, result = run_fake(CONVERGED, provider="local")
+    changed = [op.name for op in result.operations if op.status == "changed"]
+    # pyinfra's own ops (apt, files, postgres.*) see an empty fake box, so only ours are checked here
+    ours = {"Firewall: only SSH, HTTP, HTTPS", "Password for app", "Password for electric",
+            "electric may act as the table owner", "electric may create publications",
+            "Finish an interrupted package run", "app may act as the Supabase roles",
+            "electric bypasses row level security", "service_role bypasses row level security"}
+    assert not ours & set(changed), changed
+    assert not any("ufw allow" in c or "ALTER ROLE" in c or "GRANT" in c for c in commands), commands
+
+
+def test_firewall_removes_rules_it_no_longer_wants() -> None:
+    responses = dict(CONVERGED)
+    responses["ufw status verbose"] = [*CONVERGED["ufw status verbose"], "8080/tcp   ALLOW IN    Anywhere"]
+    commands, _ = run_fake(responses, provider="local")
+    assert any("ufw delete allow 8080/tcp" in c for c in commands)
+
+
+def test_interrupted_dpkg_is_repaired_first() -> None:
+    commands, _ = run_fake({**FRESH_BOX, "/var/lib/dpkg/updates": "0001"}, provider="local")
+    repair = next(i for i, c in enumerate(commands) if "dpkg --configure -a" in c)
+    install = next(i for i, c in enumerate(commands) if "apt-get" in c and " install " in c)
+    assert repair < install
+
+
+def test_config_written_but_never_loaded_is_applied() -> None:
+    responses = {
+        **CONVERGED,
+        "stat -c %Y": "2000000000",  # config files newer than...
+        "pg_conf_load_time()))": "1000000000",  # ...the last reload
+    }
+    commands, _ = run_fake(responses, provider="local")
+    assert any("systemctl reload postgresql@15-main" in c for c in commands)
+
+
+@pytest.mark.parametrize("extension", ["vector"])
+def test_distro_without_package_is_refused_before_touching(extension: str) -> None:
+    from postgressor.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"no package in debian 12's own archive; set postgres\.source = 'pgdg'"):
+        box_spec(load_settings(provider="local", postgres={"extensions": [extension]}), BOOKWORM)
+
+
+def test_pgdg_adds_the_repository_and_versioned_packages() -> None:
+    commands, _ = run_fake(FRESH_BOX, provider="ssh", ssh={"host": "h"}, postgres={"extensions": ["vector"]})
+    joined = "\n".join(commands)
+    assert "bookworm-pgdg main" in joined
+    assert "postgresql-17-pgvector" in joined
+    assert 'CREATE EXTENSION IF NOT EXISTS "vector"' in joined
