@@ -1,0 +1,251 @@
+"""What the three cloud providers share: labels, record-before-next-call, resume, sweep-by-label destroy.
+
+Order of every ``up``: save the state file (with the stack's random tag) before the first API call; then
+for each resource kind, find it by label/tag, else create it at most once and record it at once. An
+interrupted ``up`` is resumed by the next ``up``; ``destroy`` deletes what the state recorded and whatever
+else carries the stack's labels (the window between a create returning and the state being saved).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from abc import abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from postgressor.advisor.regions import resolve_region
+from postgressor.config import Settings
+from postgressor.errors import PostgressorError
+from postgressor.providers import retry
+from postgressor.providers.base import Log, Provider
+from postgressor.sshconn import generate_keypair, pin_host_key, wait_for_ssh
+from postgressor.state import HostRecord, StackState
+
+T = TypeVar("T")
+Hook = Callable[[str], None]
+STACK_LABEL = "postgressor-stack"
+TAG_LABEL = "postgressor-id"
+META = "cloud"  # the state record holding the stack's tag and region, written before any API call
+OPEN_PORTS = (22, 80, 443)
+
+
+def _no_hook(event: str) -> None:
+    """Called after each create returns and before it is recorded; tests raise KeyboardInterrupt here."""
+
+
+on_created: Hook = _no_hook  # replaced in tests
+
+
+@dataclass
+class Found:
+    id: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def user_data() -> str:
+    """The minimal cloud-init user data every cloud server gets."""
+    return resources.files("postgressor.templates").joinpath("cloud-init", "user-data.yaml").read_text()
+
+
+class CloudProvider(Provider):
+    title: str
+    kinds: tuple[str, ...]  # creation order; destroy goes backwards
+    login_user = "root"
+    api_errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, settings: Settings, state: StackState, log: Log, *, backoff: retry.Backoff | None = None,
+                 hook: Hook | None = None) -> None:  # fmt: skip
+        super().__init__(settings, state, log)
+        self.backoff = backoff or retry.Backoff()
+        self._hook = hook
+        self._region: str | None = None
+        self.recreated = False
+
+    # ---- what each provider supplies
+
+    @abstractmethod
+    def transient(self, err: BaseException) -> bool:
+        """Worth retrying: rate limits, 5xx, timeouts, connection errors."""
+
+    @abstractmethod
+    def explain(self, err: BaseException) -> PostgressorError | None:
+        """A one-line error for a known failure (bad credentials, quota, capacity), else None."""
+
+    @abstractmethod
+    def find_all(self, kind: str) -> list[Found]:
+        """Resources of ``kind`` carrying this stack's labels/tags (or unique name)."""
+
+    @abstractmethod
+    def delete(self, kind: str, id: str) -> None:
+        """Delete one resource and wait until it is gone; an already missing one is not an error."""
+
+    @abstractmethod
+    def create_server(self, public_key: str) -> str:
+        """Ensure every resource up to a running server; return its public IPv4."""
+
+    @abstractmethod
+    def default_size(self) -> str: ...
+
+    @abstractmethod
+    def ssh_timeout(self) -> float: ...
+
+    def describe(self, kind: str) -> str:
+        return f"create the {kind.replace('_', ' ')}"
+
+    def region_hint(self) -> str:
+        """Where the provider's region comes from when no --region is given."""
+        return ""
+
+    # ---- shared
+
+    def hook(self, event: str) -> None:
+        (self._hook or on_created)(event)
+
+    @property
+    def region(self) -> str:
+        if self._region is None:
+            meta = self.state.find(META)
+            recorded = str(meta.details.get("region", "")) if meta else ""
+            wanted = resolve_region(self.name, self.settings.region or recorded or self.region_hint())
+            if recorded and wanted != recorded:
+                raise PostgressorError(
+                    f"stack '{self.state.stack}' lives in {self.name} region {recorded}, not {wanted}; "
+                    "drop --region or use another --stack for a second server"
+                )
+            self._region = wanted
+        return self._region
+
+    @property
+    def size(self) -> str:
+        return self.settings.size or self.default_size()
+
+    @property
+    def key_path(self) -> Path:
+        return self.state.stack_dir / "id_ed25519"
+
+    @property
+    def tag(self) -> str:
+        meta = self.state.find(META)
+        return meta.id if meta else ""
+
+    def labels(self) -> dict[str, str]:
+        return {STACK_LABEL: self.state.stack, TAG_LABEL: self.tag}
+
+    def resource_name(self) -> str:
+        return f"postgressor-{self.state.stack}-{self.tag}"
+
+    def validate(self) -> None:
+        _ = self.region  # refuses an unknown region before any API call
+
+    def plan(self) -> list[str]:
+        steps = [f"{self.describe(kind)} ({self.title} {self.region})" for kind in self.kinds
+                 if self.state.find(kind) is None]  # fmt: skip
+        if self.state.find("server") is None:
+            steps.append(f"boot a {self.size} server, wait for SSH and pin its host key")
+        return steps
+
+    def begin(self) -> None:
+        """Save the state file with a fresh tag before the first API call, so destroy can always sweep."""
+        if self.state.find(META) is None:
+            self.state.add(META, secrets.token_hex(4), region=self.region)
+
+    def api(self, what: str, fn: Callable[[], T]) -> T:
+        return retry.call(what, fn, self.transient, self.backoff, self.log)
+
+    def poll(self, what: str, fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 900,
+             interval: float = 5) -> T:  # fmt: skip
+        return retry.poll(what, lambda: self.api(what, fetch), done, timeout, interval, self.backoff)
+
+    def find_one(self, kind: str) -> Found | None:
+        found = self.api(f"look up the {kind}", lambda: self.find_all(kind))
+        recorded = self.state.find(kind)
+        mine = [f for f in found if recorded and f.id == recorded.id]
+        if len(found) > 1:
+            self.log(f"found {len(found)} {kind} resources labelled for this stack; using one, "
+                     "'postgressor destroy' removes all")  # fmt: skip
+        best = mine or found
+        return best[0] if best else None
+
+    def ensure(self, kind: str, create: Callable[[], Found]) -> Found:
+        """Find the stack's ``kind`` or create it once; record it before returning."""
+        recorded = self.state.find(kind)
+        found = self.find_one(kind)
+        if found is None:
+            if recorded is not None:
+                self.log(f"the recorded {kind} {recorded.id} no longer exists; creating a new one")
+                self.recreated = True
+            self.log(f"{self.describe(kind)} ({self.title} {self.region})")
+            found = retry.create_once(f"create the {kind}", create, lambda: self.find_one(kind), self.transient,
+                                      self.backoff, self.log)  # fmt: skip
+            self.hook(f"created {kind}")
+        details = {**found.details, "region": self.region}
+        if recorded is None or recorded.id != found.id or recorded.details != details:
+            self.state.add(kind, found.id, **details)
+        return found
+
+    @contextmanager
+    def translated(self, doing: str) -> Iterator[None]:
+        """SDK errors become one line; what was created stays recorded."""
+        try:
+            yield
+        except PostgressorError:
+            raise
+        except self.api_errors as err:
+            known = self.explain(err)
+            if known is not None:
+                raise known from None
+            raise PostgressorError(
+                f"{self.title} API error while {doing}: {retry.short(err)}; run the command again to resume "
+                "(what was created is recorded) or 'postgressor destroy' to remove it"
+            ) from None
+
+    def provision(self) -> HostRecord:
+        with self.translated("creating the server"):
+            self.begin()
+            public_key = generate_keypair(self.key_path, f"postgressor-{self.state.stack}")
+            address = self.create_server(public_key)
+        old = self.state.host
+        pinned = old.host_key if old and old.address == address and not self.recreated else ""
+        host = HostRecord(address, 22, self.login_user, str(self.key_path), pinned)
+        self.log(f"waiting for SSH on {address}:22")
+        try:
+            seen = wait_for_ssh(address, 22, timeout=self.ssh_timeout())
+        except PostgressorError as err:
+            raise PostgressorError(
+                f"{err}; the server is recorded: 'postgressor up' waits again, 'postgressor destroy' removes it"
+            ) from None
+        pin_host_key(self.state, host, seen)
+        return host
+
+    def destroy(self) -> list[str]:
+        removed: list[str] = []
+        meta = self.state.find(META)
+        if meta and meta.details.get("region"):
+            self._region = str(meta.details["region"])  # where it was created, whatever the config says now
+        with self.translated("deleting the stack's resources"):
+            for kind in reversed(self.kinds):
+                removed += self._destroy_kind(kind)
+            self.state.remove(META)
+        if self.state.stack_dir.exists():
+            shutil.rmtree(self.state.stack_dir)
+            removed.append(f"deleted {self.state.stack_dir} (SSH key, known_hosts)")
+        return removed
+
+    def _destroy_kind(self, kind: str) -> list[str]:
+        """Delete the recorded ``kind`` and any other carrying the stack's labels, then forget it."""
+        recorded = self.state.find(kind)
+        ids = [recorded.id] if recorded else []
+        if self.tag:
+            ids += [f.id for f in self.api(f"look up the {kind}", lambda: self.find_all(kind))]
+        removed = []
+        for id in dict.fromkeys(ids):
+            self.log(f"deleting the {kind.replace('_', ' ')} {id}")
+            self.api(f"delete the {kind}", lambda i=id: self.delete(kind, i))  # type: ignore[misc]
+            removed.append(f"deleted {self.title} {kind.replace('_', ' ')} {id}")
+        self.state.remove(kind)
+        return removed

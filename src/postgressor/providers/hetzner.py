@@ -1,0 +1,184 @@
+"""Provider 'hetzner': a Hetzner Cloud server (Debian 12, root login) behind a cloud firewall."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import requests
+from hcloud import APIException, Client, HCloudException
+from hcloud.firewalls import Firewall, FirewallRule
+from hcloud.images import Image
+from hcloud.locations import Location
+from hcloud.server_types import ServerType
+from hcloud.servers import Server
+from hcloud.ssh_keys import SSHKey
+
+from postgressor.advisor.catalogue import load
+from postgressor.errors import PostgressorError, UsageError
+from postgressor.providers.cloud import OPEN_PORTS, CloudProvider, Found, user_data
+
+TRANSIENT_CODES = {
+    "rate_limit_exceeded", "conflict", "bad_gateway", "timeout", "service_error", "server_error", "unavailable",
+    "maintenance", "locked", "resource_in_use",  # in use: a firewall still detaching from a deleted server
+}  # fmt: skip
+MIN_DEFAULT_RAM_GB = 4
+
+
+class HetznerProvider(CloudProvider):
+    name = "hetzner"
+    title = "Hetzner"
+    kinds = ("ssh_key", "firewall", "server")
+    api_errors = (HCloudException, requests.RequestException)
+
+    _client: Client | None = None
+
+    # ---- credentials and client
+
+    def _token(self) -> tuple[str, str]:
+        cfg = self.settings.hetzner.token
+        if cfg is not None and cfg.get_secret_value():
+            return cfg.get_secret_value(), "[hetzner] token / POSTGRESSOR_HETZNER__TOKEN"
+        env = os.environ.get("HCLOUD_TOKEN", "")
+        if env:
+            return env, "HCLOUD_TOKEN"
+        raise UsageError(
+            "no Hetzner API token: looked in [hetzner] token, POSTGRESSOR_HETZNER__TOKEN and HCLOUD_TOKEN; "
+            "create a Read & Write token in the Cloud console (Security > API tokens) and export HCLOUD_TOKEN"
+        )
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            token, _ = self._token()
+            client = Client(token=token, api_endpoint=self.settings.hetzner.api_endpoint,
+                            application_name="postgressor", timeout=(10, 60))  # fmt: skip
+            # The SDK retries 429/502/504 with real sleeps and would repeat a POST /servers blindly;
+            # our retry layer does it instead (injectable sleep, look-before-recreate).
+            for base in (client._client, client._client_hetzner):
+                base._retry_max_retries = 0
+            self._client = client
+        return self._client
+
+    def validate(self) -> None:
+        super().validate()
+        self._token()
+
+    def default_size(self) -> str:
+        """The cheapest x86 size in the catalogue offered in the region with at least 4 GB (cx23 in the EU)."""
+        sizes = [s for s in load().sizes_of("hetzner")
+                 if s.arch == "x86" and s.ram_gb >= MIN_DEFAULT_RAM_GB and s.offered_in(self.region)]  # fmt: skip
+        if not sizes:
+            raise UsageError(f"no default Hetzner size known for {self.region}; pass --size (e.g. cpx22)")
+        return min(sizes, key=lambda s: s.price_in(self.region)).name
+
+    def ssh_timeout(self) -> float:
+        return self.settings.hetzner.ssh_timeout
+
+    # ---- errors
+
+    def transient(self, err: BaseException) -> bool:
+        if isinstance(err, APIException):
+            code = err.code
+            return code in TRANSIENT_CODES or (isinstance(code, int) and (code == 429 or code >= 500))
+        return isinstance(err, requests.ConnectionError | requests.Timeout)
+
+    def explain(self, err: BaseException) -> PostgressorError | None:
+        if not isinstance(err, APIException):
+            return None
+        code, message = err.code, err.message
+        if code == "unauthorized":
+            return PostgressorError(
+                f"Hetzner rejected the API token from {self._token()[1]} ({message}); "
+                "create a new Read & Write token in the Cloud console and set HCLOUD_TOKEN"
+            )
+        if code == "forbidden":
+            return PostgressorError(f"Hetzner refused the call ({message}); the token must be Read & Write")
+        if code == "resource_limit_exceeded":
+            return PostgressorError(
+                f"Hetzner project limit reached ({message}); delete unused resources or ask Hetzner to raise it"
+            )
+        if code in ("resource_unavailable", "placement_error"):
+            others = ", ".join(r.code for r in load().regions_of("hetzner") if r.code != self.region)
+            return PostgressorError(
+                f"Hetzner cannot place a {self.size} server in {self.region} right now ({message}); "
+                f"try another --region ({others}) or --size, or retry later"
+            )
+        if code == "invalid_input":
+            return PostgressorError(
+                f"Hetzner refused the request ({message}); check --size ({self.size}) and [hetzner] image "
+                f"({self.settings.hetzner.image})"
+            )
+        return None
+
+    # ---- resources
+
+    def _selector(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.labels().items())
+
+    def find_all(self, kind: str) -> list[Found]:
+        selector = self._selector()
+        if kind == "ssh_key":
+            return [Found(str(k.id), {"name": k.name}) for k in self.client.ssh_keys.get_all(label_selector=selector)]
+        if kind == "firewall":
+            return [Found(str(f.id), {"name": f.name}) for f in self.client.firewalls.get_all(label_selector=selector)]
+        return [self._server_found(s) for s in self.client.servers.get_all(label_selector=selector)]
+
+    @staticmethod
+    def _server_found(server: Any) -> Found:
+        ipv4 = server.public_net.ipv4.ip if server.public_net and server.public_net.ipv4 else ""
+        return Found(str(server.id), {"name": server.name, "ipv4": ipv4,
+                                      "type": server.server_type.name if server.server_type else ""})  # fmt: skip
+
+    def delete(self, kind: str, id: str) -> None:
+        try:
+            if kind == "server":
+                self.client.servers.delete(Server(id=int(id)))
+                self.poll(f"deleting server {id}", lambda: self._exists(int(id)), lambda exists: not exists,
+                          timeout=300, interval=2)  # fmt: skip
+            elif kind == "firewall":
+                self.client.firewalls.delete(Firewall(id=int(id)))
+            else:
+                self.client.ssh_keys.delete(SSHKey(id=int(id)))
+        except APIException as err:
+            if err.code != "not_found":
+                raise
+
+    def _exists(self, id: int) -> bool:
+        try:
+            self.client.servers.get_by_id(id)
+        except APIException as err:
+            if err.code == "not_found":
+                return False
+            raise
+        return True
+
+    def create_server(self, public_key: str) -> str:
+        labels = self.labels()
+        fw_labels: Any = labels  # the SDK annotates firewall labels as str; the API takes a mapping
+        name = self.resource_name()
+        key = self.ensure("ssh_key", lambda: Found(
+            str(self.client.ssh_keys.create(name=name, public_key=public_key, labels=labels).id), {"name": name}))
+        rules = [FirewallRule(direction="in", protocol="tcp", port=str(port), source_ips=["0.0.0.0/0", "::/0"],
+                              description=f"postgressor {port}")
+                 for port in sorted({*OPEN_PORTS, *self.settings.hardening.extra_ports})]  # fmt: skip
+        firewall = self.ensure("firewall", lambda: Found(
+            str(self.client.firewalls.create(name=name, rules=rules, labels=fw_labels).firewall.id), {"name": name}))
+
+        def create() -> Found:
+            response = self.client.servers.create(
+                name=name, server_type=ServerType(name=self.size), image=Image(name=self.settings.hetzner.image),
+                ssh_keys=[SSHKey(id=int(key.id))], firewalls=[Firewall(id=int(firewall.id))],
+                user_data=user_data(), labels=labels, location=Location(name=self.region),
+            )  # fmt: skip
+            return self._server_found(response.server)
+
+        found = self.ensure("server", create)
+        if found.details.get("type") and found.details["type"] != self.size and self.settings.size:
+            self.log(f"the stack's server is a {found.details['type']}; --size {self.size} is ignored (no resizing)")
+        server = self.poll("the server start", lambda: self.client.servers.get_by_id(int(found.id)),
+                           lambda s: s.status == "running", timeout=600, interval=3)  # fmt: skip
+        ipv4 = self._server_found(server).details["ipv4"]
+        if not ipv4:
+            raise PostgressorError(f"Hetzner server {found.id} has no public IPv4; postgressor needs one")
+        return str(ipv4)

@@ -1,0 +1,170 @@
+"""A fake Hetzner Cloud API (the subset postgressor uses), shaped like hcloud 2.27 expects."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from cloudfakes.base import FakeAPI, Reply, Request, match_labels
+
+TOKEN = "test-hcloud-token"
+LOCATIONS = {"fsn1": "DE", "nbg1": "DE", "hel1": "FI", "ash": "US", "hil": "US", "sin": "SG"}
+SERVER_TYPES = {"cx23", "cx33", "cpx12", "cpx22", "cax11"}
+IMAGES = {"debian-12", "debian-13", "ubuntu-24.04"}
+# Called when a server is created (e.g. to boot a VM); returns the server's public IPv4.
+OnCreate = Callable[[dict[str, Any], dict[str, Any]], str]
+
+
+def error(status: int, code: str, message: str) -> Reply:
+    return status, {"error": {"code": code, "message": message, "details": {}}}
+
+
+class FakeHetzner(FakeAPI):
+    def __init__(self, on_create: OnCreate | None = None, on_delete: Callable[[dict[str, Any]], None] | None = None,
+                 boot_polls: int = 2) -> None:
+        super().__init__()
+        self.ids = itertools.count(1001)
+        self.ssh_keys: dict[int, dict[str, Any]] = {}
+        self.firewalls: dict[int, dict[str, Any]] = {}
+        self.servers: dict[int, dict[str, Any]] = {}
+        self.on_create = on_create
+        self.on_delete = on_delete
+        self.boot_polls = boot_polls  # GETs a server answers "initializing" before "running"
+        self.created_servers = 0
+
+    # ---- helpers
+
+    @staticmethod
+    def _page(name: str, items: list[dict[str, Any]], req: Request) -> Reply:
+        selector = req.query.get("label_selector", "")
+        if "name" in req.query:
+            items = [i for i in items if i["name"] == req.query["name"]]
+        items = [i for i in items if match_labels(i["labels"], selector)]
+        per_page = int(req.query.get("per_page", 25))
+        page = int(req.query.get("page", 1))
+        chunk = items[(page - 1) * per_page: page * per_page]
+        last = max(1, -(-len(items) // per_page))
+        return 200, {name: chunk, "meta": {"pagination": {
+            "page": page, "per_page": per_page, "previous_page": page - 1 or None,
+            "next_page": page + 1 if page < last else None, "last_page": last, "total_entries": len(items)}}}
+
+    def _action(self, command: str, resource: int, kind: str) -> dict[str, Any]:
+        return {"id": next(self.ids), "command": command, "status": "success", "progress": 100,
+                "started": "2026-11-01T00:00:00+00:00", "finished": "2026-11-01T00:00:01+00:00",
+                "resources": [{"id": resource, "type": kind}], "error": None}
+
+    def _server_view(self, server: dict[str, Any]) -> dict[str, Any]:
+        if server["status"] == "initializing":
+            server["polls"] += 1
+            if server["polls"] > self.boot_polls:
+                server["status"] = "running"
+        return {k: v for k, v in server.items() if k != "polls"}
+
+    # ---- routes
+
+    def route(self, req: Request) -> Reply:
+        if req.headers.get("authorization") != f"Bearer {TOKEN}":
+            return error(401, "unauthorized", "unable to authenticate")
+        parts = req.path.strip("/").split("/")
+        if parts[0] != "v1" or len(parts) < 2:
+            return error(404, "not_found", "no such endpoint")
+        collection, ident = parts[1], (int(parts[2]) if len(parts) > 2 else None)
+        handler = getattr(self, f"_{collection}", None)
+        if handler is None:
+            return error(404, "not_found", "no such endpoint")
+        return handler(req, ident)
+
+    def _ssh_keys(self, req: Request, ident: int | None) -> Reply:
+        if req.method == "GET" and ident is None:
+            return self._page("ssh_keys", list(self.ssh_keys.values()), req)
+        if req.method == "POST":
+            body = req.body
+            if any(k["name"] == body["name"] or k["public_key"] == body["public_key"] for k in self.ssh_keys.values()):
+                return error(409, "uniqueness_error", "SSH key with the same fingerprint already exists")
+            key = {"id": next(self.ids), "name": body["name"], "public_key": body["public_key"],
+                   "fingerprint": "aa:bb", "labels": body.get("labels", {}), "created": "2026-11-01T00:00:00+00:00"}
+            self.ssh_keys[key["id"]] = key
+            return 201, {"ssh_key": key}
+        if req.method == "DELETE" and ident in self.ssh_keys:
+            del self.ssh_keys[ident]
+            return 204, None
+        return error(404, "not_found", f"ssh_key with ID '{ident}' not found")
+
+    def _firewalls(self, req: Request, ident: int | None) -> Reply:
+        if req.method == "GET" and ident is None:
+            return self._page("firewalls", list(self.firewalls.values()), req)
+        if req.method == "POST":
+            body = req.body
+            rules = []
+            for rule in body.get("rules", []):
+                missing = {"direction", "protocol", "port", "source_ips"} - set(rule)
+                if missing:
+                    return error(422, "invalid_input", f"rule lacks {sorted(missing)}")
+                rules.append({"direction": rule["direction"], "source_ips": rule["source_ips"],
+                              "destination_ips": rule.get("destination_ips", []), "protocol": rule["protocol"],
+                              "port": rule["port"], "description": rule.get("description")})
+            fw = {"id": next(self.ids), "name": body["name"], "labels": body.get("labels", {}), "rules": rules,
+                  "applied_to": [], "created": "2026-11-01T00:00:00+00:00"}
+            self.firewalls[fw["id"]] = fw
+            return 201, {"firewall": fw, "actions": []}
+        if req.method == "DELETE" and ident in self.firewalls:
+            if any(f["id"] == ident for s in self.servers.values() for f in s["public_net"]["firewalls"]):
+                return error(422, "resource_in_use", "firewall is still applied to a server")
+            del self.firewalls[ident]
+            return 204, None
+        return error(404, "not_found", f"firewall with ID '{ident}' not found")
+
+    def _servers(self, req: Request, ident: int | None) -> Reply:
+        if req.method == "GET" and ident is None:
+            return self._page("servers", [self._server_view(s) for s in self.servers.values()], req)
+        if req.method == "GET" and ident in self.servers:
+            return 200, {"server": self._server_view(self.servers[ident])}
+        if req.method == "POST":
+            return self._create_server(req.body)
+        if req.method == "DELETE" and ident in self.servers:
+            server = self.servers.pop(ident)
+            if self.on_delete:
+                self.on_delete(server)
+            return 200, {"action": self._action("delete_server", ident, "server")}
+        return error(404, "not_found", f"server with ID '{ident}' not found")
+
+    def _create_server(self, body: dict[str, Any]) -> Reply:
+        if body.get("location") not in LOCATIONS:
+            return error(422, "invalid_input", f"unknown location {body.get('location')!r}")
+        if body["server_type"] not in SERVER_TYPES:
+            return error(422, "invalid_input", f"unknown server type {body['server_type']!r}")
+        if body["image"] not in IMAGES:
+            return error(422, "invalid_input", f"unknown image {body['image']!r}")
+        if any(s["name"] == body["name"] for s in self.servers.values()):
+            return error(409, "uniqueness_error", "server name is already used")
+        for key in body.get("ssh_keys", []):
+            if key not in self.ssh_keys and key not in [k["name"] for k in self.ssh_keys.values()]:
+                return error(422, "invalid_input", f"ssh key {key} not found")
+        firewalls = [f["firewall"] for f in body.get("firewalls", [])]
+        if any(f not in self.firewalls for f in firewalls):
+            return error(422, "invalid_input", "firewall not found")
+        if len(body.get("user_data", "")) > 32 * 1024:
+            return error(422, "invalid_input", "user_data exceeds 32 KiB")
+        ident = next(self.ids)
+        server = {
+            "id": ident, "name": body["name"], "status": "initializing", "created": "2026-11-01T00:00:00+00:00",
+            "labels": body.get("labels", {}), "polls": 0,
+            "server_type": {"id": 1, "name": body["server_type"], "cores": 2, "memory": 4.0, "disk": 40},
+            "location": {"id": 1, "name": body["location"], "country": LOCATIONS[body["location"]],
+                         "city": body["location"], "network_zone": "eu-central"},
+            "image": {"id": 2, "name": body["image"], "type": "system", "os_flavor": "debian"},
+            "public_net": {"ipv4": {"id": next(self.ids), "ip": "", "blocked": False, "dns_ptr": ""},
+                           "ipv6": None, "floating_ips": [],
+                           "firewalls": [{"id": f, "status": "applied"} for f in firewalls]},
+            "private_net": [], "volumes": [], "rescue_enabled": False, "locked": False,
+            "backup_window": None, "outgoing_traffic": 0, "ingoing_traffic": 0, "included_traffic": 21990232555520,
+            "primary_disk_size": 40, "protection": {"delete": False, "rebuild": False}, "iso": None,
+            "placement_group": None, "load_balancers": [],
+        }
+        ip = self.on_create(server, body) if self.on_create else f"192.0.2.{ident % 250}"
+        server["public_net"]["ipv4"]["ip"] = ip
+        self.servers[ident] = server
+        self.created_servers += 1
+        return 201, {"server": self._server_view(server), "action": self._action("create_server", ident, "server"),
+                     "next_actions": [], "root_password": None}

@@ -1,0 +1,149 @@
+"""A fake OVHcloud API (/auth/time and the Public Cloud calls postgressor makes), checking request signatures."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import ovh.client
+
+from cloudfakes.base import FakeAPI, Reply, Request
+
+APP_KEY, APP_SECRET, CONSUMER_KEY = "fake-app-key", "fake-app-secret", "fake-consumer-key"
+PROJECT = "0123456789abcdef0123456789abcdef"
+REGIONS = ("GRA11", "SBG5", "SGP1", "AP-SOUTH-MUM-1")
+FLAVORS = {"d2-4": "flavor-d2-4", "d2-8": "flavor-d2-8", "b3-8": "flavor-b3-8"}
+
+
+def error(status: int, message: str, code: str | None = None) -> Reply:
+    body: dict[str, Any] = {"message": message}
+    if code:
+        body["errorCode"] = code
+    return status, body
+
+
+class FakeOVH(FakeAPI):
+    def __init__(self, regions: tuple[str, ...] = REGIONS, boot_polls: int = 1,
+                 on_create: Callable[[dict[str, Any]], str] | None = None) -> None:
+        super().__init__()
+        self.regions = regions
+        self.boot_polls = boot_polls
+        self.on_create = on_create
+        self.counter = itertools.count(1)
+        self.ssh_keys: dict[str, dict[str, Any]] = {}
+        self.instances: dict[str, dict[str, Any]] = {}
+        self.created = 0
+
+    def register(self, name: str = "fake-ovh") -> str:
+        """Add this server to ovh.client.ENDPOINTS (the SDK accepts only known names); returns the name."""
+        ovh.client.ENDPOINTS[name] = f"{self.url}/1.0"
+        return name
+
+    def _signature_ok(self, req: Request) -> bool:
+        h = req.headers
+        if h.get("x-ovh-application") != APP_KEY:
+            return False
+        target = f"{self.url}{h['x-raw-url']}"
+        expected = "$1$" + hashlib.sha1("+".join(
+            [APP_SECRET, h.get("x-ovh-consumer", ""), req.method, target, h["x-raw-body"], h.get("x-ovh-timestamp", "")]
+        ).encode()).hexdigest()
+        return h.get("x-ovh-signature") == expected
+
+    def route(self, req: Request) -> Reply:
+        if req.path == "/1.0/auth/time":
+            return 200, int(time.time())
+        if req.headers.get("x-ovh-application") != APP_KEY:
+            return error(403, "This application key is invalid", "INVALID_KEY")
+        if req.headers.get("x-ovh-consumer") != CONSUMER_KEY:
+            return error(403, "This credential does not exist", "INVALID_CREDENTIAL")
+        if not self._signature_ok(req):
+            return error(400, "Invalid signature")
+        prefix = f"/1.0/cloud/project/{PROJECT}/"
+        if not req.path.startswith(prefix):
+            return error(404, "This service does not exist")
+        parts = req.path[len(prefix):].strip("/").split("/")
+        handler = getattr(self, f"_{parts[0]}", None)
+        if handler is None:
+            return error(404, "Got an invalid (or empty) URL")
+        return handler(req, parts[1] if len(parts) > 1 else None)
+
+    def _region(self, req: Request, ident: str | None) -> Reply:
+        return 200, list(self.regions)
+
+    def _flavor(self, req: Request, ident: str | None) -> Reply:
+        region = req.query.get("region")
+        return 200, [{"id": f"{fid}-{region}", "name": name, "region": region, "osType": "linux", "vcpus": 2,
+                      "ram": 4000, "disk": 50, "available": True} for name, fid in FLAVORS.items()]
+
+    def _image(self, req: Request, ident: str | None) -> Reply:
+        region = req.query.get("region")
+        return 200, [{"id": f"img-debian12-{region}", "name": "Debian 12", "region": region, "type": "linux",
+                      "status": "active", "creationDate": "2026-10-01T00:00:00Z"},
+                     {"id": f"img-debian11-{region}", "name": "Debian 11", "region": region, "type": "linux",
+                      "status": "active", "creationDate": "2024-10-01T00:00:00Z"}]
+
+    def _sshkey(self, req: Request, ident: str | None) -> Reply:
+        if req.method == "GET" and ident is None:
+            return 200, list(self.ssh_keys.values())
+        if req.method == "POST":
+            body = req.body
+            if body.get("region") and body["region"] not in self.regions:
+                return error(400, f"Invalid region {body['region']}")
+            if any(k["name"] == body["name"] for k in self.ssh_keys.values()):
+                return error(409, "SSH key with this name already exists")
+            key = {"id": uuid.uuid4().hex[:24], "name": body["name"], "publicKey": body["publicKey"],
+                   "regions": [body["region"]] if body.get("region") else list(self.regions)}
+            self.ssh_keys[key["id"]] = key
+            return 200, key
+        if req.method == "DELETE" and ident in self.ssh_keys:
+            del self.ssh_keys[ident]
+            return 200, None
+        return error(404, f"SSH key {ident} not found")
+
+    def _view(self, instance: dict[str, Any]) -> dict[str, Any]:
+        instance["_polls"] += 1
+        if instance["status"] == "BUILD" and instance["_polls"] > self.boot_polls:
+            instance["status"] = "ACTIVE"
+            instance["ipAddresses"] = [{"ip": instance["_ip"], "type": "public", "version": 4},
+                                       {"ip": "2001:db8::1", "type": "public", "version": 6}]
+        return {k: v for k, v in instance.items() if not k.startswith("_")}
+
+    def _instance(self, req: Request, ident: str | None) -> Reply:
+        if req.method == "GET" and ident is None:
+            region = req.query.get("region")
+            return 200, [self._view(i) for i in self.instances.values() if not region or i["region"] == region]
+        if req.method == "GET" and ident in self.instances:
+            return 200, self._view(self.instances[ident])
+        if req.method == "POST":
+            return self._create(req.body)
+        if req.method == "DELETE" and ident in self.instances:
+            del self.instances[ident]
+            return 200, None
+        return error(404, f"Instance {ident} not found")
+
+    def _create(self, body: dict[str, Any]) -> Reply:
+        region = body.get("region")
+        if region not in self.regions:
+            return error(400, f"Invalid region {region}")
+        if body.get("flavorId") != f"{FLAVORS.get('d2-4')}-{region}" and body.get("flavorId") not in {
+                f"{fid}-{region}" for fid in FLAVORS.values()}:
+            return error(400, "Invalid flavorId")
+        if body.get("imageId") != f"img-debian12-{region}" and body.get("imageId") != f"img-debian11-{region}":
+            return error(400, "Invalid imageId")
+        if body.get("sshKeyId") not in self.ssh_keys:
+            return error(400, "Invalid sshKeyId")
+        if body.get("monthlyBilling") is not False:
+            return error(400, "postgressor should bill hourly")
+        ident = str(uuid.uuid4())
+        instance = {"id": ident, "name": body["name"], "status": "BUILD", "region": region,
+                    "flavorId": body["flavorId"], "imageId": body["imageId"], "sshKeyId": body["sshKeyId"],
+                    "created": "2026-11-01T00:00:00Z", "ipAddresses": [], "monthlyBilling": None, "_polls": 0,
+                    "_ip": self.on_create(body) if self.on_create else f"203.0.113.{next(self.counter) + 10}",
+                    "_user_data": body.get("userData", "")}
+        self.instances[ident] = instance
+        self.created += 1
+        return 200, self._view(instance)
