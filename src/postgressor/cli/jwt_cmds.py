@@ -1,0 +1,90 @@
+"""``postgressor verify-jwt``: check a Supabase access token the way the gateway will."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from postgressor.cli.common import console, emit_json, global_options, settings_for, stack_name
+from postgressor.errors import UsageError
+from postgressor.gateway.settings import verifier_config
+from postgressor.jwt_checks import FAIL, Check, check_token, mint_hs256
+from postgressor.jwt_verify import VerifierConfig, config_problem, fingerprint
+
+NOT_YET_REMOTE = ("remote checks (gateway, Postgres current_user_id(), Electric health) are not "
+                  "implemented yet; run with --offline for the local token checks")
+
+
+def _token(token: str | None, mint: bool, sub: str | None, cfg: VerifierConfig) -> str:
+    if mint:
+        if token:
+            raise UsageError("pass either --token or --mint, not both")
+        if not sub:
+            raise UsageError("--mint needs --sub <user UUID>")
+        return mint_hs256(cfg, sub)
+    if sub:
+        raise UsageError("--sub only goes with --mint")
+    if token == "-":  # noqa: S105 - stdin marker
+        token = sys.stdin.read().strip()
+    if not token:
+        raise UsageError("no token: pass --token TOKEN, --token - (stdin), set POSTGRESSOR_TOKEN, "
+                         "or --mint --sub UUID")
+    return token.removeprefix("Bearer ").strip()
+
+
+def _render(token: str, checks: list[Check]) -> None:
+    table = Table(title=f"token {fingerprint(token)}", show_lines=False)
+    for column in ("check", "result", "detail"):
+        table.add_column(column)
+    styles = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+    for check in checks:
+        table.add_row(Text(check.name), Text(check.status, style=styles[check.status]), Text(check.detail))
+    console.print(table)
+
+
+def verify_jwt(
+    ctx: typer.Context,
+    token: Annotated[str | None, typer.Option(envvar="POSTGRESSOR_TOKEN", show_envvar=True,
+                                              help="The access token, or - to read it from stdin.")] = None,
+    mint: Annotated[bool, typer.Option("--mint", help="Sign a short-lived HS256 test token.")] = False,
+    sub: Annotated[str | None, typer.Option(help="User UUID for --mint.")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Local checks only (no remote ones).")] = False,
+    jwt_secret: Annotated[str | None, typer.Option(help="Legacy HS256 secret (else the config).")] = None,
+    jwks_url: Annotated[str | None, typer.Option(help="JWKS URL (else the config).")] = None,
+    audience: Annotated[str | None, typer.Option(help="Expected aud (default authenticated).")] = None,
+    issuer: Annotated[str | None, typer.Option(help="Expected iss (else the config).")] = None,
+    stack: Annotated[str | None, typer.Option("--stack", "-s", help="Stack name.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Check a token: header, key source, signature, exp/iat/nbf, aud, iss, sub and role.
+
+    Exit codes: 0 every check passed, 1 a check failed, 2 usage or configuration error.
+    """
+    stack_name(ctx, stack)
+    if not offline:
+        raise UsageError(NOT_YET_REMOTE)
+    base = verifier_config(settings_for(ctx))
+    cfg = VerifierConfig(
+        jwt_secret=jwt_secret or base.jwt_secret,
+        jwks_url=jwks_url if jwks_url is not None else base.jwks_url,
+        issuer=issuer if issuer is not None else base.issuer,
+        audience=audience or base.audience,
+    )
+    problem = config_problem(cfg)
+    if problem:
+        raise UsageError(problem)
+    value = _token(token, mint, sub, cfg)
+    checks = check_token(value, cfg)
+    ok = all(c.status != FAIL for c in checks)
+    if json_output or global_options(ctx).json:
+        emit_json({"ok": ok, "token": fingerprint(value), "minted": mint,
+                   "checks": [c.as_dict() for c in checks]})
+    else:
+        _render(value, checks)
+        console.print("token accepted" if ok else "token refused", markup=False)
+    if not ok:
+        raise typer.Exit(1)

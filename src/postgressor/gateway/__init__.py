@@ -1,0 +1,1 @@
+"""The auth gateway in front of Electric: Supabase token in, per-user shape requests out."""
