@@ -18,7 +18,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from postgressor.advisor.regions import resolve_region
 from postgressor.config import Settings
 from postgressor.errors import PostgressorError
 from postgressor.providers import retry
@@ -94,6 +93,10 @@ class CloudProvider(Provider):
     @abstractmethod
     def ssh_timeout(self) -> float: ...
 
+    @abstractmethod
+    def resolve(self, name: str) -> str:
+        """The provider's region code for a code or city (advisor.regions.resolve_region); UsageError if none."""
+
     def describe(self, kind: str) -> str:
         return f"create the {kind.replace('_', ' ')}"
 
@@ -111,7 +114,7 @@ class CloudProvider(Provider):
         if self._region is None:
             meta = self.state.find(META)
             recorded = str(meta.details.get("region", "")) if meta else ""
-            wanted = resolve_region(self.name, self.settings.region or recorded or self.region_hint())
+            wanted = self.resolve(self.settings.region or recorded or self.region_hint())
             if recorded and wanted != recorded:
                 raise PostgressorError(
                     f"stack '{self.state.stack}' lives in {self.name} region {recorded}, not {wanted}; "

@@ -15,6 +15,7 @@ from hcloud.servers import Server
 from hcloud.ssh_keys import SSHKey
 
 from postgressor.advisor.catalogue import load
+from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.providers.cloud import OPEN_PORTS, CloudProvider, Found, user_data
 
@@ -63,6 +64,9 @@ class HetznerProvider(CloudProvider):
     def validate(self) -> None:
         super().validate()
         self._token()
+
+    def resolve(self, name: str) -> str:
+        return resolve_region("hetzner", name)
 
     def default_size(self) -> str:
         """The cheapest x86 size in the catalogue offered in the region with at least 4 GB (cx23 in the EU)."""

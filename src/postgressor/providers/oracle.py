@@ -17,6 +17,7 @@ from oci.circuit_breaker import NoCircuitBreakerStrategy
 from oci.core import models as core
 from oci.exceptions import ClientError, ServiceError
 
+from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.providers import retry
 from postgressor.providers.cloud import OPEN_PORTS, CloudProvider, Found, user_data
@@ -110,6 +111,9 @@ class OracleProvider(CloudProvider):
         if self.size == DEFAULT_SHAPE and (cfg.ocpus > FREE_OCPUS or cfg.memory_gb > FREE_MEMORY_GB):
             self.log(f"{cfg.ocpus:g} OCPU / {cfg.memory_gb:g} GB is beyond the A1 Always Free limit "
                      f"({FREE_OCPUS} OCPU / {FREE_MEMORY_GB} GB): it will be billed")  # fmt: skip
+
+    def resolve(self, name: str) -> str:
+        return resolve_region("oracle", name)
 
     def default_size(self) -> str:
         return DEFAULT_SHAPE

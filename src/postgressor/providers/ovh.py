@@ -12,6 +12,7 @@ import ovh
 import requests
 from ovh import exceptions as ovherr
 
+from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.providers.cloud import CloudProvider, Found, user_data
 
@@ -74,6 +75,9 @@ class OVHProvider(CloudProvider):
         super().validate()
         _ = self.project
         _ = self.client
+
+    def resolve(self, name: str) -> str:
+        return resolve_region("ovh", name)
 
     def default_size(self) -> str:
         return DEFAULT_FLAVOR
