@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from postgressor.sshconn import CommandResult, run
 from postgressor.state import HostRecord, StackState, load_state
@@ -58,3 +62,15 @@ def write_project(project: Path) -> None:
     (project / "postgressor.toml").write_text(
         'provider = "local"\n\n[local]\nmemory_mb = 2048\ncpus = 2\nforward_ports = [5432, 8080]\n'
     )
+
+
+REQUIRED_TOOLS = ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4")
+
+
+def require_vm_tools() -> None:
+    """VM tests never skip silently: a missing tool is a failure that says what to install."""
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"VM tests need {', '.join(missing)}: run scripts/setup or apt-get install them", pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("VM tests build the base image with debootstrap and need root", pytrace=False)

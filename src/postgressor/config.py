@@ -111,6 +111,37 @@ class GatewayConfig(Section):
     electric_secret: SecretStr | None = None
 
 
+class ElectricConfig(Section):
+    """ElectricSQL 1.x as a systemd-managed container, reachable only through the gateway."""
+
+    enabled: bool | None = None  # default: on when [[sync.tables]] lists a table
+    version: str = "1.7.12"
+    image: str = ""  # default electricsql/electric:<version>; a mirror when Docker Hub is unreachable
+    image_archive: Path | None = None  # a `docker save` tarball loaded instead of pulling (air-gapped boxes)
+    docker_bridge: str = "172.17.0.1/16"  # Docker's bridge; PostgreSQL also listens on its address for Electric
+    health_timeout: int = Field(300, ge=10, description="seconds to wait for /v1/health = 200")
+
+    @field_validator("version")
+    @classmethod
+    def _safe_version(cls, value: str) -> str:
+        parts = value.split(".")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError("use a release number like 1.7.12")
+        if tuple(int(p) for p in parts) < (1, 7, 12):
+            raise ValueError("Electric before 1.7.12 lets requests skip the secret check; use 1.7.12 or later")
+        return value
+
+    def image_ref(self) -> str:
+        return self.image or f"electricsql/electric:{self.version}"
+
+
+class HttpsConfig(Section):
+    """Caddy in front of the gateway: a domain gets a public certificate, no domain gets `tls internal`."""
+
+    domain: str = ""
+    email: str = ""  # ACME account email (optional)
+
+
 class HetznerConfig(Section):
     """Hetzner Cloud. The token comes from here, POSTGRESSOR_HETZNER__TOKEN or HCLOUD_TOKEN."""
 
@@ -169,6 +200,8 @@ class Settings(BaseSettings):
     supabase: SupabaseConfig = SupabaseConfig()
     sync: SyncConfig = SyncConfig()
     gateway: GatewayConfig = GatewayConfig()
+    electric: ElectricConfig = ElectricConfig()
+    https: HttpsConfig = HttpsConfig()
     migrations: MigrationsConfig = MigrationsConfig()
     hetzner: HetznerConfig = HetznerConfig()
     oracle: OracleConfig = OracleConfig()
@@ -194,6 +227,12 @@ class Settings(BaseSettings):
         if self.provider == "ssh" and not self.ssh.host:
             raise ValueError("provider 'ssh' needs a host: pass --host or set [ssh] host")
         return self
+
+    def sync_enabled(self) -> bool:
+        """Electric, the gateway and Caddy are deployed when tables are synced (or when asked)."""
+        if self.electric.enabled is not None:
+            return self.electric.enabled
+        return bool(self.sync.tables)
 
     def postgres_source(self) -> Literal["pgdg", "distro"]:
         """PGDG on real boxes; the distro's packages on the local VM (PGDG is unreachable offline)."""

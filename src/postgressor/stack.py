@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from postgressor.config import Settings
 from postgressor.deploys.box import base, postgresql
+from postgressor.deploys.bundle import gateway_bundle
 from postgressor.deploys.spec import BoxSpec, Distro, box_spec, distro_from_fact
+from postgressor.deploys.sync import caddy, electric, gateway
 from postgressor.engine import DeployResult, OpListener, run_deploys, ssh_inventory
 from postgressor.errors import PostgressorError
 from postgressor.providers import get_provider
@@ -60,25 +63,50 @@ def _provider(settings: Settings, stack: str, log: Log) -> tuple[StackState, Pro
     return state, provider
 
 
-def read_distro(host: HostRecord) -> Distro:
-    """Wait for cloud-init (it holds the apt lock on fresh boxes), then read /etc/os-release."""
-    result = run(host, "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null 2>&1; "
-                       "fi; cat /etc/os-release", timeout=900)  # fmt: skip
+@dataclass(frozen=True)
+class BoxFacts:
+    distro: Distro
+    python: str  # "3.11"
+    machine: str  # "x86_64" | "aarch64"
+
+
+def read_box(host: HostRecord) -> BoxFacts:
+    """Wait for cloud-init (it holds the apt lock on fresh boxes), then read the OS, Python and CPU."""
+    script = (
+        "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null 2>&1; fi; "
+        "echo \"MACHINE=$(uname -m)\"; "
+        "echo \"PYTHON=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null)\"; "
+        "cat /etc/os-release"
+    )
+    result = run(host, script, timeout=900)
     if not result.ok:
         raise PostgressorError(f"cannot read /etc/os-release on {host.address}: {result.stderr.strip()}")
     fields = dict(shlex.split(line)[0].split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     major = fields.get("VERSION_ID", "0").split(".")[0]
-    return distro_from_fact({"name": fields.get("ID", ""), "major": int(major) if major.isdigit() else 0,
-                             "release_meta": fields})  # fmt: skip
+    distro = distro_from_fact(
+        {"name": fields.get("ID", ""), "major": int(major) if major.isdigit() else 0, "release_meta": fields}
+    )
+    return BoxFacts(distro, fields.get("PYTHON", ""), fields.get("MACHINE", ""))
+
+
+def deploys_for(spec: BoxSpec, facts: BoxFacts, host: HostRecord) -> list[tuple[Callable[..., Any], dict[str, Any]]]:
+    plan: list[tuple[Callable[..., Any], dict[str, Any]]] = [(base, {"spec": spec}), (postgresql, {"spec": spec})]
+    if spec.sync is None:
+        return plan
+    if not facts.python:
+        raise PostgressorError(f"{host.address} has no python3; the gateway needs it (apt-get install python3)")
+    bundle = gateway_bundle(facts.python, facts.machine)
+    return [*plan, (electric, {"spec": spec}), (gateway, {"spec": spec, "bundle": bundle}),
+            (caddy, {"spec": spec, "public_address": host.address})]  # fmt: skip
 
 
 def deploy_host(
     settings: Settings, state: StackState, host: HostRecord, listener: OpListener, dry_run: bool = False
 ) -> tuple[BoxSpec, DeployResult]:
-    spec = box_spec(settings, read_distro(host))
+    facts = read_box(host)
+    spec = box_spec(settings, facts.distro)
     inventory = ssh_inventory(host, known_hosts_path(state))
-    result = run_deploys(inventory, [(base, {"spec": spec}), (postgresql, {"spec": spec})],
-                         listener, dry_run=dry_run)  # fmt: skip
+    result = run_deploys(inventory, deploys_for(spec, facts, host), listener, dry_run=dry_run)
     if not dry_run and not result.failed:
         state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
         state.save()
@@ -128,8 +156,13 @@ def status(settings: Settings, stack: str) -> dict[str, Any]:
     script = (
         "v=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1); "
         'echo "service=$(systemctl is-active postgresql@$v-main 2>/dev/null)"; '
-        f"runuser -u postgres -- psql -XAtq -c {shlex.quote(query)}"
+        f"cd / && runuser -u postgres -- psql -XAtq -c {shlex.quote(query)}"
     )
+    if settings.sync_enabled():
+        script += (
+            "; for u in electric postgressor-gateway caddy; do echo \"unit_$u=$(systemctl is-active $u)\"; done; "
+            "echo \"electric_health=$(curl -s -o /dev/null -m 5 -w '%{http_code}' http://127.0.0.1:3000/v1/health)\""
+        )
     report: dict[str, Any] = {"stack": stack, "provider": state.provider, "reachable": False,
                               "host": f"{state.host.address}:{state.host.port}"}  # fmt: skip
     try:
@@ -138,14 +171,22 @@ def status(settings: Settings, stack: str) -> dict[str, Any]:
         report["error"] = str(err)
         return report
     report["reachable"] = True
-    lines = result.stdout.splitlines()
-    report["service"] = lines[0].removeprefix("service=") if lines else "unknown"
+    values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line and line[0] != "{")
+    report["service"] = values.get("service", "unknown")
+    pg_line = next((line for line in result.stdout.splitlines() if line.startswith("{")), "")
     try:
-        report["postgres"] = json.loads(lines[1]) if len(lines) > 1 else None
+        report["postgres"] = json.loads(pg_line) if pg_line else None
     except ValueError:
         report["postgres"] = None
     if report["postgres"] is None:
         report["error"] = (result.stderr.strip().splitlines() or ["PostgreSQL did not answer"])[-1]
+    if settings.sync_enabled():
+        units = {k.removeprefix("unit_"): v for k, v in values.items() if k.startswith("unit_")}
+        report["sync"] = {"units": units, "electric_health": values.get("electric_health", "")}
+        broken = [u for u, active in units.items() if active != "active"]
+        if broken or values.get("electric_health") != "200":
+            report.setdefault("error", f"sync not healthy: inactive {broken or 'none'}, Electric health "
+                                       f"{values.get('electric_health') or 'no answer'}")  # fmt: skip
     report["deployed_at"] = state.deployed_at
     return report
 

@@ -84,7 +84,7 @@ class StackState:
             "stack": self.stack,
             "provider": self.provider,
             "resources": [asdict(r) for r in self.resources],
-            "host": asdict(self.host) if self.host else None,
+            "host": self._portable(asdict(self.host)) if self.host else None,
             "deployed_at": self.deployed_at,
         }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.stack}.", suffix=".tmp")
@@ -98,12 +98,26 @@ class StackState:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def _portable(self, host: dict[str, Any]) -> dict[str, Any]:
+        """A key file inside the state directory is stored relative to it, so the project can move."""
+        key = Path(host["key_path"])
+        if key.is_absolute() and key.is_relative_to(self.path.parent.resolve()):
+            host["key_path"] = str(key.relative_to(self.path.parent.resolve()))
+        return host
+
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _absolute_key(host: HostRecord, state_dir: Path) -> HostRecord:
+    key = Path(host.key_path)
+    if not key.is_absolute() and not host.key_path.startswith("~"):
+        host.key_path = str((state_dir / key).resolve())
+    return host
 
 
 def state_path(state_dir: Path, stack: str) -> Path:
@@ -122,7 +136,7 @@ def load_state(state_dir: Path, stack: str) -> StackState | None:
             provider=data["provider"],
             path=path,
             resources=[Resource(**r) for r in data.get("resources", [])],
-            host=HostRecord(**host) if host else None,
+            host=_absolute_key(HostRecord(**host), path.parent) if host else None,
             deployed_at=data.get("deployed_at", ""),
         )
     except (ValueError, KeyError, TypeError) as err:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from vmstack import Stack, write_project
+from vmstack import Stack, require_vm_tools, write_project
 
-REQUIRED_TOOLS = ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -21,11 +18,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"VM tests need {', '.join(missing)}: run .ci/run or apt-get install them", pytrace=False)
-    if os.geteuid() != 0:
-        pytest.fail("VM tests build the base image with debootstrap and need root", pytrace=False)
+    require_vm_tools()
     project = tmp_path_factory.mktemp("project")
     write_project(project)
     box = Stack(project, {})

@@ -81,3 +81,29 @@ def test_init_writes_a_valid_starter(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert runner.invoke(app, ["init"]).exit_code == 0
     assert runner.invoke(app, ["init"]).exit_code == 2  # refuses to overwrite
     assert load_settings(tmp_path / "postgressor.toml").provider == "local"
+
+
+def test_state_keeps_key_paths_portable_and_mode_0600(tmp_path: Path) -> None:
+    from postgressor.state import HostRecord, load_state, open_state
+
+    state = open_state(tmp_path / "proj" / ".postgressor", "staging", "local")
+    key = (tmp_path / "proj" / ".postgressor" / "staging" / "id_ed25519").resolve()
+    state.set_host(HostRecord("127.0.0.1", 2200, "root", str(key), "ssh-ed25519 AAAA"))
+    assert (state.path.stat().st_mode & 0o777) == 0o600
+    assert '"key_path": "staging/id_ed25519"' in state.path.read_text()
+    moved = tmp_path / "moved"
+    (tmp_path / "proj").rename(moved)
+    again = load_state(moved / ".postgressor", "staging")
+    assert again is not None and again.host is not None
+    assert again.host.key_path == str(moved.resolve() / ".postgressor" / "staging" / "id_ed25519")
+
+
+def test_stack_provider_mismatch_and_bad_names(tmp_path: Path) -> None:
+    from postgressor.errors import UsageError
+    from postgressor.state import open_state
+
+    open_state(tmp_path, "prod", "ssh").save()
+    with pytest.raises(UsageError, match="created with provider 'ssh'"):
+        open_state(tmp_path, "prod", "local")
+    with pytest.raises(UsageError, match="invalid stack name"):
+        open_state(tmp_path, "../etc", "local")

@@ -161,6 +161,10 @@ def _render_status(report: dict[str, Any]) -> None:
     for name, value in (pg.get("settings") or {}).items():
         table.add_row(name, str(value))
     console.print(table)
+    sync = report.get("sync")
+    if sync:
+        units = ", ".join(f"{unit} {state}" for unit, state in sync["units"].items())
+        console.print(f"sync: {units}; Electric /v1/health {sync['electric_health'] or 'no answer'}")
     slots = pg.get("slots") or []
     if slots:
         slot_table = Table("slot", "plugin", "active", "wal", "retained", box=None)

@@ -73,7 +73,9 @@ def base(spec: BoxSpec) -> None:
     apply_on_change("fail2ban", "systemctl restart fail2ban", "fail2ban", [jail_conf], jail)
 
     sources = {5432: spec.private_network} if spec.private_network else {}
-    firewall(name="Firewall: only SSH, HTTP, HTTPS", ports=spec.firewall_ports, sources=sources)
+    interfaces = {5432: "docker0"} if spec.sync else {}  # Electric's container reaches PostgreSQL
+    firewall(name="Firewall: only SSH, HTTP, HTTPS", ports=spec.firewall_ports, sources=sources,
+             interfaces=interfaces)  # fmt: skip
 
     machine = host.get_fact(facts.MachineSize)
     if machine.ram_kb < spec.swap_below_mb * MB:
@@ -103,6 +105,7 @@ def postgresql(spec: BoxSpec) -> None:
         name="pg_hba.conf (scram-sha-256)", src=template("pg_hba.conf.j2"), dest=hba,
         user="postgres", group="postgres", mode="640",
         private_address=bool(spec.private_network), private_network=spec.private_network,
+        electric_network=spec.sync.bridge_network if spec.sync else "", database=spec.database,
     )  # fmt: skip
     server.shell(name="Apply config (reload, restart only if needed)",
                  commands=[apply_config_command(spec.pg_version)],
@@ -127,7 +130,7 @@ def postgresql(spec: BoxSpec) -> None:
     for role in ("electric", "service_role"):
         sql_unless(
             name=f"{role} bypasses row level security",
-            check=f"SELECT rolbypassrls FROM pg_roles WHERE rolname = '{role}'",
+            check=f"SELECT rolbypassrls FROM pg_roles WHERE rolname = '{role}'",  # noqa: S608 (constant names)
             apply=f"ALTER ROLE {role} BYPASSRLS",
         )
     postgres.database(name=f"Database {spec.database}", database=spec.database, owner=spec.owner, _su_user="postgres")

@@ -103,3 +103,58 @@ class FileMtime(FactBase[int]):
     @staticmethod
     def default() -> int:
         return 0
+
+
+class SameContent(FactBase[bool]):
+    """True when the file at ``path`` equals what ``render`` prints on the box (compared by hash only)."""
+
+    def command(self, render: str, path: str) -> str:
+        return (
+            f'[ "$({render} | sha256sum | cut -d" " -f1)" = '
+            f'"$(sha256sum {shlex.quote(path)} 2>/dev/null | cut -d" " -f1)" ] && echo same || echo differs'
+        )
+
+    def process(self, output: list[str]) -> bool:
+        return output[0].strip() == "same"
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+
+class DockerImagePresent(FactBase[bool]):
+    def command(self, image: str) -> str:
+        return f"docker image inspect {shlex.quote(image)} >/dev/null 2>&1 && echo yes || echo no"
+
+    def process(self, output: list[str]) -> bool:
+        return output[0].strip() == "yes"
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+
+class HttpStatus(FactBase[str]):
+    def command(self, url: str) -> str:
+        return f"curl -s -o /dev/null -m 5 -w '%{{http_code}}' {shlex.quote(url)} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> str:
+        return output[0].strip()
+
+    @staticmethod
+    def default() -> str:
+        return ""
+
+
+class FileText(FactBase[str]):
+    """A small file's text, stripped; '' when absent."""
+
+    def command(self, path: str) -> str:
+        return f"cat {shlex.quote(path)} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> str:
+        return "\n".join(output).strip()
+
+    @staticmethod
+    def default() -> str:
+        return ""

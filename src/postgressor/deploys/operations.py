@@ -35,25 +35,34 @@ def repair_interrupted_dpkg() -> Generator[str, None, None]:
 
 
 @operation()
-def firewall(ports: list[int], sources: dict[int, str] | None = None) -> Generator[str, None, None]:
-    """ufw: deny incoming by default, allow exactly ``ports`` (plus port→source rules), keep SSH open."""
+def firewall(
+    ports: list[int], sources: dict[int, str] | None = None, interfaces: dict[int, str] | None = None
+) -> Generator[str, None, None]:
+    """ufw: deny incoming by default, allow exactly ``ports`` (plus port→source and port→interface rules)."""
     status = host.get_fact(facts.UfwStatus)
     wanted = {f"{port}/tcp" for port in ports}
     wanted |= {f"{port}/tcp {source}" for port, source in (sources or {}).items()}
+    wanted |= {f"{port}/tcp on {iface}" for port, iface in (interfaces or {}).items()}
     if status["default_incoming"] != "deny":
         yield "ufw default deny incoming"
         yield "ufw default allow outgoing"
-    for rule in sorted(wanted - status["allowed"]):
-        port, _, source = rule.partition(" ")
-        yield f"ufw allow proto tcp from {source} to any port {port[:-4]}" if source else f"ufw allow {port}"
+    for rule in sorted(wanted - status["allowed"]):  # SSH (22) sorts before enabling below
+        yield f"ufw allow {_ufw_rule(rule)}"
     for rule in sorted(status["allowed"] - wanted):
-        port, _, source = rule.partition(" ")
-        if source:
-            yield f"ufw delete allow proto tcp from {source} to any port {port.split('/')[0]}"
-        else:
-            yield f"ufw delete allow {port}"
+        yield f"ufw delete allow {_ufw_rule(rule)}"
     if not status["active"]:
         yield "ufw --force enable"
+
+
+def _ufw_rule(rule: str) -> str:
+    """'22/tcp', '5432/tcp 10.0.0.0/24' or '5432/tcp on docker0' as ufw allow/delete arguments."""
+    port, _, rest = rule.partition(" ")
+    number = port.split("/")[0]
+    if rest.startswith("on "):
+        return f"in {rest} to any port {number} proto tcp"
+    if rest:
+        return f"proto tcp from {rest} to any port {number}"
+    return port
 
 
 @operation()
@@ -67,6 +76,19 @@ def swapfile(size_mb: int, path: str = "/swapfile") -> Generator[str, None, None
     )
 
 
+def _generate(path: str) -> str:
+    """Shell that writes 40 random alphanumerics to ``path``.new (root-only); the caller moves it in place."""
+    return f"umask 077; install -d -m 0700 {SECRETS_DIR}; tr -dc A-Za-z0-9 </dev/urandom | head -c 40 > {path}.new"
+
+
+@operation()
+def generated_secret(name_on_box: str) -> Generator[str, None, None]:
+    """A random secret made on the box and kept there only (root, 0600)."""
+    path = secret_path(name_on_box)
+    if not host.get_fact(File, path=path):
+        yield f"set -e; {_generate(path)}; mv {path}.new {path}"
+
+
 @operation()
 def role_password(role: str) -> Generator[str, None, None]:
     """Give ``role`` a generated password kept on the box in a root-only file, never in argv or logs."""
@@ -75,12 +97,59 @@ def role_password(role: str) -> Generator[str, None, None]:
         return
     # The password reaches psql on stdin through printf (a shell builtin), so it never shows in `ps`.
     yield (
-        f"set -e; umask 077; install -d -m 0700 {SECRETS_DIR}; "
-        f"tr -dc A-Za-z0-9 </dev/urandom | head -c 40 > {path}.new; "
-        f'printf \'ALTER ROLE "%s" PASSWORD $$%s$$;\\n\' {shlex.quote(role)} "$(cat {path}.new)" '
+        f"set -e; {_generate(path)}; "
+        f"printf 'ALTER ROLE \"%s\" PASSWORD $$%s$$;\\n' {shlex.quote(role)} \"$(cat {path}.new)\" "
         f"| (cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d postgres); "
         f"mv {path}.new {path}"
     )
+
+
+def _render_env(lines: list[str]) -> str:
+    """printf of the env lines; ``$(cat FILE)`` in them is expanded by the box's shell, never sent as a value."""
+    return "printf '%s\\n' " + " ".join(f'"{line}"' for line in lines)
+
+
+@operation()
+def env_file(path: str, lines: list[str]) -> Generator[str, None, None]:
+    """A root-only env file composed on the box (secrets read from their files there)."""
+    render = _render_env(lines)
+    current = host.get_fact(facts.SameContent, render=render, path=path)
+    if not current:
+        yield f"set -e; umask 077; {render} > {path}.new; mv {path}.new {path}"
+
+
+@operation()
+def docker_image(image: str, archive: str = "") -> Generator[str, None, None]:
+    """The image present locally: loaded from an uploaded archive, or pulled with a clear way out."""
+    if host.get_fact(facts.DockerImagePresent, image=image):
+        return
+    q = shlex.quote(image)
+    if archive:
+        yield f"docker load -q -i {shlex.quote(archive)} && docker image inspect {q} >/dev/null"
+    else:
+        yield (
+            f"docker pull -q {q} || {{ echo 'cannot pull {image}: set electric.image to a reachable mirror, "
+            "or electric.image_archive to a docker save tarball to load instead'; exit 1; }"
+        )
+
+
+@operation()
+def http_ready(url: str, timeout: int, hint: str) -> Generator[str, None, None]:
+    """Wait until ``url`` answers 200, or fail with a message naming it."""
+    if host.get_fact(facts.HttpStatus, url=url) == "200":
+        return
+    yield (
+        f"for i in $(seq {timeout}); do [ \"$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' {url})\" = 200 ] "
+        f"&& exit 0; sleep 1; done; echo '{url} did not answer 200 within {timeout} s; {hint}'; exit 1"
+    )
+
+
+@operation()
+def applied(marker: str, digest: str, command: str) -> Generator[str, None, None]:
+    """Run ``command`` unless it already ran for this ``digest`` (survives an interrupted run)."""
+    path = f"{MARKERS_DIR}/{marker}"
+    if host.get_fact(facts.FileText, path=path) != digest:
+        yield f"{command} && install -d -m 0700 {MARKERS_DIR} && echo {digest} > {path}"
 
 
 @operation()

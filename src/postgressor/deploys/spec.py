@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
 
 from postgressor.config import Settings
@@ -40,6 +41,22 @@ class Distro:
     codename: str
 
 
+@dataclass(frozen=True)
+class SyncSpec:
+    """Electric, the gateway and Caddy: present only when tables are synced."""
+
+    image: str
+    image_archive: str  # local path of a `docker save` tarball, or ""
+    bridge_ip: str
+    bridge_network: str
+    health_timeout: int
+    gateway_config: str  # the gateway's TOML (holds the HS256 secret when configured: 0600 on the box)
+    gateway_port: int
+    domain: str
+    email: str
+    electric_port: int = 3000
+
+
 @dataclass
 class BoxSpec:
     distro: Distro
@@ -58,6 +75,7 @@ class BoxSpec:
     storage: str
     max_connections: int | None
     preload: list[str] = field(default_factory=list)
+    sync: SyncSpec | None = None
 
     @property
     def conf_dir(self) -> str:
@@ -109,7 +127,10 @@ def box_spec(settings: Settings, distro: Distro) -> BoxSpec:
                 "postgres.source = 'pgdg' (the PostgreSQL project's repository) or drop it"
             )
         packages.append(EXTENSION_PACKAGES[ext].format(v=version))
-    listen = ["localhost"]
+    sync = sync_spec(settings) if settings.sync_enabled() else None
+    if sync:
+        packages += ["docker.io", "caddy", "python3-venv", "curl"]
+    listen = ["localhost", *([sync.bridge_ip] if sync else [])]
     private_network = ""
     ports = [22, 80, 443, *settings.hardening.extra_ports]
     if pg.private_address:
@@ -128,4 +149,53 @@ def box_spec(settings: Settings, distro: Distro) -> BoxSpec:
         swap_below_mb=settings.hardening.swap_below_mb, swap_mb=settings.hardening.swap_mb,
         profile=pg.profile, storage=pg.storage, max_connections=pg.max_connections,
         preload=sorted({PRELOAD[e] for e in pg.extensions if e in PRELOAD}),
+        sync=sync,
     )  # fmt: skip
+
+
+def sync_spec(settings: Settings) -> SyncSpec:
+    electric = settings.electric
+    try:
+        bridge = ipaddress.ip_interface(electric.docker_bridge)
+    except ValueError:
+        raise UsageError(f"electric.docker_bridge '{electric.docker_bridge}' is not like 172.17.0.1/16") from None
+    archive = ""
+    if electric.image_archive:
+        path = electric.image_archive.expanduser()
+        if not path.is_file():
+            raise UsageError(f"electric.image_archive {path} not found; point it at a 'docker save' tarball")
+        archive = str(path)
+    if not settings.sync.tables:
+        raise UsageError("electric is enabled but [[sync.tables]] lists no table; add one or set electric.enabled")
+    return SyncSpec(
+        image=electric.image_ref(), image_archive=archive, bridge_ip=str(bridge.ip),
+        bridge_network=str(bridge.network), health_timeout=electric.health_timeout,
+        gateway_config=gateway_toml(settings), gateway_port=settings.gateway.port,
+        domain=settings.https.domain, email=settings.https.email,
+    )  # fmt: skip
+
+
+def gateway_toml(settings: Settings) -> str:
+    """The box's gateway config: only what the gateway reads ([supabase], [[sync.tables]], [gateway])."""
+    supabase = settings.supabase
+    lines = ["[supabase]"]
+    if supabase.jwt_secret is not None:
+        lines.append(f"jwt_secret = {_toml_str(supabase.jwt_secret.get_secret_value())}")
+    for key in ("jwks_url", "issuer", "audience"):
+        value = getattr(supabase, key)
+        if value:
+            lines.append(f"{key} = {_toml_str(value)}")
+    lines += ["", "[gateway]", 'upstream = "http://127.0.0.1:3000"', 'listen = "127.0.0.1"',
+              f"port = {settings.gateway.port}"]  # fmt: skip
+    for table in settings.sync.tables:
+        lines += ["", "[[sync.tables]]", f"name = {_toml_str(table.name)}",
+                  f"owner_column = {_toml_str(table.owner_column)}"]  # fmt: skip
+        if table.columns:
+            lines.append("columns = [" + ", ".join(_toml_str(c) for c in table.columns) + "]")
+        if table.where:
+            lines.append(f"where = {_toml_str(table.where)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string

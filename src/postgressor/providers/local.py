@@ -72,7 +72,7 @@ class LocalProvider(Provider):
                 "vm", self.state.stack, disk=str(spec.disk), ports=running.ports, accel=running.accel
             )
         pinned = self.state.host.host_key if self.state.host else ""
-        host = HostRecord("127.0.0.1", ports[22], "root", str(self.key_path), pinned)
+        host = HostRecord("127.0.0.1", ports[22], "root", str(self.key_path.resolve()), pinned)
         self.log(f"waiting for SSH on 127.0.0.1:{ports[22]}")
         seen = wait_for_ssh(host.address, host.port, timeout=self.settings.local.boot_timeout)
         pin_host_key(self.state, host, seen)
