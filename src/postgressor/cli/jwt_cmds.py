@@ -9,14 +9,13 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from postgressor import jwt_remote
 from postgressor.cli.common import console, emit_json, global_options, settings_for, stack_name
 from postgressor.errors import UsageError
 from postgressor.gateway.settings import verifier_config
 from postgressor.jwt_checks import FAIL, Check, check_token, mint_hs256
+from postgressor.jwt_remote import RemoteCheck
 from postgressor.jwt_verify import VerifierConfig, config_problem, fingerprint
-
-NOT_YET_REMOTE = ("remote checks (gateway, Postgres current_user_id(), Electric health) are not "
-                  "implemented yet; run with --offline for the local token checks")
 
 
 def _token(token: str | None, mint: bool, sub: str | None, cfg: VerifierConfig) -> str:
@@ -36,7 +35,7 @@ def _token(token: str | None, mint: bool, sub: str | None, cfg: VerifierConfig) 
     return token.removeprefix("Bearer ").strip()
 
 
-def _render(token: str, checks: list[Check]) -> None:
+def _render(token: str, checks: list[Check | RemoteCheck]) -> None:
     table = Table(title=f"token {fingerprint(token)}", show_lines=False)
     for column in ("check", "result", "detail"):
         table.add_column(column)
@@ -52,7 +51,8 @@ def verify_jwt(
                                               help="The access token, or - to read it from stdin.")] = None,
     mint: Annotated[bool, typer.Option("--mint", help="Sign a short-lived HS256 test token.")] = False,
     sub: Annotated[str | None, typer.Option(help="User UUID for --mint.")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Local checks only (no remote ones).")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Local checks only (no gateway, Postgres or "
+                                                             "Electric checks on the stack).")] = False,
     jwt_secret: Annotated[str | None, typer.Option(help="Legacy HS256 secret (else the config).")] = None,
     jwks_url: Annotated[str | None, typer.Option(help="JWKS URL (else the config).")] = None,
     audience: Annotated[str | None, typer.Option(help="Expected aud (default authenticated).")] = None,
@@ -60,14 +60,15 @@ def verify_jwt(
     stack: Annotated[str | None, typer.Option("--stack", "-s", help="Stack name.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Check a token: header, key source, signature, exp/iat/nbf, aud, iss, sub and role.
+    """Check a token: header, key source, signature, exp/iat/nbf, aud, iss, sub and role; then, unless
+    --offline, on the stack: the gateway accepts it (and refuses tampered, expired and missing tokens),
+    Postgres maps it to current_user_id() and forced RLS hides other users' rows, Electric is healthy.
 
-    Exit codes: 0 every check passed, 1 a check failed, 2 usage or configuration error.
+    Exit codes: 0 every check passed (or was skipped), 1 a check failed, 2 usage or configuration error.
     """
-    stack_name(ctx, stack)
-    if not offline:
-        raise UsageError(NOT_YET_REMOTE)
-    base = verifier_config(settings_for(ctx))
+    name = stack_name(ctx, stack)
+    settings = settings_for(ctx)
+    base = verifier_config(settings)
     cfg = VerifierConfig(
         jwt_secret=jwt_secret or base.jwt_secret,
         jwks_url=jwks_url if jwks_url is not None else base.jwks_url,
@@ -78,13 +79,25 @@ def verify_jwt(
     if problem:
         raise UsageError(problem)
     value = _token(token, mint, sub, cfg)
-    checks = check_token(value, cfg)
+    # The stack must be checkable before anything runs (usage errors exit 2 with nothing printed).
+    target = None if offline else jwt_remote.stack_target(settings, name)
+    local = check_token(value, cfg)
+    checks: list[Check | RemoteCheck] = list(local)
+    if target is not None:
+        checks += jwt_remote.run_remote(target, value, cfg, all(c.status != FAIL for c in local))
     ok = all(c.status != FAIL for c in checks)
     if json_output or global_options(ctx).json:
-        emit_json({"ok": ok, "token": fingerprint(value), "minted": mint,
+        emit_json({"ok": ok, "token": fingerprint(value), "minted": mint, "stack": None if offline else name,
                    "checks": [c.as_dict() for c in checks]})
     else:
         _render(value, checks)
-        console.print("token accepted" if ok else "token refused", markup=False)
+        failed = [c.name for c in checks[len(local):] if c.status == FAIL]
+        if any(c.status == FAIL for c in local):
+            summary = "token refused"
+        elif failed:
+            summary = f"stack '{name}': failed {', '.join(failed)}"
+        else:
+            summary = "token accepted" + ("" if offline else f"; stack '{name}' passed every check")
+        console.print(summary, markup=False)
     if not ok:
         raise typer.Exit(1)
