@@ -176,3 +176,15 @@ def test_destroy_twice_is_harmless(cloud: Cloud, ssh_waits: list) -> None:
     assert cloud.leftovers(cloud.cls.kinds) == {}
     again = cloud.provider(Recorder()).destroy()
     assert not any(line.startswith(f"deleted {cloud.cls.title}") for line in again)
+
+
+def test_key_path_survives_a_relative_state_dir(
+    cloud: Cloud, ssh_waits: list, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # state_dir defaults to ".postgressor" (relative): the recorded key must still be found after a reload.
+    monkeypatch.chdir(tmp_path)
+    provider = cloud.provider(Recorder(), state_dir=Path(".postgressor"))
+    provider.provision()
+    state = saved(provider.settings)
+    assert state is not None and state.host is not None
+    assert Path(state.host.key_path).is_file()

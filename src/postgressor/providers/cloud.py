@@ -214,7 +214,7 @@ class CloudProvider(Provider):
             address = self.create_server(public_key)
         old = self.state.host
         pinned = old.host_key if old and old.address == address and not self.recreated else ""
-        host = HostRecord(address, 22, self.login_user, str(self.key_path), pinned)
+        host = HostRecord(address, 22, self.login_user, str(self.key_path.resolve()), pinned)
         self.log(f"waiting for SSH on {address}:22")
         try:
             seen = wait_for_ssh(address, 22, timeout=self.ssh_timeout())
