@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,13 +62,21 @@ OpListener = Callable[[str, OpReport | None], None]  # (op name, None at start /
 
 
 class _Progress(BaseStateCallback):
-    def __init__(self, result: DeployResult, listener: OpListener) -> None:
+    def __init__(self, result: DeployResult, listener: OpListener, errors: _ErrorLog) -> None:
         self.result = result
         self.listener = listener
+        self.errors = errors
 
     @staticmethod
     def _name(state: State, op_hash: str) -> str:
         return ", ".join(sorted(state.get_op_meta(op_hash).names)) or "operation"
+
+    def operation_host_error(self, state: State, host: Any, op_hash: str, *args: Any) -> None:  # type: ignore[override]
+        # pyinfra stops before operation_end when the only host fails, so the failure is recorded here.
+        name = self._name(state, op_hash)
+        report = OpReport(name, "failed", error=self.errors.reason() or "failed")
+        self.result.operations.append(report)
+        self.listener(name, report)
 
     def operation_start(self, state: State, op_hash: str) -> None:  # type: ignore[override]
         self.listener(self._name(state, op_hash), None)
@@ -80,14 +89,34 @@ class _Progress(BaseStateCallback):
             if not meta.is_complete():
                 report = OpReport(name, "skipped")
             elif not meta.did_succeed():
-                output = meta._combined_output
-                lines = [line.line for line in output] if output is not None else []
-                error = next((ln for ln in reversed(lines) if ln.strip()), "failed")
-                report = OpReport(name, "failed", commands, error.strip())
+                continue  # recorded by operation_host_error
             else:
                 report = OpReport(name, "changed" if meta.did_change() else "unchanged", commands)
             self.result.operations.append(report)
             self.listener(name, report)
+
+
+class _ErrorLog(logging.Handler):
+    """The error lines pyinfra logs (command output of a failed operation, failed connections or facts)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = _HOST_PREFIX.sub("", _ANSI.sub("", " ".join(record.getMessage().split())))
+        if message:
+            self.lines.append(message)
+
+    def reason(self) -> str:
+        """The last line that says something: pyinfra's own 'Error: executed N commands' says nothing."""
+        meaningful = [line for line in self.lines if not _SUMMARY.match(line)]
+        return (meaningful or self.lines or [""])[-1]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_HOST_PREFIX = re.compile(r"^\[[^\]]+\]\s*")
+_SUMMARY = re.compile(r"^Error: executed \d+ commands?")
 
 
 def ssh_inventory(host: HostRecord, known_hosts: Path) -> Inventory:
@@ -115,8 +144,11 @@ def run_deploys(
     """Connect, add ``deploys`` (facts are read now), run them unless ``dry_run``, disconnect."""
     result = DeployResult(dry_run=dry_run)
     started = time.monotonic()
+    errors = _ErrorLog()
+    pyinfra_log = logging.getLogger("pyinfra")
+    pyinfra_log.addHandler(errors)
     state = State(inventory, Config(CONNECT_TIMEOUT=20, FAIL_PERCENT=0))
-    state.add_callback_handler(_Progress(result, listener))
+    state.add_callback_handler(_Progress(result, listener, errors))
     try:
         connect_all(state)
         if not state.activated_hosts:
@@ -144,10 +176,12 @@ def run_deploys(
             run_ops(state)
     except PyinfraError as err:
         if not result.failed:
-            raise PostgressorError(f"deploy failed: {err}") from None
+            reason = errors.reason() or str(err)
+            raise PostgressorError(f"deploy failed: {reason}") from None
     except UsageError:
         raise
     finally:
+        pyinfra_log.removeHandler(errors)
         disconnect_all(state)
         result.seconds = time.monotonic() - started
     return result

@@ -9,7 +9,6 @@ import pytest
 from vmstack import Stack, require_vm_tools, write_project
 
 
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/e2e/" in str(item.fspath):

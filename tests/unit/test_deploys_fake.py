@@ -136,3 +136,20 @@ def test_pgdg_adds_the_repository_and_versioned_packages() -> None:
     assert "bookworm-pgdg main" in joined
     assert "postgresql-17-pgvector" in joined
     assert 'CREATE EXTENSION IF NOT EXISTS "vector"' in joined
+
+
+def test_a_failing_operation_is_reported_with_its_output() -> None:
+    from pyinfra.api.deploy import deploy
+    from pyinfra.operations import server
+
+    @deploy("Demo")
+    def demo() -> None:
+        server.shell(name="works", commands=["echo fine"])
+        server.shell(name="breaks", commands=["explode-now"])
+        server.shell(name="never reached", commands=["echo later"])
+
+    data = {"fake_responses": {"explode-now": {"success": False, "stderr": "disk is full"}}, "fake_delay": 0}
+    result = run_deploys(Inventory(([("@fake/box", data)], {})), [(demo, {})], lambda n, r: None)
+    statuses = [(op.name, op.status) for op in result.operations]
+    assert statuses == [("Demo | works", "changed"), ("Demo | breaks", "failed")]
+    assert result.failed[0].error == "disk is full"
