@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,18 @@ class Stack:
 
     def sh(self, command: str, timeout: float = 300) -> CommandResult:
         return run(self.host, command, timeout=timeout)
+
+
+@contextmanager
+def provisioned(project: Path) -> Iterator[Stack]:
+    """`postgressor up` in ``project`` (its postgressor.toml written already); destroyed afterwards."""
+    require_vm_tools()
+    box = Stack(project, {})
+    try:
+        box.up_result = box.cli_json("up")
+        yield box
+    finally:
+        box.cli("destroy", "--yes", check=False, timeout=120)
 
 
 def write_project(project: Path) -> None:

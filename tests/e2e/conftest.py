@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from vmstack import Stack, require_vm_tools, write_project
+from vmstack import Stack, provisioned, write_project
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -17,12 +17,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_vm_tools()
     project = tmp_path_factory.mktemp("project")
     write_project(project)
-    box = Stack(project, {})
-    try:
-        box.up_result = box.cli_json("up")
+    with provisioned(project) as box:
         yield box
-    finally:
-        box.cli("destroy", "--yes", check=False, timeout=120)

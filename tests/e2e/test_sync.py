@@ -19,7 +19,7 @@ import jwt
 import pytest
 from electric_standin_image import IMAGE, build_archive
 
-from vmstack import Stack, require_vm_tools
+from vmstack import Stack, provisioned
 
 SECRET = "postgressor-e2e-hs256-secret-0123456789abcdef"
 ISSUER = "https://e2etest.supabase.co/auth/v1"
@@ -57,18 +57,13 @@ image_archive = "{archive}"
 
 @pytest.fixture(scope="module")
 def sync_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_vm_tools()
     project = tmp_path_factory.mktemp("sync-project")
     archive = build_archive(project / "electric-standin.tar")
     (project / "postgressor.toml").write_text(
         CONFIG.format(secret=SECRET, issuer=ISSUER, image=IMAGE, archive=archive)
     )
-    box = Stack(project, {})
-    try:
-        box.up_result = box.cli_json("up")
+    with provisioned(project) as box:
         yield box
-    finally:
-        box.cli("destroy", "--yes", check=False, timeout=120)
 
 
 def https(stack: Stack) -> httpx.Client:
