@@ -94,7 +94,6 @@ def postgresql(spec: BoxSpec) -> None:
         settings["cron.database_name"] = spec.database
     conf = f"{spec.conf_dir}/conf.d/50-postgressor.conf"
     hba = f"{spec.conf_dir}/pg_hba.conf"
-    postgres_config_current(name="Config loaded", version=spec.pg_version, paths=[conf, hba])
     conf_op = files.template(
         name="postgresql.conf drop-in", src=template("postgresql.conf.j2"), dest=conf,
         user="postgres", group="postgres", mode="644", settings=settings,
@@ -110,6 +109,8 @@ def postgresql(spec: BoxSpec) -> None:
     server.shell(name="Apply config (reload, restart only if needed)",
                  commands=[apply_config_command(spec.pg_version)],
                  _if=lambda: conf_op.did_change() or hba_op.did_change())  # fmt: skip
+    # After the files are current: config an interrupted run wrote but never loaded is applied now.
+    postgres_config_current(name="Config loaded", version=spec.pg_version, paths=[conf, hba])
     systemd.service(name="PostgreSQL running", service=f"postgresql@{spec.pg_version}-main",
                     running=True, enabled=True)  # fmt: skip
 
