@@ -140,7 +140,7 @@ def http_ready(url: str, timeout: int, hint: str) -> Generator[str, None, None]:
         return
     yield (
         f"for i in $(seq {timeout}); do [ \"$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' {url})\" = 200 ] "
-        f"&& exit 0; sleep 1; done; echo '{url} did not answer 200 within {timeout} s; {hint}'; exit 1"
+        f"&& exit 0; sleep 1; done; echo {shlex.quote(f'{url} did not answer 200 within {timeout} s; {hint}')}; exit 1"
     )
 
 

@@ -129,7 +129,8 @@ def box_spec(settings: Settings, distro: Distro) -> BoxSpec:
         packages.append(EXTENSION_PACKAGES[ext].format(v=version))
     sync = sync_spec(settings) if settings.sync_enabled() else None
     if sync:
-        packages += ["docker.io", "caddy", "python3-venv", "curl"]
+        # apparmor: Docker refuses to start containers without apparmor_parser when the kernel enables AppArmor
+        packages += ["docker.io", "apparmor", "caddy", "python3-venv", "curl"]
     listen = ["localhost", *([sync.bridge_ip] if sync else [])]
     private_network = ""
     ports = [22, 80, 443, *settings.hardening.extra_ports]

@@ -70,7 +70,7 @@ def electric(spec: BoxSpec) -> None:
         name="Electric healthy (/v1/health = 200)",
         url=f"http://127.0.0.1:{sync.electric_port}/v1/health",
         timeout=sync.health_timeout,
-        hint="see 'journalctl -u electric' on the box",
+        hint="see journalctl -u electric on the box",
     )
 
 
@@ -116,7 +116,7 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
     )
     systemd.service(name="Gateway running", service="postgressor-gateway", running=True, enabled=True)
     http_ready(name="Gateway healthy", url=f"http://127.0.0.1:{sync.gateway_port}/health", timeout=60,
-               hint="see 'journalctl -u postgressor-gateway' on the box")  # fmt: skip
+               hint="see journalctl -u postgressor-gateway on the box")  # fmt: skip
 
 
 @deploy("HTTPS")
