@@ -59,6 +59,11 @@ image_archive = "{archive}"
 def sync_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     project = tmp_path_factory.mktemp("sync-project")
     archive = build_archive(project / "electric-standin.tar")
+    (project / "migrations").mkdir()
+    (project / "migrations" / "001_items.sql").write_text(
+        "CREATE TABLE items (id bigserial PRIMARY KEY, user_id uuid NOT NULL DEFAULT auth.uid(), note text);\n"
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON items TO authenticated;\n"
+    )
     (project / "postgressor.toml").write_text(
         CONFIG.format(secret=SECRET, issuer=ISSUER, image=IMAGE, archive=archive)
     )
@@ -92,6 +97,30 @@ def test_secrets_stay_on_the_box(sync_stack: Stack) -> None:
     state = (sync_stack.project / ".postgressor" / "default.json").read_text()
     assert SECRET not in state
     assert "electric_secret" not in state
+
+
+def test_migrate_through_the_ssh_tunnel_protects_the_synced_table(sync_stack: Stack) -> None:
+    result = sync_stack.cli_json("migrate", "--yes")
+    assert result["ok"], result
+    flags = sync_stack.sh(
+        "cd / && runuser -u postgres -- psql -XAt -d app -c "
+        "\"SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE relname = 'items'\""
+    ).stdout.strip()
+    assert flags == "t|t"
+    again = sync_stack.cli_json("migrate", "--yes")
+    assert again["ok"], again
+
+
+def test_verify_jwt_proves_the_box_end_to_end(sync_stack: Stack) -> None:
+    proc = sync_stack.cli("--json", "verify-jwt", "--mint", "--sub", USER, check=False)
+    report = json.loads(proc.stdout)
+    failed = [check for check in report["checks"] if check["status"] == "fail"]
+    assert proc.returncode == 0 and not failed, failed
+    statuses = {check["name"]: check["status"] for check in report["checks"]}
+    for name in ("gateway token", "gateway tampered", "gateway expired", "gateway no token",
+                 "postgres jwt.claims", "postgres rls items", "postgres isolation items", "electric health"):
+        assert statuses.get(name) == "pass", (name, statuses)
+    assert SECRET not in proc.stdout + proc.stderr
 
 
 def test_valid_token_through_caddy_gets_the_users_rows(sync_stack: Stack) -> None:
