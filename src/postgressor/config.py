@@ -142,6 +142,62 @@ class HttpsConfig(Section):
     email: str = ""  # ACME account email (optional)
 
 
+SCHEDULE = re.compile(r"^[A-Za-z0-9*.,:/~ -]{1,80}$")  # a systemd OnCalendar expression, one line
+
+
+class BackupConfig(Section):
+    """pgBackRest: WAL archiving and scheduled backups, to local disk or S3-compatible object storage."""
+
+    enabled: bool = True
+    retention_full: int = Field(2, ge=1, le=100, description="full backups kept (older ones and their WAL expire)")
+    retention_diff: int = Field(7, ge=1, le=365, description="differential backups kept")
+    full_schedule: str = "Sun *-*-* 01:30:00"  # systemd OnCalendar
+    diff_schedule: str = "Mon..Sat *-*-* 01:30:00"
+    archive_timeout: int = Field(300, ge=0, le=86400, description="force a WAL switch after this many seconds")
+    s3_endpoint: str = ""  # e.g. fsn1.your-objectstorage.com; empty: repository on the box's disk
+    s3_region: str = ""
+    s3_bucket: str = ""
+    s3_path: str = "/pgbackrest"  # the repository's prefix inside the bucket
+    s3_key: SecretStr | None = None  # prefer POSTGRESSOR_BACKUP__S3_KEY
+    s3_key_secret: SecretStr | None = None  # prefer POSTGRESSOR_BACKUP__S3_KEY_SECRET
+    s3_uri_style: Literal["host", "path"] = "host"
+    s3_port: int = Field(443, ge=1, le=65535)
+    s3_verify_tls: bool = True
+
+    @field_validator("full_schedule", "diff_schedule")
+    @classmethod
+    def _calendar(cls, value: str) -> str:
+        if not SCHEDULE.match(value):
+            raise ValueError("use a systemd OnCalendar expression like 'Sun *-*-* 01:30:00'")
+        return value
+
+    @field_validator("s3_path")
+    @classmethod
+    def _repo_path(cls, value: str) -> str:
+        if not re.match(r"^/[A-Za-z0-9._/-]*$", value):
+            raise ValueError("use an absolute path of letters, digits, '.', '_', '-' and '/', like /pgbackrest")
+        return value
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> BackupConfig:
+        given = {k: v for k, v in self._s3_fields().items() if v}
+        if given and len(given) < len(self._s3_fields()):
+            missing = ", ".join(f"s3_{k}" for k in self._s3_fields() if k not in given)
+            raise ValueError(f"S3 repository needs {missing} too (or remove the s3_* settings for a local one)")
+        for name in ("s3_endpoint", "s3_region", "s3_bucket"):
+            if not re.match(r"^[A-Za-z0-9._:-]*$", getattr(self, name)):
+                raise ValueError(f"{name} may hold only letters, digits, '.', '_', ':' and '-'")
+        return self
+
+    def _s3_fields(self) -> dict[str, object]:
+        return {"endpoint": self.s3_endpoint, "region": self.s3_region, "bucket": self.s3_bucket,
+                "key": self.s3_key, "key_secret": self.s3_key_secret}  # fmt: skip
+
+    @property
+    def s3(self) -> bool:
+        return bool(self.s3_endpoint)
+
+
 class HetznerConfig(Section):
     """Hetzner Cloud. The token comes from here, POSTGRESSOR_HETZNER__TOKEN or HCLOUD_TOKEN."""
 
@@ -202,6 +258,7 @@ class Settings(BaseSettings):
     gateway: GatewayConfig = GatewayConfig()
     electric: ElectricConfig = ElectricConfig()
     https: HttpsConfig = HttpsConfig()
+    backup: BackupConfig = BackupConfig()
     migrations: MigrationsConfig = MigrationsConfig()
     hetzner: HetznerConfig = HetznerConfig()
     oracle: OracleConfig = OracleConfig()

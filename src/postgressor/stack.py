@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from postgressor.backups import backup_status
 from postgressor.config import Settings
+from postgressor.deploys.backup import backup, backup_spec
 from postgressor.deploys.box import base, postgresql
 from postgressor.deploys.bundle import gateway_bundle
 from postgressor.deploys.spec import BoxSpec, Distro, box_spec, distro_from_fact
@@ -89,8 +91,12 @@ def read_box(host: HostRecord) -> BoxFacts:
     return BoxFacts(distro, fields.get("PYTHON", ""), fields.get("MACHINE", ""))
 
 
-def deploys_for(spec: BoxSpec, facts: BoxFacts, host: HostRecord) -> list[tuple[Callable[..., Any], dict[str, Any]]]:
+def deploys_for(
+    spec: BoxSpec, facts: BoxFacts, host: HostRecord, settings: Settings | None = None
+) -> list[tuple[Callable[..., Any], dict[str, Any]]]:
     plan: list[tuple[Callable[..., Any], dict[str, Any]]] = [(base, {"spec": spec}), (postgresql, {"spec": spec})]
+    if settings is not None and settings.backup.enabled:
+        plan.append((backup, {"spec": spec, "backup": backup_spec(settings, spec)}))
     if spec.sync is None:
         return plan
     if not facts.python:
@@ -106,7 +112,7 @@ def deploy_host(
     facts = read_box(host)
     spec = box_spec(settings, facts.distro)
     inventory = ssh_inventory(host, known_hosts_path(state))
-    result = run_deploys(inventory, deploys_for(spec, facts, host), listener, dry_run=dry_run)
+    result = run_deploys(inventory, deploys_for(spec, facts, host, settings), listener, dry_run=dry_run)
     if not dry_run and not result.failed:
         state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
         state.save()
@@ -187,6 +193,10 @@ def status(settings: Settings, stack: str) -> dict[str, Any]:
         if broken or values.get("electric_health") != "200":
             report.setdefault("error", f"sync not healthy: inactive {broken or 'none'}, Electric health "
                                        f"{values.get('electric_health') or 'no answer'}")  # fmt: skip
+    if settings.backup.enabled:
+        report["backup"] = backup_status(state.host)
+        if report["backup"].get("error"):
+            report.setdefault("error", report["backup"]["error"])
     report["deployed_at"] = state.deployed_at
     return report
 

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from postgressor.cli import advisor_cmds, box, config_cmds, gateway_cmds, jwt_cmds, migrate_cmds
+from postgressor.cli import advisor_cmds, backup_cmds, box, config_cmds, gateway_cmds, jwt_cmds, migrate_cmds
 from postgressor.cli.common import GlobalOptions, err_console
 from postgressor.errors import PostgressorError
 
@@ -98,6 +98,8 @@ app.command("migrate")(migrate_cmds.migrate)
 app.add_typer(migrate_cmds.schema_app, name="schema")
 app.command("verify-jwt")(jwt_cmds.verify_jwt)
 app.add_typer(gateway_cmds.gateway_app, name="gateway")
+app.add_typer(backup_cmds.backup_app, name="backup")
+app.command("restore")(backup_cmds.restore)
 
 
 def main() -> None:

@@ -1,0 +1,236 @@
+"""Backups with pgBackRest: WAL archiving, an encrypted repository (local disk or S3), scheduled backups.
+
+The repository passphrase is generated on the box and stays there; S3 keys come from the controller's
+configuration and are uploaded (0600), never put on a command line. pgbackrest.conf is composed on the box
+from those secret files, owned by postgres, 0600.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import FactBase, deploy, operation
+from pyinfra.operations import apt, files, server, systemd
+
+from postgressor.config import Settings
+from postgressor.deploys.box import APT_ARGS, template
+from postgressor.deploys.operations import (
+    SECRETS_DIR,
+    applied,
+    apply_config_command,
+    generated_secret,
+    marked,
+    postgres_config_current,
+    reapply_if_stale,
+    secret_path,
+)
+from postgressor.deploys.spec import BoxSpec
+
+STANZA = "main"
+CONF_PATH = "/etc/pgbackrest/pgbackrest.conf"
+LOCAL_REPO = "/var/lib/pgbackrest"
+# File names under the box's secrets directory (not secrets themselves).
+CIPHER_SECRET = "pgbackrest_cipher"  # noqa: S105
+S3_KEY_SECRET = "pgbackrest_s3_key"  # noqa: S105
+S3_KEY_SECRET_SECRET = "pgbackrest_s3_key_secret"  # noqa: S105
+DROPIN = "conf.d/60-postgressor-backup.conf"
+SERVICE = "pgbackrest-backup@.service"
+TIMERS = {"full": "pgbackrest-full.timer", "diff": "pgbackrest-diff.timer"}
+PGBACKREST = f"cd / && runuser -u postgres -- pgbackrest --stanza={STANZA}"
+
+
+@dataclass(frozen=True)
+class BackupSpec:
+    pg_version: int
+    retention_full: int
+    retention_diff: int
+    full_schedule: str
+    diff_schedule: str
+    archive_timeout: int
+    s3_endpoint: str = ""  # empty: repository on local disk
+    s3_region: str = ""
+    s3_bucket: str = ""
+    s3_path: str = ""
+    s3_uri_style: str = "host"
+    s3_port: int = 443
+    s3_verify_tls: bool = True
+    s3_key: str = ""  # secret values: uploaded to the box only, never in commands or output
+    s3_key_secret: str = ""
+
+    @property
+    def data_dir(self) -> str:
+        return f"/var/lib/postgresql/{self.pg_version}/main"
+
+    @property
+    def repo_id(self) -> str:
+        """Where the repository is (no secrets): a changed repository gets its own stanza and first backup."""
+        where = f"s3://{self.s3_endpoint}/{self.s3_bucket}{self.s3_path}" if self.s3_endpoint else LOCAL_REPO
+        return _digest(where, STANZA, str(self.pg_version))
+
+    def __repr__(self) -> str:  # keep the S3 keys out of any log or traceback
+        return f"BackupSpec(pg_version={self.pg_version}, repo={'s3' if self.s3_endpoint else 'local'})"
+
+
+def backup_spec(settings: Settings, spec: BoxSpec) -> BackupSpec:
+    cfg = settings.backup
+    common = dict(
+        pg_version=spec.pg_version, retention_full=cfg.retention_full, retention_diff=cfg.retention_diff,
+        full_schedule=cfg.full_schedule, diff_schedule=cfg.diff_schedule, archive_timeout=cfg.archive_timeout,
+    )  # fmt: skip
+    if not cfg.s3:
+        return BackupSpec(**common)  # type: ignore[arg-type]
+    assert cfg.s3_key is not None and cfg.s3_key_secret is not None  # checked by BackupConfig
+    return BackupSpec(
+        **common,  # type: ignore[arg-type]
+        s3_endpoint=cfg.s3_endpoint, s3_region=cfg.s3_region, s3_bucket=cfg.s3_bucket, s3_path=cfg.s3_path,
+        s3_uri_style=cfg.s3_uri_style, s3_port=cfg.s3_port, s3_verify_tls=cfg.s3_verify_tls,
+        s3_key=cfg.s3_key.get_secret_value(), s3_key_secret=cfg.s3_key_secret.get_secret_value(),
+    )  # fmt: skip
+
+
+def box_secret(name: str) -> str:
+    """A secret as the box's shell reads it from its file while composing (never a literal value)."""
+    return f"$(cat {secret_path(name)})"
+
+
+def conf_lines(spec: BackupSpec, secret: Callable[[str], str] = box_secret) -> list[str]:
+    """pgbackrest.conf, line by line; ``secret(name)`` renders each secret."""
+    lines = ["# Managed by postgressor: edit postgressor.toml [backup] instead.", "[global]"]
+    if spec.s3_endpoint:
+        lines += [
+            "repo1-type=s3",
+            f"repo1-path={spec.s3_path}",
+            f"repo1-s3-endpoint={spec.s3_endpoint}",
+            f"repo1-s3-bucket={spec.s3_bucket}",
+            f"repo1-s3-region={spec.s3_region}",
+            f"repo1-s3-uri-style={spec.s3_uri_style}",
+            f"repo1-s3-key={secret(S3_KEY_SECRET)}",
+            f"repo1-s3-key-secret={secret(S3_KEY_SECRET_SECRET)}",
+        ]
+        if spec.s3_port != 443:
+            lines.append(f"repo1-storage-port={spec.s3_port}")
+        if not spec.s3_verify_tls:
+            lines.append("repo1-storage-verify-tls=n")
+    else:
+        lines.append(f"repo1-path={LOCAL_REPO}")
+    lines += [
+        f"repo1-retention-full={spec.retention_full}",
+        f"repo1-retention-diff={spec.retention_diff}",
+        "repo1-cipher-type=aes-256-cbc",
+        f"repo1-cipher-pass={secret(CIPHER_SECRET)}",
+        "compress-type=zst",
+        "start-fast=y",
+        "log-level-file=info",
+        "",
+        f"[{STANZA}]",
+        f"pg1-path={spec.data_dir}",
+        "pg1-socket-path=/var/run/postgresql",
+    ]
+    return lines
+
+
+def archive_settings(spec: BackupSpec) -> dict[str, str]:
+    return {
+        "archive_mode": "on",
+        "archive_command": f"pgbackrest --stanza={STANZA} archive-push %p",
+        "archive_timeout": f"{spec.archive_timeout}s",
+    }
+
+
+def render(lines: list[str]) -> str:
+    """printf of the lines; ``$(cat FILE)`` in them is expanded by the box's shell, never sent as a value."""
+    return "printf '%s\\n' " + " ".join(f'"{line}"' for line in lines)
+
+
+class ComposedFileCurrent(FactBase[bool]):
+    """True when ``path`` equals what ``render`` prints on the box and has the wanted owner and mode."""
+
+    def command(self, render: str, path: str, owner: str, mode: str) -> str:
+        q = shlex.quote(path)
+        return (
+            f'[ "$({render} | sha256sum | cut -d" " -f1)" = "$(sha256sum {q} 2>/dev/null | cut -d" " -f1)" ] '
+            f'&& [ "$(stat -c "%U:%G %a" {q})" = "{owner}:{owner} {mode}" ] && echo same || echo differs'
+        )
+
+    def process(self, output: list[str]) -> bool:
+        return output[0].strip() == "same"
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+
+@operation()
+def composed_file(path: str, lines: list[str], owner: str, mode: str = "600") -> Generator[str, None, None]:
+    """A file composed on the box (secrets read from their files there), owned by ``owner``."""
+    text = render(lines)
+    if not host.get_fact(ComposedFileCurrent, render=text, path=path, owner=owner, mode=mode):
+        yield (
+            f"set -e; umask 077; {text} > {path}.new; chown {owner}:{owner} {path}.new; chmod {mode} {path}.new; "
+            f"mv {path}.new {path}"
+        )
+
+
+@deploy("Backups")
+def backup(spec: BoxSpec, backup: BackupSpec) -> None:
+    # Its own transaction, after the base one: the base install stays one apt run.
+    apt.packages(name="Install pgBackRest", packages=["pgbackrest"], update=True, cache_time=3600,
+                 no_recommends=True, extra_install_args=APT_ARGS)  # fmt: skip
+    generated_secret(name="Backup encryption passphrase", name_on_box=CIPHER_SECRET)
+    if backup.s3_endpoint:
+        files.directory(name="Secrets directory", path=SECRETS_DIR, mode="700")
+        files.put(name="S3 access key (0600)", src=StringIO(backup.s3_key), dest=secret_path(S3_KEY_SECRET),
+                  mode="600")  # fmt: skip
+        files.put(name="S3 secret key (0600)", src=StringIO(backup.s3_key_secret),
+                  dest=secret_path(S3_KEY_SECRET_SECRET), mode="600")  # fmt: skip
+    else:
+        for name in (S3_KEY_SECRET, S3_KEY_SECRET_SECRET):
+            files.file(name=f"No stale {name}", path=secret_path(name), present=False)
+        files.directory(name="Local backup repository", path=LOCAL_REPO, user="postgres", group="postgres",
+                        mode="750")  # fmt: skip
+    files.directory(name="pgBackRest log directory", path="/var/log/pgbackrest", user="postgres",
+                    group="postgres", mode="750")  # fmt: skip
+    files.directory(name="pgBackRest config directory", path="/etc/pgbackrest", mode="755")
+    composed_file(name="pgbackrest.conf (0600, postgres)", path=CONF_PATH, lines=conf_lines(backup),
+                  owner="postgres")  # fmt: skip
+    applied(name=f"Stanza {STANZA}", marker="pgbackrest-stanza", digest=backup.repo_id,
+            command=f"{PGBACKREST} stanza-create")  # fmt: skip
+
+    # WAL archiving: reload, and restart only when archive_mode changes.
+    dropin = f"{spec.conf_dir}/{DROPIN}"
+    postgres_config_current(name="Backup config loaded", version=spec.pg_version, paths=[dropin])
+    archive = files.template(name="WAL archiving (postgresql.conf drop-in)", src=template("backup.conf.j2"),
+                             dest=dropin, user="postgres", group="postgres", mode="644",
+                             settings=archive_settings(backup))  # fmt: skip
+    server.shell(name="Apply WAL archiving (reload, restart only if needed)",
+                 commands=[apply_config_command(spec.pg_version)], _if=archive.did_change)  # fmt: skip
+    # A backup to restore from, checked end to end (check archives a WAL segment and waits for it).
+    applied(name="First full backup", marker="pgbackrest-first-backup", digest=backup.repo_id,
+            command=f"{PGBACKREST} check && {PGBACKREST} --type=full backup")  # fmt: skip
+
+    unit = files.template(name="Backup service unit", src=template("pgbackrest-backup.service.j2"),
+                          dest=f"/etc/systemd/system/{SERVICE}", mode="644", stanza=STANZA)  # fmt: skip
+    timers = [unit]
+    for kind, schedule in (("full", backup.full_schedule), ("diff", backup.diff_schedule)):
+        timers.append(files.template(name=f"{kind} backup timer", src=template("pgbackrest-backup.timer.j2"),
+                                     dest=f"/etc/systemd/system/{TIMERS[kind]}", mode="644", kind=kind,
+                                     schedule=schedule))  # fmt: skip
+    reload = f"systemctl daemon-reload && systemctl try-restart {' '.join(TIMERS.values())}"
+    paths = [f"/etc/systemd/system/{name}" for name in (SERVICE, *TIMERS.values())]
+    server.shell(name="Load backup units", commands=[marked(reload, "backup-units")],
+                 _if=lambda: any(op.did_change() for op in timers))  # fmt: skip
+    reapply_if_stale(name="Backup units loaded", paths=paths, marker="backup-units", command=reload)
+    for kind, timer in TIMERS.items():
+        systemd.service(name=f"{kind} backup timer active", service=timer, running=True, enabled=True)
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:24]
