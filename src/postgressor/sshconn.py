@@ -22,6 +22,10 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
 
 
+class HostKeyMismatch(PostgressorError):
+    """The server's SSH host key differs from the pinned one: never reported as a mere outage."""
+
+
 @dataclass
 class CommandResult:
     exit_status: int
@@ -84,7 +88,7 @@ def wait_for_ssh(address: str, port: int, timeout: float) -> str:
 def pin_host_key(state: StackState, host: HostRecord, seen_key: str) -> None:
     """Accept the key on first contact; afterwards a different key is a hard error."""
     if host.host_key and host.host_key != seen_key:
-        raise PostgressorError(
+        raise HostKeyMismatch(
             f"the SSH host key of {host.address}:{host.port} changed since it was pinned for stack "
             f"'{state.stack}' (possible man-in-the-middle); if the server was rebuilt on purpose, "
             f"clear host.host_key in {state.path}"
@@ -132,7 +136,7 @@ def connect(host: HostRecord, timeout: float = 20) -> paramiko.SSHClient:
             "check the user (--user) and that the key is in its authorized_keys"
         ) from None
     except paramiko.BadHostKeyException:
-        raise PostgressorError(
+        raise HostKeyMismatch(
             f"the SSH host key of {host.address}:{host.port} does not match the pinned one; refusing to connect"
         ) from None
     except (OSError, paramiko.SSHException) as err:

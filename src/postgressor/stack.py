@@ -20,7 +20,7 @@ from postgressor.engine import DeployResult, OpListener, run_deploys, ssh_invent
 from postgressor.errors import PostgressorError
 from postgressor.providers import get_provider
 from postgressor.providers.base import Log, Provider
-from postgressor.sshconn import known_hosts_path, run
+from postgressor.sshconn import HostKeyMismatch, known_hosts_path, run
 from postgressor.state import HostRecord, StackState, load_state, open_state, require_state
 
 STATUS_SETTINGS = (
@@ -173,6 +173,8 @@ def status(settings: Settings, stack: str) -> dict[str, Any]:
                               "host": f"{state.host.address}:{state.host.port}"}  # fmt: skip
     try:
         result = run(state.host, script, timeout=60)
+    except HostKeyMismatch:
+        raise
     except PostgressorError as err:
         report["error"] = str(err)
         return report

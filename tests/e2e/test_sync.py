@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import httpx
 import jwt
@@ -130,10 +131,11 @@ def test_valid_token_through_caddy_gets_the_users_rows(sync_stack: Stack) -> Non
     assert response.status_code == 200, response.text
     assert response.headers["electric-handle"] == "standin-1"
     assert "authorization" in response.headers.get("vary", "").lower()
-    seen = response.headers["x-standin-query"]  # what the stand-in Electric received
-    assert "table=items" in seen
-    assert USER in seen
-    assert "secret=REDACTED" in seen  # the gateway added the box's Electric secret
+    seen = parse_qs(response.headers["x-standin-query"])  # what the stand-in Electric received
+    assert seen["table"] == ['"items"']
+    assert seen["where"] == ['"user_id" = $1']
+    assert seen["params[1]"] == [USER]
+    assert seen["secret"] == ["REDACTED"]  # the gateway added the box's Electric secret
 
 
 def test_missing_or_bad_token_is_401(sync_stack: Stack) -> None:

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from postgressor import stack as stacks
+from postgressor.cli.backup_cmds import render_status as render_backup_status
 from postgressor.cli.common import (
     confirm,
     console,
@@ -151,7 +153,7 @@ def status(ctx: typer.Context) -> None:
 def _render_status(report: dict[str, Any]) -> None:
     console.print(f"stack [bold]{report['stack']}[/] ({report['provider']}) at {report['host']}")
     if not report["reachable"]:
-        console.print(f"[red]unreachable[/]: {report['error']}", markup=False)
+        console.print(f"[red]unreachable[/]: {escape(report['error'])}")
         return
     pg = report.get("postgres") or {}
     console.print(f"postgresql {pg.get('version', '?')}: service {report['service']}")
@@ -161,6 +163,8 @@ def _render_status(report: dict[str, Any]) -> None:
     for name, value in (pg.get("settings") or {}).items():
         table.add_row(name, str(value))
     console.print(table)
+    if report.get("backup"):
+        render_backup_status(report["backup"])
     sync = report.get("sync")
     if sync:
         units = ", ".join(f"{unit} {state}" for unit, state in sync["units"].items())
