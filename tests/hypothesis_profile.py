@@ -1,4 +1,4 @@
-"""Settings for the whole test suite."""
+"""A pytest plugin (loaded with -p in pyproject.toml): Hypothesis settings for the whole suite."""
 
 from hypothesis import settings
 
