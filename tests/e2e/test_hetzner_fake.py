@@ -10,8 +10,6 @@ provider code is therefore exactly what runs against Hetzner: port 22, the serve
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -22,10 +20,9 @@ import pytest
 
 from cloudfakes.hetzner import TOKEN, FakeHetzner
 from postgressor.vm import image, machine
-from vmstack import Stack
+from vmstack import Stack, require_vm_tools
 
 VM_ADDRESS = "127.0.0.77"
-REQUIRED_TOOLS = ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4")
 
 
 def _port_22_free(address: str) -> bool:
@@ -70,11 +67,7 @@ class VMServers:
 
 @pytest.fixture(scope="module")
 def hetzner_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, FakeHetzner, VMServers]]:
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"VM tests need {', '.join(missing)}", pytrace=False)
-    if os.geteuid() != 0:
-        pytest.fail("VM tests build the base image with debootstrap and need root", pytrace=False)
+    require_vm_tools()
     if not _port_22_free(VM_ADDRESS):
         pytest.fail(f"{VM_ADDRESS}:22 is taken; this test forwards the VM's SSH there", pytrace=False)
     image.ensure_base_image(lambda line: None)
