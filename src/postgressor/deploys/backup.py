@@ -8,13 +8,11 @@ from those secret files, owned by postgres, 0600.
 from __future__ import annotations
 
 import hashlib
-import shlex
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import StringIO
 
-from pyinfra import host
-from pyinfra.api import FactBase, deploy, operation
+from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
 from postgressor.config import Settings
@@ -23,6 +21,7 @@ from postgressor.deploys.operations import (
     SECRETS_DIR,
     applied,
     apply_config_command,
+    composed_file,
     generated_secret,
     marked,
     postgres_config_current,
@@ -140,40 +139,6 @@ def archive_settings(spec: BackupSpec) -> dict[str, str]:
         "archive_command": f"pgbackrest --stanza={STANZA} archive-push %p",
         "archive_timeout": f"{spec.archive_timeout}s",
     }
-
-
-def render(lines: list[str]) -> str:
-    """printf of the lines; ``$(cat FILE)`` in them is expanded by the box's shell, never sent as a value."""
-    return "printf '%s\\n' " + " ".join(f'"{line}"' for line in lines)
-
-
-class ComposedFileCurrent(FactBase[bool]):
-    """True when ``path`` equals what ``render`` prints on the box and has the wanted owner and mode."""
-
-    def command(self, render: str, path: str, owner: str, mode: str) -> str:
-        q = shlex.quote(path)
-        return (
-            f'[ "$({render} | sha256sum | cut -d" " -f1)" = "$(sha256sum {q} 2>/dev/null | cut -d" " -f1)" ] '
-            f'&& [ "$(stat -c "%U:%G %a" {q})" = "{owner}:{owner} {mode}" ] && echo same || echo differs'
-        )
-
-    def process(self, output: list[str]) -> bool:
-        return output[0].strip() == "same"
-
-    @staticmethod
-    def default() -> bool:
-        return False
-
-
-@operation()
-def composed_file(path: str, lines: list[str], owner: str, mode: str = "600") -> Generator[str, None, None]:
-    """A file composed on the box (secrets read from their files there), owned by ``owner``."""
-    text = render(lines)
-    if not host.get_fact(ComposedFileCurrent, render=text, path=path, owner=owner, mode=mode):
-        yield (
-            f"set -e; umask 077; {text} > {path}.new; chown {owner}:{owner} {path}.new; chmod {mode} {path}.new; "
-            f"mv {path}.new {path}"
-        )
 
 
 @deploy("Backups")

@@ -105,13 +105,14 @@ class FileMtime(FactBase[int]):
         return 0
 
 
-class SameContent(FactBase[bool]):
-    """True when the file at ``path`` equals what ``render`` prints on the box (compared by hash only)."""
+class ComposedFileCurrent(FactBase[bool]):
+    """True when ``path`` equals what ``render`` prints on the box (compared by hash) with owner and mode."""
 
-    def command(self, render: str, path: str) -> str:
+    def command(self, render: str, path: str, owner: str, mode: str) -> str:
+        q = shlex.quote(path)
         return (
-            f'[ "$({render} | sha256sum | cut -d" " -f1)" = '
-            f'"$(sha256sum {shlex.quote(path)} 2>/dev/null | cut -d" " -f1)" ] && echo same || echo differs'
+            f'[ "$({render} | sha256sum | cut -d" " -f1)" = "$(sha256sum {q} 2>/dev/null | cut -d" " -f1)" ] '
+            f'&& [ "$(stat -c "%U:%G %a" {q})" = "{owner}:{owner} {mode}" ] && echo same || echo differs'
         )
 
     def process(self, output: list[str]) -> bool:

@@ -104,18 +104,20 @@ def role_password(role: str) -> Generator[str, None, None]:
     )
 
 
-def _render_env(lines: list[str]) -> str:
-    """printf of the env lines; ``$(cat FILE)`` in them is expanded by the box's shell, never sent as a value."""
+def render(lines: list[str]) -> str:
+    """printf of the lines; ``$(cat FILE)`` in them is expanded by the box's shell, never sent as a value."""
     return "printf '%s\\n' " + " ".join(f'"{line}"' for line in lines)
 
 
 @operation()
-def env_file(path: str, lines: list[str]) -> Generator[str, None, None]:
-    """A root-only env file composed on the box (secrets read from their files there)."""
-    render = _render_env(lines)
-    current = host.get_fact(facts.SameContent, render=render, path=path)
-    if not current:
-        yield f"set -e; umask 077; {render} > {path}.new; mv {path}.new {path}"
+def composed_file(path: str, lines: list[str], owner: str = "root", mode: str = "600") -> Generator[str, None, None]:
+    """A file composed on the box (secrets read from their files there), with ``owner`` and ``mode``."""
+    text = render(lines)
+    if not host.get_fact(facts.ComposedFileCurrent, render=text, path=path, owner=owner, mode=mode):
+        yield (
+            f"set -e; umask 077; {text} > {path}.new; chown {owner}:{owner} {path}.new; chmod {mode} {path}.new; "
+            f"mv {path}.new {path}"
+        )
 
 
 @operation()

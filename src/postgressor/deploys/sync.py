@@ -13,8 +13,8 @@ from postgressor.deploys.bundle import GatewayBundle
 from postgressor.deploys.operations import (
     SECRETS_DIR,
     applied,
+    composed_file,
     docker_image,
-    env_file,
     generated_secret,
     http_ready,
     secret_path,
@@ -49,7 +49,7 @@ def electric(spec: BoxSpec) -> None:
         f"ELECTRIC_PORT={sync.electric_port}",
         "ELECTRIC_USAGE_REPORTING=false",
     ]
-    env_file(name="Electric environment (0600)", path="/etc/postgressor/electric.env", lines=env_lines)
+    composed_file(name="Electric environment (0600)", path="/etc/postgressor/electric.env", lines=env_lines)
     archive = ""
     if sync.image_archive:
         archive = "/var/lib/postgressor/images/electric.tar"
@@ -104,7 +104,7 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
     files.put(name="Gateway config (0600)", src=StringIO(sync.gateway_config), dest="/etc/postgressor/gateway.toml",
               user="postgressor-gw", group="postgressor-gw", mode="600")  # fmt: skip
     env_lines = [f"ELECTRIC_SECRET=$(cat {SECRETS_DIR}/electric_secret)"]
-    env_file(name="Gateway environment (0600)", path="/etc/postgressor/gateway.env", lines=env_lines)
+    composed_file(name="Gateway environment (0600)", path="/etc/postgressor/gateway.env", lines=env_lines)
     files.template(name="Gateway unit", src=template("gateway.service.j2"),
                    dest="/etc/systemd/system/postgressor-gateway.service", mode="644")  # fmt: skip
     applied(
