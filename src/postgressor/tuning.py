@@ -16,16 +16,6 @@ GB = 1024 * MB
 Profile = Literal["web", "oltp"]
 Storage = Literal["ssd", "nvme", "hdd"]
 
-# Settings that need a restart to change; everything else is applied with a reload.
-RESTART_SETTINGS = frozenset(
-    {
-        "listen_addresses", "port", "max_connections", "shared_buffers", "huge_pages", "wal_buffers",
-        "wal_level", "max_wal_senders", "max_replication_slots", "max_worker_processes",
-        "shared_preload_libraries",
-    }
-)  # fmt: skip
-
-
 @dataclass(frozen=True)
 class Machine:
     ram_kb: int

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from postgressor.cli.common import console, emit_json, global_options, settings_for
-from postgressor.config import DEFAULT_CONFIG_FILE
+from postgressor.config import DEFAULT_CONFIG_FILE, masked_dump
 from postgressor.errors import UsageError
 
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
@@ -35,7 +35,7 @@ def init(
 def check(ctx: typer.Context) -> None:
     """Validate the configuration and print it, secrets masked."""
     settings = settings_for(ctx)
-    data = settings.model_dump(mode="json")
+    data = masked_dump(settings)
     if global_options(ctx).json:
         emit_json({"ok": True, "config": data})
         return
