@@ -51,6 +51,10 @@ class LocalConfig(Section):
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     boot_timeout: int = Field(600, ge=30, description="seconds to wait for SSH after boot")
     forward_ports: list[int] = Field([], description="more guest TCP ports to forward to 127.0.0.1")
+    image: Path | None = Field(
+        None, description="a Debian/Ubuntu cloud image (qcow2 or raw) booted with a NoCloud seed instead of "
+        "the debootstrap image; needs no root",
+    )  # fmt: skip
 
 
 class PostgresConfig(Section):

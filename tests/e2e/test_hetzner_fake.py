@@ -58,11 +58,11 @@ class VMServers:
     def delete(self, server: dict[str, Any]) -> None:
         spec = self.specs.pop(server["id"], None)
         if spec is not None:
-            machine.stop(spec)
+            machine.stop(spec.pid_file)
 
     def stop_all(self) -> None:
         for spec in self.specs.values():
-            machine.stop(spec)
+            machine.stop(spec.pid_file)
 
 
 @pytest.fixture(scope="module")

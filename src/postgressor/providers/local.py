@@ -1,4 +1,7 @@
-"""Provider 'local': a Debian VM under QEMU on this machine, reached over a hostfwd SSH port."""
+"""Provider 'local': a Debian VM under QEMU on this machine, reached over a hostfwd SSH port.
+
+The VM boots the cached debootstrap image, or the cloud image set in ``local.image`` (with a NoCloud seed).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +12,24 @@ from postgressor.errors import UsageError
 from postgressor.providers.base import Provider
 from postgressor.sshconn import generate_keypair, pin_host_key, wait_for_ssh
 from postgressor.state import HostRecord
-from postgressor.vm import image, machine
+from postgressor.vm import cloudimage, image, machine
+
+DEBOOTSTRAP = "debootstrap"  # the state's record of a VM made from the built image
 
 
 class LocalProvider(Provider):
     name = "local"
+
+    _cloud_image: cloudimage.CloudImage | None = None
 
     def validate(self) -> None:
         if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
             raise UsageError(
                 "the local provider needs QEMU; install it (apt-get install qemu-system-x86 qemu-utils)"
             )
-        if not image.base_image().exists() and image.missing_tools():
+        if self.settings.local.image:
+            self._vm_image()
+        elif not image.base_image().exists() and image.missing_tools():
             raise UsageError(
                 f"building the local VM image needs {', '.join(image.missing_tools())}; "
                 "install them (apt-get install debootstrap e2fsprogs qemu-utils)"
@@ -30,27 +39,47 @@ class LocalProvider(Provider):
     def key_path(self) -> Path:
         return self.state.stack_dir / "id_ed25519"
 
-    def _spec(self, public_key: str = "") -> machine.VMSpec:
+    @property
+    def pid_file(self) -> Path:
+        return self.state.stack_dir / "qemu.pid"
+
+    def _vm_image(self) -> image.BaseImage | cloudimage.CloudImage:
+        path = self.settings.local.image
+        if path is None:
+            return image.base_image()
+        if self._cloud_image is None:
+            self._cloud_image = cloudimage.inspect(path.expanduser())
+        return self._cloud_image
+
+    def _image_label(self) -> str:
+        vm_image = self._vm_image()
+        return str(vm_image.path) if isinstance(vm_image, cloudimage.CloudImage) else DEBOOTSTRAP
+
+    def _spec(self, public_key: str) -> machine.VMSpec:
         cfg = self.settings.local
         return machine.VMSpec(
-            directory=self.state.stack_dir, image=image.base_image(), public_key=public_key,
+            directory=self.state.stack_dir, image=self._vm_image(), public_key=public_key,
             memory_mb=cfg.memory_mb, cpus=cfg.cpus, disk_gb=cfg.disk_gb, accel=cfg.accel,
             extra_ports=sorted({*self.settings.hardening.extra_ports, *cfg.forward_ports}),
+            hostname=f"postgressor-{self.state.stack}",
         )  # fmt: skip
 
     def plan(self) -> list[str]:
         steps = []
         vm = self.state.find("vm")
         if vm is None:
-            if not image.base_image().exists():
+            if self.settings.local.image:
+                steps.append(f"write a NoCloud seed for the cloud image {self._image_label()}")
+            elif not image.base_image().exists():
                 steps.append("build the Debian bookworm base image with debootstrap (cached)")
             steps.append(f"create a {self.settings.local.disk_gb} GB VM disk and boot it with QEMU")
-        elif machine.running_pid(self._spec().pid_file) is None:
+        elif machine.running_pid(self.pid_file) is None:
             steps.append("boot the stack's VM (it is stopped)")
         return steps
 
     def provision(self) -> HostRecord:
-        image.ensure_base_image(self.log)
+        if not self.settings.local.image:
+            image.ensure_base_image(self.log)
         public_key = generate_keypair(self.key_path, f"postgressor-{self.state.stack}")
         return self._start(public_key)
 
@@ -59,18 +88,26 @@ class LocalProvider(Provider):
         return self._start(public_key)
 
     def _start(self, public_key: str) -> HostRecord:
-        spec = self._spec(public_key)
         vm = self.state.find("vm")
+        label = self._image_label()
+        made_from = vm.details.get("image", DEBOOTSTRAP) if vm else label
+        if made_from != label:
+            raise UsageError(
+                f"stack {self.state.stack!r} was made from {made_from}, but local.image now says {label}; "
+                "set it back, or run 'postgressor destroy' first"
+            )
+        spec = self._spec(public_key)
         ports = {int(g): int(h) for g, h in (vm.details.get("ports", {}) if vm else {}).items()}
         if machine.running_pid(spec.pid_file) is None or not ports:
             ports = {
                 g: ports.get(g) or machine.free_port() for g in (*machine.GUEST_PORTS, *spec.extra_ports)
             }
-            self.state.add("vm", self.state.stack, disk=str(spec.disk), ports=ports)
+            self.state.add("vm", self.state.stack, disk=str(spec.disk), ports=ports, image=label)
             running = machine.boot(spec, ports, self.log)
             self.state.add(
-                "vm", self.state.stack, disk=str(spec.disk), ports=running.ports, accel=running.accel
-            )
+                "vm", self.state.stack, disk=str(spec.disk), ports=running.ports, accel=running.accel,
+                image=label,
+            )  # fmt: skip
         pinned = self.state.host.host_key if self.state.host else ""
         host = HostRecord("127.0.0.1", ports[22], "root", str(self.key_path.resolve()), pinned)
         self.log(f"waiting for SSH on 127.0.0.1:{ports[22]}")
@@ -80,8 +117,7 @@ class LocalProvider(Provider):
 
     def destroy(self) -> list[str]:
         removed = []
-        spec = self._spec()
-        if machine.stop(spec):
+        if machine.stop(self.pid_file):
             removed.append("stopped the VM")
         if self.state.stack_dir.exists():
             shutil.rmtree(self.state.stack_dir)

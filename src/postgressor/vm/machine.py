@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from postgressor.errors import PostgressorError, UsageError
+from postgressor.vm.cloudimage import CloudImage, write_seed
 from postgressor.vm.image import BaseImage, cache_root
 
 GUEST_PORTS = (22, 80, 443)
@@ -23,13 +24,14 @@ GUEST_PORTS = (22, 80, 443)
 @dataclass
 class VMSpec:
     directory: Path  # per-stack: disk, pid file, console log
-    image: BaseImage
+    image: BaseImage | CloudImage
     public_key: str
     memory_mb: int = 2048
     cpus: int = 2
     disk_gb: int = 16
     accel: str = "auto"  # auto | kvm | tcg
     extra_ports: list[int] = field(default_factory=list)
+    hostname: str = "postgressor"
 
     @property
     def disk(self) -> Path:
@@ -42,6 +44,10 @@ class VMSpec:
     @property
     def console_log(self) -> Path:
         return self.directory / "console.log"
+
+    @property
+    def seed(self) -> Path:
+        return self.directory / "seed.iso"  # NoCloud seed, cloud images only
 
 
 @dataclass
@@ -71,11 +77,18 @@ def running_pid(pid_file: Path) -> int | None:
 
 def create_disk(spec: VMSpec) -> None:
     spec.directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(spec.image, CloudImage) and not spec.seed.exists():
+        write_seed(spec.seed, public_key=spec.public_key, instance_id=f"iid-{spec.hostname}",
+                   hostname=spec.hostname)  # fmt: skip
     if spec.disk.exists():
         return
+    if isinstance(spec.image, CloudImage):
+        backing, fmt = spec.image.path, spec.image.format
+        size = max(spec.disk_gb << 30, spec.image.virtual_size)  # an overlay cannot shrink its image
+    else:
+        backing, fmt, size = spec.image.disk, "qcow2", spec.disk_gb << 30
     proc = subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(spec.image.disk),
-         str(spec.disk), f"{spec.disk_gb}G"],
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(backing), str(spec.disk), str(size)],
         capture_output=True, text=True,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -103,17 +116,28 @@ def _record_accel(accel: str) -> None:
     path.write_text(json.dumps({"accel": accel}))
 
 
-def qemu_command(spec: VMSpec, ports: dict[int, int], accel: str) -> list[str]:
+def _boot_args(spec: VMSpec) -> list[str]:
+    if isinstance(spec.image, CloudImage):  # the image's own bootloader; cloud-init reads the seed
+        return [
+            "-drive", f"file={spec.seed},if=ide,media=cdrom,readonly=on",
+            "-smbios", "type=1,serial=ds=nocloud",
+        ]  # fmt: skip
     key = base64.b64encode(spec.public_key.strip().encode()).decode()
+    return [
+        "-kernel", str(spec.image.kernel), "-initrd", str(spec.image.initrd),
+        "-append", f"root=/dev/vda rw console=ttyS0 net.ifnames=0 postgressor.authorized_key={key}",
+    ]  # fmt: skip
+
+
+def qemu_command(spec: VMSpec, ports: dict[int, int], accel: str) -> list[str]:
     forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in ports.items())
     cpu = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
     return [
         "qemu-system-x86_64", *cpu,
         "-smp", str(spec.cpus), "-m", str(spec.memory_mb),
         "-display", "none", "-serial", f"file:{spec.console_log}",
-        "-kernel", str(spec.image.kernel), "-initrd", str(spec.image.initrd),
-        "-append", f"root=/dev/vda rw console=ttyS0 net.ifnames=0 postgressor.authorized_key={key}",
         "-drive", f"file={spec.disk},if=virtio,format=qcow2,cache=unsafe",
+        *_boot_args(spec),
         "-netdev", f"user,id=n0,{forwards}", "-device", "virtio-net-pci,netdev=n0",
         "-daemonize", "-pidfile", str(spec.pid_file),
     ]  # fmt: skip
@@ -165,22 +189,22 @@ def boot(spec: VMSpec, ports: dict[int, int] | None, log: Callable[[str], None])
         if works:
             return RunningVM(pid=pid, ports=ports, accel=accel)
         log("KVM did not boot the guest; falling back to TCG (remembered for this host)")
-        stop(spec)
+        stop(spec.pid_file)
         accel = "tcg"
     pid = _launch(spec, ports, accel)
     return RunningVM(pid=pid, ports=ports, accel=accel)
 
 
-def stop(spec: VMSpec, timeout: float = 20) -> bool:
-    """Stop the VM if it runs; True when a running VM was stopped."""
-    pid = running_pid(spec.pid_file)
+def stop(pid_file: Path, timeout: float = 20) -> bool:
+    """Stop the VM whose QEMU wrote ``pid_file`` if it runs; True when a running VM was stopped."""
+    pid = running_pid(pid_file)
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and running_pid(spec.pid_file) is not None:
+    while time.monotonic() < deadline and running_pid(pid_file) is not None:
         time.sleep(0.2)
-    if running_pid(spec.pid_file) is not None:
+    if running_pid(pid_file) is not None:
         os.kill(pid, signal.SIGKILL)
-    spec.pid_file.unlink(missing_ok=True)
+    pid_file.unlink(missing_ok=True)
     return True
