@@ -17,14 +17,15 @@ from pathlib import Path
 
 from postgressor.vm.image import MIRROR, PACKAGES, SUITE, cache_root
 
-# debootstrap does not resolve virtual packages: python3-cffi-backend provides what python3-cryptography needs
-CLOUD_PACKAGES = (*PACKAGES, "cloud-init", "python3-cffi-backend")
+# cloud-guest-utils brings growpart, as on Debian's images. python3-cffi-backend is listed because
+# debootstrap does not resolve virtual packages, and python3-cryptography depends on one it provides.
+CLOUD_PACKAGES = (*PACKAGES, "cloud-init", "cloud-guest-utils", "python3-cffi-backend")
 TOOLS = ("debootstrap", "sfdisk", "mkfs.fat", "mcopy", "syslinux", "mkfs.ext4", "qemu-img")
 MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 SECTOR = 512
 BOOT_START, BOOT_SECTORS = 2048, 200 * 2048  # 200 MiB FAT boot partition (kernel, initrd, syslinux)
 ROOT_START = BOOT_START + BOOT_SECTORS
-DISK_SIZE = 3 << 30
+DISK_SIZE = 2 << 30  # like Debian's genericcloud: cloud-init grows the root partition to the VM's disk
 ROOT_LABEL = "cloudimg-rootfs"
 SYSLINUX_CFG = f"""DEFAULT debian
 LABEL debian

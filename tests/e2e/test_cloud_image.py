@@ -59,6 +59,8 @@ def test_cloud_init_configured_it_from_the_nocloud_seed(stack: Stack) -> None:
     result = json.loads(stack.sh("cat /run/cloud-init/result.json").stdout)
     assert "DataSourceNoCloud" in result["v1"]["datasource"] and not result["v1"]["errors"]
     assert stack.sh("hostname").stdout.strip() == "postgressor-default"
+    root_gb = int(stack.sh("df --output=size -BG / | tail -1").stdout.strip().rstrip("G"))
+    assert root_gb >= 14  # grown from the image's 2 GB to the 16 GB overlay
     public_key = (stack.state.stack_dir / "id_ed25519.pub").read_text().split()[1]
     authorized = stack.sh("cat /root/.ssh/authorized_keys").stdout
     line = next(entry for entry in authorized.splitlines() if public_key in entry)
