@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,6 +77,41 @@ def test_small_box_gets_swap_and_big_box_does_not() -> None:
     assert any("mkswap /swapfile" in c for c in commands)
     commands, _ = run_fake(CONVERGED, provider="local")
     assert not any("mkswap" in c for c in commands)
+
+
+def run_swap_command(tmp_path: Path, free_mb: int, fallocate_ok: bool) -> subprocess.CompletedProcess[str]:
+    """The generated swap command, run here against stand-in df/fallocate/mkswap/swapon/swapoff."""
+    commands, _ = run_fake(FRESH_BOX, provider="local")
+    command = next(c for c in commands if "mkswap /swapfile" in c).replace("/swapfile", str(tmp_path / "swapfile"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    tools = {
+        "df": f"echo Avail; echo {free_mb}M",
+        "fallocate": 'touch "$3"; ' + ("exit 0" if fallocate_ok else "echo 'No space left on device' >&2; exit 1"),
+        "mkswap": "exit 0", "swapon": "exit 0", "swapoff": "exit 1",
+    }  # fmt: skip
+    for name, body in tools.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return subprocess.run(command, shell=True, capture_output=True, text=True, env=env)
+
+
+def test_swap_is_refused_with_the_fix_when_the_disk_is_too_small(tmp_path: Path) -> None:
+    proc = run_swap_command(tmp_path, free_mb=2500, fallocate_ok=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "only 2500 MB free on the disk, too little for a 2048 MB swap file; grow the disk, or lower "
+        "hardening.swap_mb (hardening.swap_below_mb = 0 turns swap off)"
+    )
+    assert not (tmp_path / "swapfile").exists()
+
+
+def test_a_failed_swap_file_is_removed_and_a_good_one_kept(tmp_path: Path) -> None:
+    failed = run_swap_command(tmp_path / "a", free_mb=9000, fallocate_ok=False)
+    assert failed.returncode == 1 and not (tmp_path / "a" / "swapfile").exists()
+    made = run_swap_command(tmp_path / "b", free_mb=9000, fallocate_ok=True)
+    assert made.returncode == 0 and (tmp_path / "b" / "swapfile").exists()
 
 
 def test_passwords_are_generated_on_the_box_and_never_in_commands() -> None:

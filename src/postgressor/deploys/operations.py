@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from collections.abc import Generator
 
@@ -13,6 +14,7 @@ from postgressor.deploys import facts
 
 SECRETS_DIR = "/etc/postgressor/secrets"
 MARKERS_DIR = "/var/lib/postgressor/applied"
+SWAP_HEADROOM_MB = 1024  # left free after the swap file, for packages and PostgreSQL's first WAL
 
 
 def secret_path(name: str) -> str:
@@ -70,9 +72,15 @@ def swapfile(size_mb: int, path: str = "/swapfile") -> Generator[str, None, None
     """An active swap file of ``size_mb``; a half-made one from an interrupted run is rebuilt."""
     if host.get_fact(facts.ActiveSwap):
         return
+    needed = size_mb + SWAP_HEADROOM_MB
     yield (
-        f"swapoff {path} 2>/dev/null; rm -f {path}; fallocate -l {size_mb}M {path} && chmod 600 {path} "
-        f"&& mkswap {path} >/dev/null && swapon {path}"
+        f"swapoff {path} 2>/dev/null; rm -f {path}; "
+        f"free=$(df --output=avail -BM {posixpath.dirname(path)} | tail -1 | tr -dc 0-9); "
+        f'if [ "$free" -lt {needed} ]; then echo "only ${{free}} MB free on the disk, too little for a {size_mb} MB '
+        "swap file; grow the disk, or lower hardening.swap_mb (hardening.swap_below_mb = 0 turns swap off)\" >&2; "
+        "exit 1; fi; "
+        f"fallocate -l {size_mb}M {path} && chmod 600 {path} && mkswap {path} >/dev/null && swapon {path} "
+        f"|| {{ rm -f {path}; exit 1; }}"
     )
 
 
