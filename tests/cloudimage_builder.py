@@ -17,9 +17,9 @@ from pathlib import Path
 
 from postgressor.vm.image import MIRROR, PACKAGES, SUITE, cache_root
 
-# cloud-guest-utils brings growpart, as on Debian's images. python3-cffi-backend is listed because
+# cloud-guest-utils (growpart) and locales are on Debian's images too. python3-cffi-backend is listed because
 # debootstrap does not resolve virtual packages, and python3-cryptography depends on one it provides.
-CLOUD_PACKAGES = (*PACKAGES, "cloud-init", "cloud-guest-utils", "python3-cffi-backend")
+CLOUD_PACKAGES = (*PACKAGES, "cloud-init", "cloud-guest-utils", "locales", "python3-cffi-backend")
 TOOLS = ("debootstrap", "sfdisk", "mkfs.fat", "mcopy", "syslinux", "mkfs.ext4", "qemu-img")
 MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 SECTOR = 512
