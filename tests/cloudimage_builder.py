@@ -74,6 +74,8 @@ def _configure(root: Path) -> None:
     (root / "etc/network/interfaces.d").mkdir(parents=True, exist_ok=True)
     (root / "etc/hostname").write_text("localhost\n")
     (root / "etc/machine-id").write_text("")
+    # cloud-init's locale module runs Debian's locale-gen, which builds what locale.gen lists: list its default
+    (root / "etc/locale.gen").write_text("en_US.UTF-8 UTF-8\n")
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
     shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
