@@ -1,4 +1,4 @@
-"""Boot and stop a QEMU VM from the base image: one copy-on-write disk per stack, SSH via a hostfwd port."""
+"""Boot and stop a QEMU VM (the base image or a cloud image): one copy-on-write disk per stack, SSH via hostfwd."""
 
 from __future__ import annotations
 
