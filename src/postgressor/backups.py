@@ -169,13 +169,15 @@ def backup_status(host: HostRecord) -> dict[str, Any]:
     )
     result = _run(host, script, timeout=120)
     sections = _sections(result.stdout)
-    report: dict[str, Any] = {"last_backup": None, "backups": 0, "archiver": None, "failed_units": []}
+    report: dict[str, Any] = {"last_backup": None, "backups": 0, "archive": None, "archiver": None,
+                              "failed_units": []}  # fmt: skip
     problems = []
     info_text = sections.get("info", "")
     try:
         parsed = parse_info(info_text)
         report["repository"] = parsed["status"]
         report["backups"] = len(parsed["backups"])
+        report["archive"] = parsed["archive"]
         good = [b for b in parsed["backups"] if not b["error"]]
         if good:
             last = {k: v for k, v in good[-1].items() if k != "stop_epoch"}
@@ -241,15 +243,11 @@ def check(host: HostRecord) -> dict[str, Any]:
             f"backup check failed: {pgbackrest_error(result.stdout + result.stderr)}; fix the repository "
             "(see /var/log/pgbackrest on the box) and run 'postgressor backup check' again"
         )
-    parsed = info(host)
-    problem = info_problem(parsed)
-    if problem:
-        raise PostgressorError(f"backup check failed: {problem}")
-    status = backup_status(host)
+    status = backup_status(host)  # reads the repository too: its problems come first
     if status.get("error"):
         raise PostgressorError(f"backup check failed: {status['error']}")
-    return {"ok": True, "backups": len(parsed["backups"]), "last_backup": status["last_backup"],
-            "archiver": status["archiver"], "archive": parsed["archive"]}  # fmt: skip
+    return {"ok": True, "backups": status["backups"], "last_backup": status["last_backup"],
+            "archiver": status["archiver"], "archive": status["archive"]}  # fmt: skip
 
 
 def passphrase(host: HostRecord) -> str:

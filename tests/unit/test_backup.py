@@ -367,6 +367,19 @@ def test_status_failures(monkeypatch: pytest.MonkeyPatch, info_text: str, archiv
     assert report["error"].startswith(expected), report["error"]
 
 
+def test_check_reports_backups_archiving_and_wal_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = (f"@@info\n{json.dumps([INFO])}\n@@info_rc=0\n@@archiver\n{json.dumps(ARCHIVER_OK)}\n"
+           "@@units\nfull=inactive\ndiff=inactive\n")  # fmt: skip
+    seen = fake_box(monkeypatch, out)
+    result = backups.check(HostRecord("h", 22, "root", "k"))
+    assert result["ok"] is True and result["backups"] == 1
+    assert result["last_backup"]["label"] == "20261125-040122F"
+    assert result["archiver"] == ARCHIVER_OK
+    assert result["archive"] == {"min": "000000010000000000000001", "max": "000000010000000000000004"}
+    assert seen[0].endswith("pgbackrest --stanza=main check 2>&1")
+    assert len(seen) == 2  # check, then one status read (pgBackRest info is read once)
+
+
 def test_check_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_box(monkeypatch, "P00  ERROR: [082]: WAL segment 000000010000000000000005 was not archived before the "
                           "60000ms timeout\n       HINT: check the archive_command\n", exit_status=82)  # fmt: skip
