@@ -7,7 +7,6 @@ from those secret files, owned by postgres, 0600.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import StringIO
@@ -22,6 +21,7 @@ from postgressor.deploys.operations import (
     applied,
     apply_config_command,
     composed_file,
+    digest,
     generated_secret,
     marked,
     postgres_config_current,
@@ -69,7 +69,7 @@ class BackupSpec:
     def repo_id(self) -> str:
         """Where the repository is (no secrets): a changed repository gets its own stanza and first backup."""
         where = f"s3://{self.s3_endpoint}/{self.s3_bucket}{self.s3_path}" if self.s3_endpoint else LOCAL_REPO
-        return _digest(where, STANZA, str(self.pg_version))
+        return digest(where, STANZA, str(self.pg_version))
 
     def __repr__(self) -> str:  # keep the S3 keys out of any log or traceback
         return f"BackupSpec(pg_version={self.pg_version}, repo={'s3' if self.s3_endpoint else 'local'})"
@@ -192,10 +192,3 @@ def backup(spec: BoxSpec, backup: BackupSpec) -> None:
     reapply_if_stale(name="Backup units loaded", paths=paths, marker="backup-units", command=reload)
     for kind, timer in TIMERS.items():
         systemd.service(name=f"{kind} backup timer active", service=timer, running=True, enabled=True)
-
-
-def _digest(*parts: str) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()[:24]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import shlex
 from collections.abc import Generator
@@ -155,6 +156,14 @@ def http_ready(url: str, timeout: int, hint: str) -> Generator[str, None, None]:
         f"for i in $(seq {timeout}); do [ \"$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' {url})\" = 200 ] "
         f"&& exit 0; sleep 1; done; echo {shlex.quote(f'{url} did not answer 200 within {timeout} s; {hint}')}; exit 1"
     )
+
+
+def digest(*parts: str) -> str:
+    """A short hash of ``parts`` for ``applied`` markers: any change to a part reruns the command."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:24]
 
 
 @operation()

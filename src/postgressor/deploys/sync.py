@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from io import StringIO
 
 from pyinfra.api import deploy
@@ -14,6 +13,7 @@ from postgressor.deploys.operations import (
     SECRETS_DIR,
     applied,
     composed_file,
+    digest,
     docker_image,
     generated_secret,
     http_ready,
@@ -62,7 +62,7 @@ def electric(spec: BoxSpec) -> None:
     applied(
         name="Electric container current",
         marker="electric",
-        digest=_digest(sync.image, str(sync.electric_port), *env_lines),
+        digest=digest(sync.image, str(sync.electric_port), *env_lines),
         command="systemctl daemon-reload && systemctl enable electric && systemctl restart electric",
     )
     systemd.service(name="Electric running", service="electric", running=True, enabled=True)
@@ -110,7 +110,7 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
     applied(
         name="Gateway process current",
         marker="gateway",
-        digest=_digest(bundle.digest, sync.gateway_config, *env_lines, _template_text("gateway.service.j2")),
+        digest=digest(bundle.digest, sync.gateway_config, *env_lines, _template_text("gateway.service.j2")),
         command="systemctl daemon-reload && systemctl enable postgressor-gateway "
         "&& systemctl restart postgressor-gateway",
     )
@@ -132,13 +132,6 @@ def caddy(spec: BoxSpec, public_address: str) -> None:
     systemd.service(name="Caddy running", service="caddy", running=True, enabled=True)
     apply_on_change("Caddy", "caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile >/dev/null "
                     "&& systemctl reload caddy", "caddy", ["/etc/caddy/Caddyfile"], caddyfile)  # fmt: skip
-
-
-def _digest(*parts: str) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()[:24]
 
 
 def _template_text(name: str) -> str:
