@@ -92,10 +92,10 @@ def read_box(host: HostRecord) -> BoxFacts:
 
 
 def deploys_for(
-    spec: BoxSpec, facts: BoxFacts, host: HostRecord, settings: Settings | None = None
+    spec: BoxSpec, facts: BoxFacts, host: HostRecord, settings: Settings
 ) -> list[tuple[Callable[..., Any], dict[str, Any]]]:
     plan: list[tuple[Callable[..., Any], dict[str, Any]]] = [(base, {"spec": spec}), (postgresql, {"spec": spec})]
-    if settings is not None and settings.backup.enabled:
+    if settings.backup.enabled:
         plan.append((backup, {"spec": spec, "backup": backup_spec(settings, spec)}))
     if spec.sync is None:
         return plan
