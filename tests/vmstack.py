@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from postgressor.sshconn import CommandResult, run
+from postgressor.remote.ssh import CommandResult, run
 from postgressor.state import HostRecord, StackState, load_state
 
 

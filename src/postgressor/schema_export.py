@@ -18,9 +18,9 @@ from pathlib import Path
 
 import psycopg
 
-from postgressor.dbconnect import connect, describe, mask_url, split_password
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.migrations import sqltext
+from postgressor.remote.database import connect, describe, mask_url, split_password
 
 MANAGED_SCHEMAS = frozenset({
     "auth", "storage", "realtime", "_realtime", "supabase_functions", "supabase_migrations", "extensions",

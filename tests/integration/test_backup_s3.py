@@ -33,9 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pgcluster import bindir, free_port
 
-from postgressor.backups import info_problem, parse_info, pg_time
-from postgressor.config import load_settings
-from postgressor.deploys.backup import (
+from postgressor.box.deploys.backup import (
     CIPHER_SECRET,
     S3_KEY_SECRET,
     S3_KEY_SECRET_SECRET,
@@ -44,7 +42,9 @@ from postgressor.deploys.backup import (
     backup_spec,
     conf_lines,
 )
-from postgressor.deploys.spec import Distro, box_spec
+from postgressor.box.spec import Distro, box_spec
+from postgressor.config import load_settings
+from postgressor.day2.backups import info_problem, parse_info, pg_time
 
 boto3 = pytest.importorskip("boto3", reason="moto[server] (dev extra) brings boto3")
 

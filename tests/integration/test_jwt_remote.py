@@ -30,12 +30,7 @@ from pgcluster import Cluster
 from test_stack_tunnel import FakeBox, serve
 from typer.testing import CliRunner
 
-from postgressor.cli import app
-from postgressor.config import SyncTable
-from postgressor.gateway.app import Gateway
-from postgressor.gateway.params import TableRule
-from postgressor.gateway.settings import GatewaySettings
-from postgressor.jwt_remote import (
+from postgressor.checks.stack_tokens import (
     CADDY_ROOT_CERT,
     GatewayTarget,
     RemoteCheck,
@@ -43,9 +38,14 @@ from postgressor.jwt_remote import (
     run_remote,
     tls_for_ca,
 )
+from postgressor.cli import app
+from postgressor.config import SyncTable
+from postgressor.gateway.app import Gateway
+from postgressor.gateway.params import TableRule
+from postgressor.gateway.settings import GatewaySettings
 from postgressor.jwt_verify import VerifierConfig
 from postgressor.migrations import runner
-from postgressor.sshconn import generate_keypair
+from postgressor.remote.ssh import generate_keypair
 from postgressor.state import HostRecord, open_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -19,7 +19,7 @@ from pgcluster import Cluster
 from typer.testing import CliRunner
 
 from postgressor.cli import app
-from postgressor.sshconn import generate_keypair
+from postgressor.remote.ssh import generate_keypair
 from postgressor.state import HostRecord, open_state
 
 

@@ -11,8 +11,14 @@ import pytest
 from pyinfra.api import Inventory
 from typer.testing import CliRunner
 
-from postgressor import backups
-from postgressor.backups import (
+from postgressor.box.converge import run_deploys
+from postgressor.box.deploys.backup import backup, backup_spec, conf_lines
+from postgressor.box.deploys.base import postgresql
+from postgressor.box.spec import Distro, box_spec
+from postgressor.cli import app
+from postgressor.config import load_settings, masked_dump
+from postgressor.day2 import backups
+from postgressor.day2.backups import (
     archive_problem,
     backup_status,
     choose_set,
@@ -23,15 +29,9 @@ from postgressor.backups import (
     restore_command,
     restore_notes,
 )
-from postgressor.cli import app
-from postgressor.config import load_settings, masked_dump
-from postgressor.deploys.backup import backup, backup_spec, conf_lines
-from postgressor.deploys.box import postgresql
-from postgressor.deploys.spec import Distro, box_spec
-from postgressor.engine import run_deploys
 from postgressor.errors import ConfigError, PostgressorError, UsageError
-from postgressor.sshconn import CommandResult
-from postgressor.stack import BoxFacts, deploys_for
+from postgressor.lifecycle import BoxFacts, deploys_for
+from postgressor.remote.ssh import CommandResult
 from postgressor.state import HostRecord
 
 BOOKWORM = Distro("debian", 12, "bookworm")
@@ -161,7 +161,7 @@ def test_fresh_box_order_stanza_then_archiving_then_first_backup_then_timers() -
 
 def test_archive_dropin_settings() -> None:
     cfg = load_settings(provider="local", backup={"archive_timeout": 60})
-    from postgressor.deploys.backup import archive_settings
+    from postgressor.box.deploys.backup import archive_settings
 
     settings = archive_settings(backup_spec(cfg, box_spec(cfg, BOOKWORM)))
     assert settings == {"archive_mode": "on", "archive_command": "pgbackrest --stanza=main archive-push %p",
@@ -259,7 +259,7 @@ def test_s3_keys_from_the_environment_are_masked(monkeypatch: pytest.MonkeyPatch
 def test_template_config_parses_with_the_backup_block(tmp_path: Path) -> None:
     from importlib import resources
 
-    text = (resources.files("postgressor.templates") / "postgressor.toml").read_text()
+    text = (resources.files("postgressor.cli") / "postgressor.toml").read_text()
     assert "[backup]" in text
     path = tmp_path / "postgressor.toml"
     path.write_text(text)

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from pyinfra.api import Inventory
 
+from postgressor.box.converge import run_deploys
+from postgressor.box.deploys.base import base, postgresql
+from postgressor.box.spec import Distro, box_spec
 from postgressor.config import load_settings
-from postgressor.deploys.box import base, postgresql
-from postgressor.deploys.spec import Distro, box_spec
-from postgressor.engine import run_deploys
 
 BOOKWORM = Distro("debian", 12, "bookworm")
 

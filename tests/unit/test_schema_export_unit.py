@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from postgressor.dbconnect import describe, mask_url, split_password
 from postgressor.errors import PostgressorError, UsageError
+from postgressor.remote.database import describe, mask_url, split_password
 from postgressor.schema_export import PgDump, choose_pg_dump, classify, dump_env, filter_dump, pg_dump_command
 
 DUMP = """\\restrict Zq9

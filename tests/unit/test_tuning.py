@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from postgressor.tuning import GB, MB, Machine, format_memory, slot_wal_keep_kb, tune
+from postgressor.box.tuning import GB, MB, Machine, format_memory, slot_wal_keep_kb, tune
 
 
 def test_small_web_box() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from postgressor.cli import advisor_cmds, backup_cmds, box, config_cmds, gateway_cmds, jwt_cmds, migrate_cmds
+from postgressor.cli import advisor_cmds, backup_cmds, config_cmds, gateway_cmds, jwt_cmds, lifecycle_cmds, migrate_cmds
 from postgressor.cli.common import GlobalOptions, err_console
 from postgressor.errors import PostgressorError
 
@@ -90,7 +90,7 @@ def _global(
 
 app.command("init")(config_cmds.init)
 app.add_typer(config_cmds.config_app, name="config")
-box.register(app)
+lifecycle_cmds.register(app)
 app.command("regions")(advisor_cmds.regions)
 app.command("cost")(advisor_cmds.cost)
 app.command("recommend")(advisor_cmds.recommend)

@@ -1,4 +1,4 @@
-"""Backup verbs: backup now|list|check|passphrase, and restore. The work is in postgressor.backups."""
+"""Backup verbs: backup now|list|check|passphrase, and restore. The work is in postgressor.day2.backups."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from postgressor import backups
-from postgressor import stack as stacks
+from postgressor import lifecycle as stacks
 from postgressor.cli.common import confirm, console, emit_json, err_console, global_options, settings_for, stack_name
+from postgressor.day2 import backups
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.state import HostRecord
 

@@ -15,7 +15,7 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 
 
 def starter_config() -> str:
-    return resources.files("postgressor.templates").joinpath("postgressor.toml").read_text()
+    return resources.files("postgressor.cli").joinpath("postgressor.toml").read_text()
 
 
 def init(

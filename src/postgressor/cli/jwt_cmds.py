@@ -9,12 +9,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from postgressor import jwt_remote
+from postgressor.checks import stack_tokens as jwt_remote
+from postgressor.checks.stack_tokens import RemoteCheck
+from postgressor.checks.tokens import FAIL, Check, check_token, mint_hs256
 from postgressor.cli.common import console, emit_json, global_options, settings_for, stack_name
 from postgressor.errors import UsageError
 from postgressor.gateway.settings import verifier_config
-from postgressor.jwt_checks import FAIL, Check, check_token, mint_hs256
-from postgressor.jwt_remote import RemoteCheck
 from postgressor.jwt_verify import VerifierConfig, config_problem, fingerprint
 
 

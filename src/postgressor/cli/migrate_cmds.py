@@ -9,11 +9,11 @@ from pathlib import Path
 
 import typer
 
-from postgressor import dbconnect
 from postgressor.cli.common import confirm, console, emit_json, err_console, global_options, settings_for, stack_name
 from postgressor.config import MigrationsConfig, Settings
 from postgressor.migrations import runner
 from postgressor.migrations.policies import TablePolicies
+from postgressor.remote import database as dbconnect
 from postgressor.schema_export import export_schema
 
 schema_app = typer.Typer(help="Work with database schemas.", no_args_is_help=True)

@@ -22,7 +22,7 @@ from postgressor.config import Settings
 from postgressor.errors import PostgressorError
 from postgressor.providers import retry
 from postgressor.providers.base import Log, Provider
-from postgressor.sshconn import generate_keypair, pin_host_key, wait_for_ssh
+from postgressor.remote.ssh import generate_keypair, pin_host_key, wait_for_ssh
 from postgressor.state import HostRecord, StackState
 
 T = TypeVar("T")
@@ -48,7 +48,7 @@ class Found:
 
 def user_data() -> str:
     """The minimal cloud-init user data every cloud server gets."""
-    return resources.files("postgressor.templates").joinpath("cloud-init", "user-data.yaml").read_text()
+    return resources.files("postgressor.providers").joinpath("user-data.yaml").read_text()
 
 
 class CloudProvider(Provider):

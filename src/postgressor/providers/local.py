@@ -10,7 +10,7 @@ from pathlib import Path
 
 from postgressor.errors import UsageError
 from postgressor.providers.base import Provider
-from postgressor.sshconn import generate_keypair, pin_host_key, wait_for_ssh
+from postgressor.remote.ssh import generate_keypair, pin_host_key, wait_for_ssh
 from postgressor.state import HostRecord
 from postgressor.vm import cloudimage, image, machine
 

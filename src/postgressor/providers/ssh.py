@@ -6,7 +6,7 @@ from pathlib import Path
 
 from postgressor.errors import UsageError
 from postgressor.providers.base import Provider
-from postgressor.sshconn import pin_host_key, wait_for_ssh
+from postgressor.remote.ssh import pin_host_key, wait_for_ssh
 from postgressor.state import HostRecord
 
 

@@ -55,7 +55,7 @@ class BaseImage:
 
 
 def _vm_file(name: str) -> bytes:
-    return resources.files("postgressor.templates").joinpath("vm", name).read_bytes()
+    return resources.files("postgressor.vm").joinpath("templates", name).read_bytes()
 
 
 def image_key() -> str:

@@ -9,18 +9,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from postgressor.backups import backup_status
+from postgressor.box.converge import DeployResult, OpListener, run_deploys, ssh_inventory
+from postgressor.box.deploys.backup import backup, backup_spec
+from postgressor.box.deploys.base import base, postgresql
+from postgressor.box.deploys.sync import caddy, electric, gateway
+from postgressor.box.gateway_bundle import gateway_bundle
+from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact
 from postgressor.config import Settings
-from postgressor.deploys.backup import backup, backup_spec
-from postgressor.deploys.box import base, postgresql
-from postgressor.deploys.bundle import gateway_bundle
-from postgressor.deploys.spec import BoxSpec, Distro, box_spec, distro_from_fact
-from postgressor.deploys.sync import caddy, electric, gateway
-from postgressor.engine import DeployResult, OpListener, run_deploys, ssh_inventory
+from postgressor.day2.backups import backup_status
 from postgressor.errors import PostgressorError
 from postgressor.providers import get_provider
 from postgressor.providers.base import Log, Provider
-from postgressor.sshconn import HostKeyMismatch, known_hosts_path, run
+from postgressor.remote.ssh import HostKeyMismatch, known_hosts_path, run
 from postgressor.state import HostRecord, StackState, load_state, open_state, require_state
 
 STATUS_SETTINGS = (

@@ -14,9 +14,8 @@ from io import StringIO
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
-from postgressor.config import Settings
-from postgressor.deploys.box import APT_ARGS, template
-from postgressor.deploys.operations import (
+from postgressor.box.deploys.base import APT_ARGS, template
+from postgressor.box.operations import (
     SECRETS_DIR,
     applied,
     apply_config_command,
@@ -28,7 +27,8 @@ from postgressor.deploys.operations import (
     reapply_if_stale,
     secret_path,
 )
-from postgressor.deploys.spec import BoxSpec
+from postgressor.box.spec import BoxSpec
+from postgressor.config import Settings
 
 STANZA = "main"
 CONF_PATH = "/etc/pgbackrest/pgbackrest.conf"

@@ -11,7 +11,7 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.files import File
 
-from postgressor.deploys import facts
+from postgressor.box import facts
 
 SECRETS_DIR = "/etc/postgressor/secrets"
 MARKERS_DIR = "/var/lib/postgressor/applied"

@@ -12,11 +12,11 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from postgressor import sshconn
 from postgressor.config import Settings
 from postgressor.errors import PostgressorError, UsageError
+from postgressor.remote import ssh as sshconn
+from postgressor.remote.tunnel import Tunnel
 from postgressor.state import require_state
-from postgressor.tunnel import Tunnel
 
 SECRETS_DIR = "/etc/postgressor/secrets"
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)", re.IGNORECASE)

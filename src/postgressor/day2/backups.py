@@ -13,10 +13,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from postgressor.deploys.backup import CIPHER_SECRET, PGBACKREST, STANZA
-from postgressor.deploys.operations import secret_path
+from postgressor.box.deploys.backup import CIPHER_SECRET, PGBACKREST, STANZA
+from postgressor.box.operations import secret_path
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.sshconn import CommandResult, run
+from postgressor.remote.ssh import CommandResult, run
 from postgressor.state import HostRecord
 
 BACKUP_TIMEOUT = 6 * 3600  # seconds a backup or restore may stay silent over SSH

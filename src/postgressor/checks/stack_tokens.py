@@ -27,12 +27,13 @@ import jwt
 import psycopg
 from psycopg import sql
 
-from postgressor import dbconnect, sshconn
+from postgressor.checks.tokens import FAIL, PASS, SKIP
 from postgressor.config import Settings, SyncTable
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.jwt_checks import FAIL, PASS, SKIP
 from postgressor.jwt_verify import SYMMETRIC_ALGS, VerifierConfig
 from postgressor.migrations.policies import parse_table_name
+from postgressor.remote import database as dbconnect
+from postgressor.remote import ssh as sshconn
 from postgressor.state import HostRecord, StackState, require_state
 
 CADDY_ROOT_CERT = "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"

@@ -6,7 +6,7 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from postgressor.tuning import Machine
+from postgressor.box.tuning import Machine
 
 
 class MachineSize(FactBase[Machine]):

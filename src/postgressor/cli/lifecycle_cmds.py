@@ -10,7 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from postgressor import stack as stacks
+from postgressor import lifecycle as stacks
+from postgressor.box.converge import OpReport
 from postgressor.cli.backup_cmds import render_status as render_backup_status
 from postgressor.cli.common import (
     confirm,
@@ -21,9 +22,8 @@ from postgressor.cli.common import (
     settings_for,
     stack_name,
 )
-from postgressor.engine import OpReport
 from postgressor.errors import PostgressorError
-from postgressor.sshconn import known_hosts_path
+from postgressor.remote.ssh import known_hosts_path
 
 STATUS_STYLE = {"changed": "yellow", "unchanged": "dim", "failed": "red", "skipped": "dim"}
 

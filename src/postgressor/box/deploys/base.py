@@ -10,8 +10,8 @@ from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, postgres, server, systemd
 
-from postgressor.deploys import facts
-from postgressor.deploys.operations import (
+from postgressor.box import facts
+from postgressor.box.operations import (
     apply_config_command,
     firewall,
     marked,
@@ -22,8 +22,8 @@ from postgressor.deploys.operations import (
     sql_unless,
     swapfile,
 )
-from postgressor.deploys.spec import BoxSpec
-from postgressor.tuning import MB, tune
+from postgressor.box.spec import BoxSpec
+from postgressor.box.tuning import MB, tune
 
 SUPABASE_ROLES = ("anon", "authenticated", "service_role")
 APT_ARGS = "-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
@@ -32,7 +32,7 @@ PGDG_KEY = "/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc"
 
 
 def template(name: str) -> str:
-    return str(Path(str(resources.files("postgressor.templates"))) / "box" / name)
+    return str(Path(str(resources.files("postgressor.box"))) / "templates" / name)
 
 
 def apply_on_change(label: str, command: str, marker: str, paths: list[str], op: OperationMeta) -> None:

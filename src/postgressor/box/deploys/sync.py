@@ -7,9 +7,9 @@ from io import StringIO
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
-from postgressor.deploys.box import apply_on_change, template
-from postgressor.deploys.bundle import GatewayBundle
-from postgressor.deploys.operations import (
+from postgressor.box.deploys.base import apply_on_change, template
+from postgressor.box.gateway_bundle import GatewayBundle
+from postgressor.box.operations import (
     SECRETS_DIR,
     applied,
     composed_file,
@@ -19,7 +19,7 @@ from postgressor.deploys.operations import (
     http_ready,
     secret_path,
 )
-from postgressor.deploys.spec import BoxSpec
+from postgressor.box.spec import BoxSpec
 
 GATEWAY_HOME = "/opt/postgressor/gateway"
 
