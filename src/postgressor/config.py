@@ -24,6 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from postgressor.box.layout import ELECTRIC_PORT
 from postgressor.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("postgressor.toml")
@@ -109,7 +110,7 @@ class MigrationsConfig(Section):
 class GatewayConfig(Section):
     """The auth gateway in front of Electric (postgressor gateway serve)."""
 
-    upstream: str = "http://127.0.0.1:3000"
+    upstream: str = f"http://127.0.0.1:{ELECTRIC_PORT}"
     listen: str = "127.0.0.1"
     port: int = Field(3001, ge=1, le=65535)
     electric_secret: SecretStr | None = None

@@ -14,6 +14,7 @@ from postgressor.box.deploys.backup import backup, backup_spec
 from postgressor.box.deploys.base import base, postgresql
 from postgressor.box.deploys.sync import caddy, electric, gateway
 from postgressor.box.gateway_bundle import gateway_bundle
+from postgressor.box.layout import electric_health_url, psql
 from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact
 from postgressor.config import Settings
 from postgressor.day2.backups import backup_status
@@ -162,12 +163,12 @@ def status(settings: Settings, stack: str) -> dict[str, Any]:
     script = (
         "v=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1); "
         'echo "service=$(systemctl is-active postgresql@$v-main 2>/dev/null)"; '
-        f"cd / && runuser -u postgres -- psql -XAtq -c {shlex.quote(query)}"
+        f"{psql(query)}"
     )
     if settings.sync_enabled():
         script += (
             "; for u in electric postgressor-gateway caddy; do echo \"unit_$u=$(systemctl is-active $u)\"; done; "
-            "echo \"electric_health=$(curl -s -o /dev/null -m 5 -w '%{http_code}' http://127.0.0.1:3000/v1/health)\""
+            f"echo \"electric_health=$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' {electric_health_url()})\""
         )
     report: dict[str, Any] = {"stack": stack, "provider": state.provider, "reachable": False,
                               "host": f"{state.host.address}:{state.host.port}"}  # fmt: skip

@@ -6,6 +6,7 @@ import shlex
 
 from pyinfra.api import FactBase
 
+from postgressor.box.layout import psql
 from postgressor.box.tuning import Machine
 
 
@@ -76,11 +77,7 @@ class PostgresScalar(FactBase[str]):
     """One value from a SQL query run as the postgres superuser; '' when PostgreSQL is not up."""
 
     def command(self, sql: str, database: str = "postgres") -> str:
-        query = shlex.quote(sql)
-        return (
-            f"if command -v psql >/dev/null; then cd / && runuser -u postgres -- psql -XAtq "
-            f"-d {shlex.quote(database)} -c {query} 2>/dev/null || true; fi"
-        )
+        return f"if command -v psql >/dev/null; then {psql(sql, database)} 2>/dev/null || true; fi"
 
     def process(self, output: list[str]) -> str:
         return "\n".join(output).strip()

@@ -12,22 +12,9 @@ from pyinfra.api import operation
 from pyinfra.facts.files import File
 
 from postgressor.box import facts
+from postgressor.box.layout import MARKERS_DIR, SECRETS_DIR, postgres_unit, psql, secret_path
 
-SECRETS_DIR = "/etc/postgressor/secrets"
-MARKERS_DIR = "/var/lib/postgressor/applied"
 SWAP_HEADROOM_MB = 1024  # left free after the swap file, for packages and PostgreSQL's first WAL
-
-
-def secret_path(name: str) -> str:
-    return f"{SECRETS_DIR}/{name}"
-
-
-def psql(sql: str, database: str = "postgres") -> str:
-    """A psql call as the postgres superuser that stops at the first error."""
-    return (
-        f"cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {shlex.quote(database)} "
-        f"-c {shlex.quote(sql)}"
-    )
 
 
 @operation()
@@ -108,7 +95,7 @@ def role_password(role: str) -> Generator[str, None, None]:
     yield (
         f"set -e; {_generate(path)}; "
         f"printf 'ALTER ROLE \"%s\" PASSWORD $$%s$$;\\n' {shlex.quote(role)} \"$(cat {path}.new)\" "
-        f"| (cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d postgres); "
+        f"| ({psql()}); "
         f"mv {path}.new {path}"
     )
 
@@ -183,7 +170,7 @@ def sql_unless(check: str, apply: str, database: str = "postgres") -> Generator[
 
 def apply_config_command(version: int) -> str:
     """Reload PostgreSQL, then restart it only if a changed setting needs a restart."""
-    unit = f"postgresql@{version}-main"
+    unit = postgres_unit(version)
     load_time = psql("SELECT pg_conf_load_time()")
     pending = psql("SELECT coalesce(bool_or(pending_restart), false) FROM pg_settings")
     return (

@@ -6,6 +6,7 @@ import ipaddress
 import json
 from dataclasses import dataclass, field
 
+from postgressor.box.layout import ELECTRIC_PORT, postgres_conf_dir
 from postgressor.config import Settings
 from postgressor.errors import UsageError
 
@@ -54,7 +55,7 @@ class SyncSpec:
     gateway_port: int
     domain: str
     email: str
-    electric_port: int = 3000
+    electric_port: int = ELECTRIC_PORT
 
 
 @dataclass
@@ -79,7 +80,7 @@ class BoxSpec:
 
     @property
     def conf_dir(self) -> str:
-        return f"/etc/postgresql/{self.pg_version}/main"
+        return postgres_conf_dir(self.pg_version)
 
 
 def distro_from_fact(fact: dict) -> Distro:
@@ -186,7 +187,7 @@ def gateway_toml(settings: Settings) -> str:
         value = getattr(supabase, key)
         if value:
             lines.append(f"{key} = {_toml_str(value)}")
-    lines += ["", "[gateway]", 'upstream = "http://127.0.0.1:3000"', 'listen = "127.0.0.1"',
+    lines += ["", "[gateway]", f'upstream = "http://127.0.0.1:{ELECTRIC_PORT}"', 'listen = "127.0.0.1"',
               f"port = {settings.gateway.port}"]  # fmt: skip
     for table in settings.sync.tables:
         lines += ["", "[[sync.tables]]", f"name = {_toml_str(table.name)}",

@@ -27,6 +27,7 @@ import jwt
 import psycopg
 from psycopg import sql
 
+from postgressor.box.layout import electric_health_url
 from postgressor.checks.tokens import FAIL, PASS, SKIP
 from postgressor.config import Settings, SyncTable
 from postgressor.errors import PostgressorError, UsageError
@@ -38,7 +39,7 @@ from postgressor.state import HostRecord, StackState, require_state
 
 CADDY_ROOT_CERT = "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
 ELECTRIC_HEADERS = ("electric-handle", "electric-offset")
-ELECTRIC_HEALTH_CMD = "curl -s -o /dev/null -m 10 -w %{http_code} http://127.0.0.1:3000/v1/health"
+ELECTRIC_HEALTH_CMD = f"curl -s -o /dev/null -m 10 -w %{{http_code}} {electric_health_url()}"
 HTTP_TIMEOUT = 20.0
 SUPABASE_ROLE = "authenticated"
 

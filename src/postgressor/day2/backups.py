@@ -14,15 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from postgressor.box.deploys.backup import CIPHER_SECRET, PGBACKREST, STANZA
-from postgressor.box.operations import secret_path
+from postgressor.box.layout import ELECTRIC_STORAGE, SYNC_UNITS, psql, secret_path
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.remote.ssh import CommandResult, run
 from postgressor.state import HostRecord
 
 BACKUP_TIMEOUT = 6 * 3600  # seconds a backup or restore may stay silent over SSH
 BACKUP_TYPES = ("full", "diff", "incr")
-ELECTRIC_STORAGE = "/var/lib/electric"
-SYNC_UNITS = ("electric", "postgressor-gateway")
 VERSION = "v=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1)"
 ARCHIVER_SQL = (
     "SELECT json_build_object('archive_mode', current_setting('archive_mode'), "
@@ -35,10 +33,6 @@ ARCHIVER_SQL = (
 )
 SLOTS_SQL = "SELECT coalesce(json_agg(slot_name ORDER BY slot_name), '[]') FROM pg_replication_slots"
 Log = Callable[[str], None]
-
-
-def psql(sql: str) -> str:
-    return f"cd / && runuser -u postgres -- psql -XAtq -c {shlex.quote(sql)}"
 
 
 def _run(host: HostRecord, command: str, timeout: float = 120) -> CommandResult:

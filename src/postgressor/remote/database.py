@@ -12,13 +12,13 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from postgressor.box.layout import secret_path
 from postgressor.config import Settings
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.remote import ssh as sshconn
 from postgressor.remote.tunnel import Tunnel
 from postgressor.state import require_state
 
-SECRETS_DIR = "/etc/postgressor/secrets"
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)", re.IGNORECASE)
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
@@ -83,7 +83,7 @@ def url_target(url: str) -> Iterator[Target]:
 
 def read_box_password(host: sshconn.HostRecord, owner: str) -> str:
     """The owner role's password from the root-only secrets file on the box; kept in memory only."""
-    path = f"{SECRETS_DIR}/{owner}.password"
+    path = secret_path(f"{owner}.password")
     result = sshconn.run(host, f"cat {shlex.quote(path)}")
     if not result.ok:
         reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.exit_status}"

@@ -15,8 +15,8 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
 from postgressor.box.deploys.base import APT_ARGS, template
+from postgressor.box.layout import SECRETS_DIR, secret_path
 from postgressor.box.operations import (
-    SECRETS_DIR,
     applied,
     apply_config_command,
     composed_file,
@@ -25,7 +25,6 @@ from postgressor.box.operations import (
     marked,
     postgres_config_current,
     reapply_if_stale,
-    secret_path,
 )
 from postgressor.box.spec import BoxSpec
 from postgressor.config import Settings

@@ -11,6 +11,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, postgres, server, systemd
 
 from postgressor.box import facts
+from postgressor.box.layout import postgres_unit
 from postgressor.box.operations import (
     apply_config_command,
     firewall,
@@ -111,7 +112,7 @@ def postgresql(spec: BoxSpec) -> None:
                  _if=lambda: conf_op.did_change() or hba_op.did_change())  # fmt: skip
     # After the files are current: config an interrupted run wrote but never loaded is applied now.
     postgres_config_current(name="Config loaded", version=spec.pg_version, paths=[conf, hba])
-    systemd.service(name="PostgreSQL running", service=f"postgresql@{spec.pg_version}-main",
+    systemd.service(name="PostgreSQL running", service=postgres_unit(spec.pg_version),
                     running=True, enabled=True)  # fmt: skip
 
     postgres.role(name=f"Role {spec.owner}", role=spec.owner, login=True, inherit=True, _su_user="postgres")

@@ -9,19 +9,30 @@ from pyinfra.operations import files, server, systemd
 
 from postgressor.box.deploys.base import apply_on_change, template
 from postgressor.box.gateway_bundle import GatewayBundle
+from postgressor.box.layout import (
+    CADDY_UNIT,
+    ELECTRIC_ENV,
+    ELECTRIC_STORAGE,
+    ELECTRIC_UNIT,
+    GATEWAY_CONFIG,
+    GATEWAY_ENV,
+    GATEWAY_HOME,
+    GATEWAY_UNIT,
+    GATEWAY_USER,
+    IMAGES_DIR,
+    POSTGRES_PORT,
+    electric_health_url,
+    secret_path,
+)
 from postgressor.box.operations import (
-    SECRETS_DIR,
     applied,
     composed_file,
     digest,
     docker_image,
     generated_secret,
     http_ready,
-    secret_path,
 )
 from postgressor.box.spec import BoxSpec
-
-GATEWAY_HOME = "/opt/postgressor/gateway"
 
 
 @deploy("Electric")
@@ -37,40 +48,40 @@ def electric(spec: BoxSpec) -> None:
                    dest="/etc/systemd/system/postgresql@.service.d/50-after-docker.conf", mode="644")  # fmt: skip
 
     generated_secret(name="Electric secret", name_on_box="electric_secret")
-    files.directory(name="Electric storage", path="/var/lib/electric", mode="700")
+    files.directory(name="Electric storage", path=ELECTRIC_STORAGE, mode="700")
     database_url = (
-        f"postgresql://electric:$(cat {secret_path('electric.password')})@host.docker.internal:5432/"
+        f"postgresql://electric:$(cat {secret_path('electric.password')})@host.docker.internal:{POSTGRES_PORT}/"
         f"{spec.database}?sslmode=disable"
     )
     env_lines = [
         f"DATABASE_URL={database_url}",
         f"ELECTRIC_SECRET=$(cat {secret_path('electric_secret')})",
-        "ELECTRIC_STORAGE_DIR=/var/lib/electric",
+        f"ELECTRIC_STORAGE_DIR={ELECTRIC_STORAGE}",
         f"ELECTRIC_PORT={sync.electric_port}",
         "ELECTRIC_USAGE_REPORTING=false",
     ]
-    composed_file(name="Electric environment (0600)", path="/etc/postgressor/electric.env", lines=env_lines)
+    composed_file(name="Electric environment (0600)", path=ELECTRIC_ENV, lines=env_lines)
     archive = ""
     if sync.image_archive:
-        archive = "/var/lib/postgressor/images/electric.tar"
+        archive = f"{IMAGES_DIR}/electric.tar"
         files.put(name="Electric image archive", src=sync.image_archive, dest=archive, mode="600")
     docker_image(name=f"Electric image {sync.image}", image=sync.image, archive=archive)
     files.template(name="Electric unit", src=template("electric.service.j2"),
-                   dest="/etc/systemd/system/electric.service", mode="644", image=sync.image,
-                   port=sync.electric_port)  # fmt: skip
+                   dest=f"/etc/systemd/system/{ELECTRIC_UNIT}.service", mode="644", image=sync.image,
+                   port=sync.electric_port, env_file=ELECTRIC_ENV)  # fmt: skip
     # A changed version, unit or environment recreates the container; nothing else does.
     applied(
         name="Electric container current",
         marker="electric",
         digest=digest(sync.image, str(sync.electric_port), *env_lines),
-        command="systemctl daemon-reload && systemctl enable electric && systemctl restart electric",
+        command=f"systemctl daemon-reload && systemctl enable {ELECTRIC_UNIT} && systemctl restart {ELECTRIC_UNIT}",
     )
-    systemd.service(name="Electric running", service="electric", running=True, enabled=True)
+    systemd.service(name="Electric running", service=ELECTRIC_UNIT, running=True, enabled=True)
     http_ready(
         name="Electric healthy (/v1/health = 200)",
-        url=f"http://127.0.0.1:{sync.electric_port}/v1/health",
+        url=electric_health_url(sync.electric_port),
         timeout=sync.health_timeout,
-        hint="see journalctl -u electric on the box",
+        hint=f"see journalctl -u {ELECTRIC_UNIT} on the box",
     )
 
 
@@ -78,9 +89,9 @@ def electric(spec: BoxSpec) -> None:
 def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
     sync = spec.sync
     assert sync is not None
-    server.group(name="Gateway group", group="postgressor-gw", system=True)
+    server.group(name="Gateway group", group=GATEWAY_USER, system=True)
     nologin = "/usr/sbin/nologin"
-    server.user(name="Gateway user", user="postgressor-gw", group="postgressor-gw", system=True,
+    server.user(name="Gateway user", user=GATEWAY_USER, group=GATEWAY_USER, system=True,
                 home="/nonexistent", shell=nologin, create_home=False)  # fmt: skip
     files.directory(name="Gateway home", path=GATEWAY_HOME, mode="755")
     files.sync(name="Gateway wheels", src=str(bundle.wheels), dest=f"{GATEWAY_HOME}/wheels", delete=True,
@@ -101,22 +112,21 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
         ),
     )
 
-    files.put(name="Gateway config (0600)", src=StringIO(sync.gateway_config), dest="/etc/postgressor/gateway.toml",
-              user="postgressor-gw", group="postgressor-gw", mode="600")  # fmt: skip
-    env_lines = [f"ELECTRIC_SECRET=$(cat {SECRETS_DIR}/electric_secret)"]
-    composed_file(name="Gateway environment (0600)", path="/etc/postgressor/gateway.env", lines=env_lines)
+    files.put(name="Gateway config (0600)", src=StringIO(sync.gateway_config), dest=GATEWAY_CONFIG,
+              user=GATEWAY_USER, group=GATEWAY_USER, mode="600")  # fmt: skip
+    env_lines = [f"ELECTRIC_SECRET=$(cat {secret_path('electric_secret')})"]
+    composed_file(name="Gateway environment (0600)", path=GATEWAY_ENV, lines=env_lines)
     files.template(name="Gateway unit", src=template("gateway.service.j2"),
-                   dest="/etc/systemd/system/postgressor-gateway.service", mode="644")  # fmt: skip
+                   dest=f"/etc/systemd/system/{GATEWAY_UNIT}.service", mode="644")  # fmt: skip
     applied(
         name="Gateway process current",
         marker="gateway",
         digest=digest(bundle.digest, sync.gateway_config, *env_lines, _template_text("gateway.service.j2")),
-        command="systemctl daemon-reload && systemctl enable postgressor-gateway "
-        "&& systemctl restart postgressor-gateway",
+        command=f"systemctl daemon-reload && systemctl enable {GATEWAY_UNIT} && systemctl restart {GATEWAY_UNIT}",
     )
-    systemd.service(name="Gateway running", service="postgressor-gateway", running=True, enabled=True)
+    systemd.service(name="Gateway running", service=GATEWAY_UNIT, running=True, enabled=True)
     http_ready(name="Gateway healthy", url=f"http://127.0.0.1:{sync.gateway_port}/health", timeout=60,
-               hint="see journalctl -u postgressor-gateway on the box")  # fmt: skip
+               hint=f"see journalctl -u {GATEWAY_UNIT} on the box")  # fmt: skip
 
 
 @deploy("HTTPS")
@@ -129,7 +139,7 @@ def caddy(spec: BoxSpec, public_address: str) -> None:
         sites=sites, domain=sync.domain, email=sync.email, default_sni=public_address,
         gateway_port=sync.gateway_port,
     )  # fmt: skip
-    systemd.service(name="Caddy running", service="caddy", running=True, enabled=True)
+    systemd.service(name="Caddy running", service=CADDY_UNIT, running=True, enabled=True)
     apply_on_change("Caddy", "caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile >/dev/null "
                     "&& systemctl reload caddy", "caddy", ["/etc/caddy/Caddyfile"], caddyfile)  # fmt: skip
 

@@ -1,0 +1,61 @@
+"""Every fact about the box's layout, defined once: paths, ports, unit names and the psql command.
+
+The deploys write these paths, and status, backups, restore and the remote checks read them; nothing else spells
+them out. Plain data and string builders only (no pyinfra, no SSH), so any layer may import it.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+CONFIG_DIR = "/etc/postgressor"  # root-owned config and environment files
+SECRETS_DIR = f"{CONFIG_DIR}/secrets"  # generated secrets, root-only (0700 directory, 0600 files)
+STATE_DIR = "/var/lib/postgressor"
+MARKERS_DIR = f"{STATE_DIR}/applied"  # `applied` digests and config-applied timestamps
+IMAGES_DIR = f"{STATE_DIR}/images"  # uploaded `docker save` archives
+
+POSTGRES_PORT = 5432
+ELECTRIC_PORT = 3000  # Electric's HTTP API, bound to 127.0.0.1 only
+ELECTRIC_STORAGE = "/var/lib/electric"  # Electric's shape cache (ELECTRIC_STORAGE_DIR)
+ELECTRIC_ENV = f"{CONFIG_DIR}/electric.env"
+
+GATEWAY_HOME = "/opt/postgressor/gateway"  # the gateway's wheels, virtualenv and code
+GATEWAY_CONFIG = f"{CONFIG_DIR}/gateway.toml"
+GATEWAY_ENV = f"{CONFIG_DIR}/gateway.env"
+GATEWAY_USER = "postgressor-gw"
+
+ELECTRIC_UNIT = "electric"
+GATEWAY_UNIT = "postgressor-gateway"
+CADDY_UNIT = "caddy"
+SYNC_UNITS = (ELECTRIC_UNIT, GATEWAY_UNIT)  # the units that read PostgreSQL (stopped around a restore)
+
+
+def secret_path(name: str) -> str:
+    """Path of the generated secret ``name`` on the box (e.g. ``"app.password"``)."""
+    return f"{SECRETS_DIR}/{name}"
+
+
+def postgres_unit(version: int | str) -> str:
+    """systemd unit of the Debian/Ubuntu ``main`` cluster of PostgreSQL ``version`` (e.g. ``postgresql@17-main``)."""
+    return f"postgresql@{version}-main"
+
+
+def postgres_conf_dir(version: int | str) -> str:
+    return f"/etc/postgresql/{version}/main"
+
+
+def postgres_log(version: int | str) -> str:
+    return f"/var/log/postgresql/postgresql-{version}-main.log"
+
+
+def electric_health_url(port: int = ELECTRIC_PORT) -> str:
+    return f"http://127.0.0.1:{port}/v1/health"
+
+
+def psql(sql: str | None = None, database: str = "postgres") -> str:
+    """psql as the postgres superuser (peer authentication: no password anywhere), unaligned tuples only, stopping
+    at the first error. ``sql`` None reads the statements from stdin, which is how a value that must stay out of
+    argv (a password) reaches the server; nothing secret is ever part of this command line, so it can be logged.
+    """
+    command = f"cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {shlex.quote(database)}"
+    return command if sql is None else f"{command} -c {shlex.quote(sql)}"
