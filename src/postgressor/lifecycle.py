@@ -14,7 +14,7 @@ from postgressor.box.deploys.backup import backup, backup_spec
 from postgressor.box.deploys.base import base, postgresql
 from postgressor.box.deploys.sync import caddy, electric, gateway
 from postgressor.box.gateway_bundle import gateway_bundle
-from postgressor.box.layout import electric_health_url, psql
+from postgressor.box.layout import electric_health_url, postgres_unit, psql
 from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact
 from postgressor.config import Settings
 from postgressor.day2.backups import backup_status
@@ -22,7 +22,7 @@ from postgressor.errors import PostgressorError
 from postgressor.providers import get_provider
 from postgressor.providers.base import Log, Provider
 from postgressor.remote.ssh import HostKeyMismatch, known_hosts_path, run
-from postgressor.state import HostRecord, StackState, load_state, open_state, require_state
+from postgressor.state import HostRecord, StackState, load_state, open_state, recorded_version, require_state
 
 STATUS_SETTINGS = (
     "wal_level", "max_wal_senders", "max_replication_slots", "max_slot_wal_keep_size", "listen_addresses",
@@ -113,6 +113,9 @@ def deploy_host(
     facts = read_box(host)
     spec = box_spec(settings, facts.distro)
     inventory = ssh_inventory(host, known_hosts_path(state))
+    if not dry_run:  # recorded first: a cut-off run may already have installed this version
+        state.pg_version = spec.pg_version
+        state.save()
     result = run_deploys(inventory, deploys_for(spec, facts, host, settings), listener, dry_run=dry_run)
     if not dry_run and not result.failed:
         state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -151,6 +154,7 @@ def plan(settings: Settings, stack: str, log: Log) -> PlanResult:
 def status(settings: Settings, stack: str) -> dict[str, Any]:
     state = require_state(settings.state_dir, stack)
     assert state.host is not None
+    unit = postgres_unit(recorded_version(state))
     names = ",".join(f"'{n}'" for n in STATUS_SETTINGS)
     query = (
         "SELECT json_build_object('version', current_setting('server_version'), "  # noqa: S608 (constants)
@@ -161,9 +165,7 @@ def status(settings: Settings, stack: str) -> dict[str, Any]:
         "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn))), '[]'::json) FROM pg_replication_slots))"
     )
     script = (
-        "v=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1); "
-        'echo "service=$(systemctl is-active postgresql@$v-main 2>/dev/null)"; '
-        f"{psql(query)}"
+        f'echo "service=$(systemctl is-active {unit} 2>/dev/null)"; {psql(query)}'
     )
     if settings.sync_enabled():
         script += (

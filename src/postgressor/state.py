@@ -53,6 +53,7 @@ class StackState:
     resources: list[Resource] = field(default_factory=list)
     host: HostRecord | None = None
     deployed_at: str = ""
+    pg_version: int | None = None  # the PostgreSQL major version the last deploy installed
 
     @property
     def stack_dir(self) -> Path:
@@ -86,6 +87,7 @@ class StackState:
             "resources": [asdict(r) for r in self.resources],
             "host": self._portable(asdict(self.host)) if self.host else None,
             "deployed_at": self.deployed_at,
+            "pg_version": self.pg_version,
         }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.stack}.", suffix=".tmp")
         try:
@@ -131,6 +133,8 @@ def load_state(state_dir: Path, stack: str) -> StackState | None:
     try:
         data = json.loads(path.read_text())
         host = data.get("host")
+        if not isinstance(data.get("pg_version"), int | None):
+            raise TypeError(f"pg_version {data['pg_version']!r} is not a whole number")
         return StackState(
             stack=data["stack"],
             provider=data["provider"],
@@ -138,6 +142,7 @@ def load_state(state_dir: Path, stack: str) -> StackState | None:
             resources=[Resource(**r) for r in data.get("resources", [])],
             host=_absolute_key(HostRecord(**host), path.parent) if host else None,
             deployed_at=data.get("deployed_at", ""),
+            pg_version=data.get("pg_version"),
         )
     except (ValueError, KeyError, TypeError) as err:
         raise PostgressorError(
@@ -164,3 +169,13 @@ def require_state(state_dir: Path, stack: str) -> StackState:
     if existing is None or existing.host is None:
         raise UsageError(f"stack '{stack}' has no server yet; run 'postgressor up --stack {stack}' first")
     return existing
+
+
+def recorded_version(state: StackState) -> int:
+    """The PostgreSQL major version the stack's last deploy installed (recorded in the state, never guessed)."""
+    if state.pg_version is None:
+        raise UsageError(
+            f"stack '{state.stack}' has no PostgreSQL version recorded (deployed before postgressor recorded it); "
+            f"run 'postgressor deploy --stack {state.stack}' once"
+        )
+    return state.pg_version

@@ -46,6 +46,7 @@ def test_electric_port_reaches_every_user_from_one_place(monkeypatch: pytest.Mon
     ("pattern", "what"),
     [
         (r"/etc/postgressor/secrets", "the secrets directory"),
+        (r"ls /etc/postgresql", "the PostgreSQL version lookup"),
         (r"runuser -u postgres -- psql", "the psql command"),
         (r"127\.0\.0\.1:3000|\b3000\b", "Electric's port"),
     ],

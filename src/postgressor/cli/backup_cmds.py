@@ -12,7 +12,7 @@ from postgressor import lifecycle as stacks
 from postgressor.cli.common import confirm, console, emit_json, err_console, global_options, settings_for, stack_name
 from postgressor.day2 import backups
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.state import HostRecord
+from postgressor.state import HostRecord, StackState, recorded_version
 
 backup_app = typer.Typer(help="pgBackRest backups: take, list and check them.", no_args_is_help=True)
 
@@ -23,12 +23,15 @@ class BackupType(StrEnum):
     incr = "incr"
 
 
-def _host(ctx: typer.Context) -> HostRecord:
+def _connection(ctx: typer.Context) -> tuple[HostRecord, StackState]:
     settings = settings_for(ctx)
     if not settings.backup.enabled:
         raise UsageError("backups are disabled (backup.enabled = false in postgressor.toml); enable them and deploy")
-    host, _ = stacks.connection(settings, stack_name(ctx), lambda message: None)
-    return host
+    return stacks.connection(settings, stack_name(ctx), lambda message: None)
+
+
+def _host(ctx: typer.Context) -> HostRecord:
+    return _connection(ctx)[0]
 
 
 def _size(value: Any) -> str:
@@ -113,14 +116,15 @@ def restore(
     name = stack_name(ctx)
     when = backups.pg_time(target) if target else "the latest archived state"
     confirm(f"Restore stack '{name}' to {when}? Everything written after it is lost", yes)
-    host = _host(ctx)
+    host, state = _connection(ctx)
+    version = recorded_version(state)
     quiet = global_options(ctx).json
 
     def log(message: str) -> None:
         if not quiet:
             err_console.print(f"[cyan]→[/] {message}", highlight=False)
 
-    report = backups.restore(host, target, log)
+    report = backups.restore(host, version, target, log)
     if quiet:
         emit_json({"ok": True, **report})
         return

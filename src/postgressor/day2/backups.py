@@ -14,14 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from postgressor.box.deploys.backup import CIPHER_SECRET, PGBACKREST, STANZA
-from postgressor.box.layout import ELECTRIC_STORAGE, SYNC_UNITS, psql, secret_path
+from postgressor.box.layout import ELECTRIC_STORAGE, SYNC_UNITS, postgres_log, postgres_unit, psql, secret_path
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.remote.ssh import CommandResult, run
 from postgressor.state import HostRecord
 
 BACKUP_TIMEOUT = 6 * 3600  # seconds a backup or restore may stay silent over SSH
 BACKUP_TYPES = ("full", "diff", "incr")
-VERSION = "v=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1)"
 ARCHIVER_SQL = (
     "SELECT json_build_object('archive_mode', current_setting('archive_mode'), "
     "'archived_count', archived_count, 'last_archived_wal', last_archived_wal, "
@@ -299,25 +298,23 @@ def _slots(host: HostRecord) -> list[str] | None:
         return None
 
 
-def restore(host: HostRecord, target: datetime | None, log: Log) -> dict[str, Any]:
-    """Stop Electric, the gateway and PostgreSQL; restore (to ``target`` or the latest state); start them."""
+def restore(host: HostRecord, version: int, target: datetime | None, log: Log) -> dict[str, Any]:
+    """Stop Electric, the gateway and PostgreSQL ``version`` (the one recorded in the state); restore (to ``target``
+    or the latest state); start them."""
     parsed = info(host)
     problem = info_problem(parsed)
     if problem and not parsed["backups"]:
         raise PostgressorError(f"cannot restore: {problem}")
     chosen = choose_set(parsed["backups"], target)
+    unit = postgres_unit(version)
     probe = _run(
         host,
-        f'{VERSION}; echo "version=$v"; echo "now=$(date +%s)"; echo "pg=$(systemctl is-active postgresql@$v-main)"; '
+        f'echo "now=$(date +%s)"; echo "pg=$(systemctl is-active {unit})"; '
         f'for u in {" ".join(SYNC_UNITS)}; do echo "unit_$u=$(systemctl is-active $u)"; done',
     )
     facts = dict(line.split("=", 1) for line in probe.stdout.splitlines() if "=" in line)
-    version = facts.get("version", "")
-    if not version.isdigit():
-        raise PostgressorError("no PostgreSQL cluster found on the box (/etc/postgresql); run 'postgressor deploy'")
     if target is not None and target.timestamp() > float(facts.get("now", "0")):
         raise UsageError(f"--to-time {pg_time(target)} is in the future on the box; use --latest for the newest state")
-    unit = f"postgresql@{version}-main"
     report: dict[str, Any] = {"target": pg_time(target) if target else "latest", "backup_set": chosen["label"],
                               "stopped": [], "started": [], "notes": []}  # fmt: skip
     report["slots_before"] = None
@@ -353,7 +350,7 @@ def restore(host: HostRecord, target: datetime | None, log: Log) -> dict[str, An
     )
     started = _run(host, wait, timeout=BACKUP_TIMEOUT)
     if not started.ok:
-        tail = _run(host, f"grep -E 'FATAL|PANIC' /var/log/postgresql/postgresql-{version}-main.log | tail -n 1")
+        tail = _run(host, f"grep -E 'FATAL|PANIC' {postgres_log(version)} | tail -n 1")
         cause = tail.stdout.strip() or started.stderr.strip() or "see /var/log/postgresql on the box"
         raise PostgressorError(
             f"PostgreSQL did not finish recovery after the restore: {cause}; fix the cause and run "
