@@ -43,8 +43,9 @@ from postgressor.box.deploys.backup import (
     conf_lines,
 )
 from postgressor.box.spec import Distro, box_spec
+from postgressor.checks.backups import info_problem, parse_info
 from postgressor.config import load_settings
-from postgressor.day2.backups import info_problem, parse_info, pg_time
+from postgressor.day2.backups import pg_time
 
 boto3 = pytest.importorskip("boto3", reason="moto[server] (dev extra) brings boto3")
 

@@ -15,15 +15,13 @@ from postgressor.box.converge import run_deploys
 from postgressor.box.deploys.backup import backup, backup_spec, conf_lines
 from postgressor.box.deploys.base import postgresql
 from postgressor.box.spec import Distro, box_spec
+from postgressor.checks import backups as health
+from postgressor.checks.backups import archive_problem, backup_status, info_problem, parse_info
 from postgressor.cli import app
 from postgressor.config import load_settings, masked_dump
 from postgressor.day2 import backups
 from postgressor.day2.backups import (
-    archive_problem,
-    backup_status,
     choose_set,
-    info_problem,
-    parse_info,
     parse_target,
     pg_time,
     restore_command,
@@ -328,7 +326,7 @@ def fake_box(monkeypatch: pytest.MonkeyPatch, stdout: str, exit_status: int = 0)
         seen.append(command)
         return CommandResult(exit_status, stdout, "")
 
-    monkeypatch.setattr(backups, "run", fake_run)
+    monkeypatch.setattr(health, "run", fake_run)
     return seen
 
 

@@ -1,4 +1,6 @@
-"""Backup verbs: backup now|list|check|passphrase, and restore. The work is in postgressor.day2.backups."""
+"""Backup verbs: backup now|list|check|passphrase, and restore.
+
+The work is in postgressor.day2.backups (verbs) and postgressor.checks.backups (reading the repository)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import typer
 from rich.table import Table
 
 from postgressor import lifecycle as stacks
+from postgressor.checks import backups as health
 from postgressor.cli.common import confirm, console, emit_json, err_console, global_options, settings_for, stack_name
 from postgressor.day2 import backups
 from postgressor.errors import PostgressorError, UsageError
@@ -59,8 +62,8 @@ def now(
 @backup_app.command("list")
 def list_(ctx: typer.Context) -> None:
     """The backups in the repository and the WAL archived after them."""
-    parsed = backups.info(_host(ctx))
-    problem = backups.info_problem(parsed)
+    parsed = health.info(_host(ctx))
+    problem = health.info_problem(parsed)
     if global_options(ctx).json:
         emit_json({"ok": not problem, "error": problem or None, **parsed})
     else:

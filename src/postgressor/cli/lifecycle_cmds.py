@@ -12,6 +12,7 @@ from rich.table import Table
 
 from postgressor import lifecycle as stacks
 from postgressor.box.converge import OpReport
+from postgressor.checks import status as status_check
 from postgressor.cli.backup_cmds import render_status as render_backup_status
 from postgressor.cli.common import (
     confirm,
@@ -141,7 +142,7 @@ def plan(
 
 def status(ctx: typer.Context) -> None:
     """Reachability, PostgreSQL version and settings, and replication slots with their retained WAL."""
-    report = stacks.status(settings_for(ctx), stack_name(ctx))
+    report = status_check.status(settings_for(ctx), stack_name(ctx))
     if global_options(ctx).json:
         emit_json(report)
     else:

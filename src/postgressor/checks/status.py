@@ -1,0 +1,73 @@
+"""`postgressor status`: one SSH command reads PostgreSQL, its settings and slots, the sync units and backups."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from postgressor.box.layout import CADDY_UNIT, SYNC_UNITS, electric_health_url, postgres_unit, psql
+from postgressor.checks.backups import backup_status
+from postgressor.config import Settings
+from postgressor.errors import PostgressorError
+from postgressor.remote.ssh import HostKeyMismatch, run
+from postgressor.state import recorded_version, require_state
+
+STATUS_SETTINGS = (
+    "wal_level", "max_wal_senders", "max_replication_slots", "max_slot_wal_keep_size", "listen_addresses",
+    "shared_buffers", "effective_cache_size", "work_mem", "max_connections", "password_encryption",
+)  # fmt: skip
+
+
+def status(settings: Settings, stack: str) -> dict[str, Any]:
+    """The stack's health as data: ``reachable``, ``service``, ``postgres`` (version, settings, slots), ``sync``
+    and ``backup`` when enabled, and ``error`` (the first problem) when anything is broken."""
+    state = require_state(settings.state_dir, stack)
+    assert state.host is not None
+    unit = postgres_unit(recorded_version(state))
+    names = ",".join(f"'{n}'" for n in STATUS_SETTINGS)
+    query = (
+        "SELECT json_build_object('version', current_setting('server_version'), "  # noqa: S608 (constants)
+        f"'settings', (SELECT json_object_agg(name, setting || coalesce(unit, '')) FROM pg_settings "
+        f"WHERE name IN ({names})), "
+        "'slots', (SELECT coalesce(json_agg(json_build_object('name', slot_name, 'plugin', plugin, "
+        "'type', slot_type, 'active', active, 'wal_status', wal_status, 'retained_bytes', "
+        "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn))), '[]'::json) FROM pg_replication_slots))"
+    )
+    script = f'echo "service=$(systemctl is-active {unit} 2>/dev/null)"; {psql(query)}'
+    if settings.sync_enabled():
+        script += (
+            f"; for u in {' '.join((*SYNC_UNITS, CADDY_UNIT))}; do echo \"unit_$u=$(systemctl is-active $u)\"; done; "
+            f"echo \"electric_health=$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' {electric_health_url()})\""
+        )
+    report: dict[str, Any] = {"stack": stack, "provider": state.provider, "reachable": False,
+                              "host": f"{state.host.address}:{state.host.port}"}  # fmt: skip
+    try:
+        result = run(state.host, script, timeout=60)
+    except HostKeyMismatch:
+        raise
+    except PostgressorError as err:
+        report["error"] = str(err)
+        return report
+    report["reachable"] = True
+    values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line and line[0] != "{")
+    report["service"] = values.get("service", "unknown")
+    pg_line = next((line for line in result.stdout.splitlines() if line.startswith("{")), "")
+    try:
+        report["postgres"] = json.loads(pg_line) if pg_line else None
+    except ValueError:
+        report["postgres"] = None
+    if report["postgres"] is None:
+        report["error"] = (result.stderr.strip().splitlines() or ["PostgreSQL did not answer"])[-1]
+    if settings.sync_enabled():
+        units = {k.removeprefix("unit_"): v for k, v in values.items() if k.startswith("unit_")}
+        report["sync"] = {"units": units, "electric_health": values.get("electric_health", "")}
+        broken = [u for u, active in units.items() if active != "active"]
+        if broken or values.get("electric_health") != "200":
+            report.setdefault("error", f"sync not healthy: inactive {broken or 'none'}, Electric health "
+                                       f"{values.get('electric_health') or 'no answer'}")  # fmt: skip
+    if settings.backup.enabled:
+        report["backup"] = backup_status(state.host)
+        if report["backup"].get("error"):
+            report.setdefault("error", report["backup"]["error"])
+    report["deployed_at"] = state.deployed_at
+    return report
