@@ -33,8 +33,7 @@ from postgressor.config import Settings, SyncTable
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.jwt_verify import SYMMETRIC_ALGS, VerifierConfig
 from postgressor.migrations.policies import parse_table_name
-from postgressor.remote import database as dbconnect
-from postgressor.remote import ssh as sshconn
+from postgressor.remote import database, ssh
 from postgressor.state import HostRecord, StackState, require_state
 
 CADDY_ROOT_CERT = "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
@@ -429,7 +428,7 @@ def gateway_url(settings: Settings, state: StackState) -> str:
 
 def read_caddy_root(host: HostRecord) -> str:
     """Caddy's internal root certificate, read over SSH (the host key is pinned, so the CA is the box's)."""
-    result = sshconn.run(host, f"cat {shlex.quote(CADDY_ROOT_CERT)}", timeout=60)
+    result = ssh.run(host, f"cat {shlex.quote(CADDY_ROOT_CERT)}", timeout=60)
     pem = result.stdout.strip()
     if not result.ok or "BEGIN CERTIFICATE" not in pem:
         reason = (result.stderr.strip().splitlines() or [f"exit {result.exit_status}"])[-1]
@@ -454,7 +453,7 @@ def stack_gateway(settings: Settings, state: StackState) -> GatewayTarget:
 
 def ssh_electric_health(host: HostRecord) -> Callable[[], int]:
     def fetch() -> int:
-        result = sshconn.run(host, ELECTRIC_HEALTH_CMD, timeout=60)
+        result = ssh.run(host, ELECTRIC_HEALTH_CMD, timeout=60)
         code = result.stdout.strip()
         if not code.isdigit():
             reason = (result.stderr.strip().splitlines() or [f"exit {result.exit_status}"])[-1]
@@ -480,7 +479,7 @@ def stack_target(settings: Settings, stack: str) -> RemoteTarget:
 
     @contextlib.contextmanager
     def connect_db() -> Iterator[psycopg.Connection]:
-        with dbconnect.stack_target(settings, stack) as target:
+        with database.stack_target(settings, stack) as target:
             yield target.conn
 
     return RemoteTarget(

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from postgressor.checks import stack_tokens as jwt_remote
+from postgressor.checks import stack_tokens
 from postgressor.checks.stack_tokens import RemoteCheck
 from postgressor.checks.tokens import FAIL, Check, check_token, mint_hs256
 from postgressor.cli.common import console, emit_json, global_options, settings_for, stack_name
@@ -80,11 +80,11 @@ def verify_jwt(
         raise UsageError(problem)
     value = _token(token, mint, sub, cfg)
     # The stack must be checkable before anything runs (usage errors exit 2 with nothing printed).
-    target = None if offline else jwt_remote.stack_target(settings, name)
+    target = None if offline else stack_tokens.stack_target(settings, name)
     local = check_token(value, cfg)
     checks: list[Check | RemoteCheck] = list(local)
     if target is not None:
-        checks += jwt_remote.run_remote(target, value, cfg, all(c.status != FAIL for c in local))
+        checks += stack_tokens.run_remote(target, value, cfg, all(c.status != FAIL for c in local))
     ok = all(c.status != FAIL for c in checks)
     if json_output or global_options(ctx).json:
         emit_json({"ok": ok, "token": fingerprint(value), "minted": mint, "stack": None if offline else name,

@@ -15,7 +15,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from postgressor.box.layout import secret_path
 from postgressor.config import Settings
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.remote import ssh as sshconn
+from postgressor.remote import ssh
 from postgressor.remote.tunnel import Tunnel
 from postgressor.state import require_state
 
@@ -81,10 +81,10 @@ def url_target(url: str) -> Iterator[Target]:
         conn.close()
 
 
-def read_box_password(host: sshconn.HostRecord, owner: str) -> str:
+def read_box_password(host: ssh.HostRecord, owner: str) -> str:
     """The owner role's password from the root-only secrets file on the box; kept in memory only."""
     path = secret_path(f"{owner}.password")
-    result = sshconn.run(host, f"cat {shlex.quote(path)}")
+    result = ssh.run(host, f"cat {shlex.quote(path)}")
     if not result.ok:
         reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.exit_status}"
         raise PostgressorError(f"cannot read {path} on {host.address} ({reason}); run 'postgressor deploy' "
@@ -103,7 +103,7 @@ def stack_target(settings: Settings, stack: str) -> Iterator[Target]:
     assert host is not None
     owner, database = settings.postgres.owner, settings.postgres.database
     password = read_box_password(host, owner)
-    client = sshconn.connect(host)
+    client = ssh.connect(host)
     try:
         transport = client.get_transport()
         if transport is None:
