@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from postgressor.box.converge import DeployResult, OpListener, run_deploys, ssh_inventory
-from postgressor.box.deploys.backup import backup, backup_spec
+from postgressor.box.deploys.backup import backup
 from postgressor.box.deploys.base import base, postgresql
 from postgressor.box.deploys.sync import caddy, electric, gateway
 from postgressor.box.gateway_bundle import gateway_bundle
@@ -87,12 +87,10 @@ def read_box(host: HostRecord) -> BoxFacts:
     return BoxFacts(distro, fields.get("PYTHON", ""), fields.get("MACHINE", ""))
 
 
-def deploys_for(
-    spec: BoxSpec, facts: BoxFacts, host: HostRecord, settings: Settings
-) -> list[tuple[Callable[..., Any], dict[str, Any]]]:
+def deploys_for(spec: BoxSpec, facts: BoxFacts, host: HostRecord) -> list[tuple[Callable[..., Any], dict[str, Any]]]:
     plan: list[tuple[Callable[..., Any], dict[str, Any]]] = [(base, {"spec": spec}), (postgresql, {"spec": spec})]
-    if settings.backup.enabled:
-        plan.append((backup, {"spec": spec, "backup": backup_spec(settings, spec)}))
+    if spec.backup is not None:
+        plan.append((backup, {"spec": spec}))
     if spec.sync is None:
         return plan
     if not facts.python:
@@ -111,7 +109,7 @@ def deploy_host(
     if not dry_run:  # recorded first: a cut-off run may already have installed this version
         state.pg_version = spec.pg_version
         state.save()
-    result = run_deploys(inventory, deploys_for(spec, facts, host, settings), listener, dry_run=dry_run)
+    result = run_deploys(inventory, deploys_for(spec, facts, host), listener, dry_run=dry_run)
     if not dry_run and not result.failed:
         state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
         state.save()

@@ -33,16 +33,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pgcluster import bindir, free_port
 
-from postgressor.box.deploys.backup import (
-    CIPHER_SECRET,
-    S3_KEY_SECRET,
-    S3_KEY_SECRET_SECRET,
-    STANZA,
-    BackupSpec,
-    backup_spec,
-    conf_lines,
-)
-from postgressor.box.spec import Distro, box_spec
+from postgressor.box.deploys.backup import conf_lines
+from postgressor.box.layout import CIPHER_SECRET, PGBACKREST_STANZA, S3_KEY_SECRET, S3_KEY_SECRET_SECRET
+from postgressor.box.spec import BackupSpec, Distro, box_spec
 from postgressor.checks.backups import info_problem, parse_info
 from postgressor.config import load_settings
 from postgressor.day2.backups import pg_time
@@ -182,7 +175,7 @@ class Rig:
     run_as: dict[str, object]
 
     def pgbackrest(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["pgbackrest", f"--config={self.config}", f"--stanza={STANZA}", *args],
+        proc = subprocess.run(["pgbackrest", f"--config={self.config}", f"--stanza={PGBACKREST_STANZA}", *args],
                               capture_output=True, text=True, errors="replace", cwd="/", timeout=600, **self.run_as)  # type: ignore[call-overload]  # fmt: skip
         if check and proc.returncode != 0:
             raise AssertionError(f"pgbackrest {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
@@ -203,7 +196,9 @@ def spec_for_moto(url: str, path: str = "/stack-test") -> BackupSpec:
         "s3_key": KEY, "s3_key_secret": KEY_SECRET, "s3_uri_style": "path", "s3_port": port,
         "s3_verify_tls": False,
     })  # fmt: skip
-    return backup_spec(settings, box_spec(settings, Distro("debian", 12, "bookworm")))
+    spec = box_spec(settings, Distro("debian", 12, "bookworm")).backup
+    assert spec is not None
+    return spec
 
 
 def local_conf(spec: BackupSpec, work: Path, datadir: Path, port: int) -> str:
@@ -242,7 +237,8 @@ def rig(moto_url: str) -> Iterator[Rig]:
                     "--encoding=UTF8", "--locale=C.UTF-8"], check=True, capture_output=True, cwd="/", **run_as)  # type: ignore[call-overload]  # fmt: skip
     (datadir / "postgresql.auto.conf").write_text(
         f"listen_addresses = ''\nport = {port}\nunix_socket_directories = '{work}'\nwal_level = replica\n"
-        f"archive_mode = on\narchive_command = 'pgbackrest --config={config} --stanza={STANZA} archive-push %p'\n"
+        "archive_mode = on\n"
+        f"archive_command = 'pgbackrest --config={config} --stanza={PGBACKREST_STANZA} archive-push %p'\n"
         "fsync = off\n"
     )
     started: list[Path] = []

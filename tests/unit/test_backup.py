@@ -12,9 +12,9 @@ from pyinfra.api import Inventory
 from typer.testing import CliRunner
 
 from postgressor.box.converge import run_deploys
-from postgressor.box.deploys.backup import backup, backup_spec, conf_lines
+from postgressor.box.deploys.backup import backup, conf_lines
 from postgressor.box.deploys.base import postgresql
-from postgressor.box.spec import Distro, box_spec
+from postgressor.box.spec import Distro, backup_spec, box_spec
 from postgressor.checks import backups as health
 from postgressor.checks.backups import archive_problem, backup_status, info_problem, parse_info
 from postgressor.cli import app
@@ -71,7 +71,7 @@ def run_fake(responses: dict[Any, Any], **settings: Any) -> tuple[list[str], Any
     settings.setdefault("provider", "local")
     cfg = load_settings(**settings)
     spec = box_spec(cfg, BOOKWORM)
-    plan = deploys_for(spec, BoxFacts(BOOKWORM, "3.11", "x86_64"), HostRecord("h", 22, "root", "k"), cfg)
+    plan = deploys_for(spec, BoxFacts(BOOKWORM, "3.11", "x86_64"), HostRecord("h", 22, "root", "k"))
     plan = plan[1:]  # skip the base deploy: its own tests cover it
     data = {"fake_responses": responses, "fake_delay": 0, "fake_delay_jitter": 0}
     inventory = Inventory(([("@fake/box", data)], {}))
@@ -107,7 +107,7 @@ def stat_line(path: str) -> str:
 def converged(**settings: Any) -> dict[Any, Any]:
     settings.setdefault("provider", "local")
     cfg = load_settings(**settings)
-    repo_id = backup_spec(cfg, box_spec(cfg, BOOKWORM)).repo_id
+    repo_id = backup_spec(cfg, box_spec(cfg, BOOKWORM).pg_version).repo_id
     return {  # first match wins: the composed-file check also names the cipher file
         re.compile(r"sha256sum /etc/pgbackrest/pgbackrest\.conf"): "same",
         "/proc/meminfo": "8388608 4 83886080",
@@ -123,10 +123,11 @@ def test_backup_follows_postgresql_and_can_be_disabled() -> None:
     facts, host = BoxFacts(BOOKWORM, "3.11", "x86_64"), HostRecord("h", 22, "root", "k")
     cfg = load_settings(provider="local")
     spec = box_spec(cfg, BOOKWORM)
-    names = [func for func, _ in deploys_for(spec, facts, host, cfg)]
+    names = [func for func, _ in deploys_for(spec, facts, host)]
     assert names.index(backup) == names.index(postgresql) + 1
     off = load_settings(provider="local", backup={"enabled": False})
-    assert backup not in [func for func, _ in deploys_for(spec, facts, host, off)]
+    assert box_spec(off, BOOKWORM).backup is None
+    assert backup not in [func for func, _ in deploys_for(box_spec(off, BOOKWORM), facts, host)]
 
 
 def test_fresh_box_gets_pgbackrest_in_its_own_apt_run_and_an_encrypted_repository() -> None:
@@ -161,7 +162,7 @@ def test_archive_dropin_settings() -> None:
     cfg = load_settings(provider="local", backup={"archive_timeout": 60})
     from postgressor.box.deploys.backup import archive_settings
 
-    settings = archive_settings(backup_spec(cfg, box_spec(cfg, BOOKWORM)))
+    settings = archive_settings(backup_spec(cfg, 15))
     assert settings == {"archive_mode": "on", "archive_command": "pgbackrest --stanza=main archive-push %p",
                         "archive_timeout": "60s"}  # fmt: skip
 
@@ -250,7 +251,7 @@ def test_s3_keys_from_the_environment_are_masked(monkeypatch: pytest.MonkeyPatch
     assert settings.backup.s3
     dumped = json.dumps(masked_dump(settings))
     assert S3["s3_key"] not in dumped and S3["s3_key_secret"] not in dumped
-    spec = backup_spec(settings, box_spec(settings, BOOKWORM))
+    spec = backup_spec(settings, box_spec(settings, BOOKWORM).pg_version)
     assert S3["s3_key_secret"] not in repr(spec) and S3["s3_key_secret"] not in "\n".join(conf_lines(spec))
 
 

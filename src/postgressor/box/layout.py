@@ -29,6 +29,16 @@ GATEWAY_UNIT = "postgressor-gateway"
 CADDY_UNIT = "caddy"
 SYNC_UNITS = (ELECTRIC_UNIT, GATEWAY_UNIT)  # the units that read PostgreSQL (stopped around a restore)
 
+PGBACKREST_STANZA = "main"
+PGBACKREST_CONF = "/etc/pgbackrest/pgbackrest.conf"
+PGBACKREST_LOCAL_REPO = "/var/lib/pgbackrest"  # the repository when it is not on S3
+# pgBackRest as postgres, reading PGBACKREST_CONF (so no secret is ever on its command line)
+PGBACKREST = f"cd / && runuser -u postgres -- pgbackrest --stanza={PGBACKREST_STANZA}"
+# File names under SECRETS_DIR (not secrets themselves).
+CIPHER_SECRET = "pgbackrest_cipher"  # noqa: S105
+S3_KEY_SECRET = "pgbackrest_s3_key"  # noqa: S105
+S3_KEY_SECRET_SECRET = "pgbackrest_s3_key_secret"  # noqa: S105
+
 
 def secret_path(name: str) -> str:
     """Path of the generated secret ``name`` on the box (e.g. ``"app.password"``)."""

@@ -6,7 +6,8 @@ import ipaddress
 import json
 from dataclasses import dataclass, field
 
-from postgressor.box.layout import ELECTRIC_PORT, postgres_conf_dir
+from postgressor.box.layout import ELECTRIC_PORT, PGBACKREST_LOCAL_REPO, PGBACKREST_STANZA, postgres_conf_dir
+from postgressor.box.operations import digest
 from postgressor.config import Settings
 from postgressor.errors import UsageError
 
@@ -58,6 +59,55 @@ class SyncSpec:
     electric_port: int = ELECTRIC_PORT
 
 
+@dataclass(frozen=True)
+class BackupSpec:
+    pg_version: int
+    retention_full: int
+    retention_diff: int
+    full_schedule: str
+    diff_schedule: str
+    archive_timeout: int
+    s3_endpoint: str = ""  # empty: repository on local disk
+    s3_region: str = ""
+    s3_bucket: str = ""
+    s3_path: str = ""
+    s3_uri_style: str = "host"
+    s3_port: int = 443
+    s3_verify_tls: bool = True
+    s3_key: str = ""  # secret values: uploaded to the box only, never in commands or output
+    s3_key_secret: str = ""
+
+    @property
+    def data_dir(self) -> str:
+        return f"/var/lib/postgresql/{self.pg_version}/main"
+
+    @property
+    def repo_id(self) -> str:
+        """Where the repository is (no secrets): a changed repository gets its own stanza and first backup."""
+        where = f"s3://{self.s3_endpoint}/{self.s3_bucket}{self.s3_path}" if self.s3_endpoint else PGBACKREST_LOCAL_REPO
+        return digest(where, PGBACKREST_STANZA, str(self.pg_version))
+
+    def __repr__(self) -> str:  # keep the S3 keys out of any log or traceback
+        return f"BackupSpec(pg_version={self.pg_version}, repo={'s3' if self.s3_endpoint else 'local'})"
+
+
+def backup_spec(settings: Settings, pg_version: int) -> BackupSpec:
+    cfg = settings.backup
+    common = dict(
+        pg_version=pg_version, retention_full=cfg.retention_full, retention_diff=cfg.retention_diff,
+        full_schedule=cfg.full_schedule, diff_schedule=cfg.diff_schedule, archive_timeout=cfg.archive_timeout,
+    )  # fmt: skip
+    if not cfg.s3:
+        return BackupSpec(**common)  # type: ignore[arg-type]
+    assert cfg.s3_key is not None and cfg.s3_key_secret is not None  # checked by BackupConfig
+    return BackupSpec(
+        **common,  # type: ignore[arg-type]
+        s3_endpoint=cfg.s3_endpoint, s3_region=cfg.s3_region, s3_bucket=cfg.s3_bucket, s3_path=cfg.s3_path,
+        s3_uri_style=cfg.s3_uri_style, s3_port=cfg.s3_port, s3_verify_tls=cfg.s3_verify_tls,
+        s3_key=cfg.s3_key.get_secret_value(), s3_key_secret=cfg.s3_key_secret.get_secret_value(),
+    )  # fmt: skip
+
+
 @dataclass
 class BoxSpec:
     distro: Distro
@@ -77,6 +127,7 @@ class BoxSpec:
     max_connections: int | None
     preload: list[str] = field(default_factory=list)
     sync: SyncSpec | None = None
+    backup: BackupSpec | None = None  # None: backups disabled
 
     @property
     def conf_dir(self) -> str:
@@ -151,7 +202,7 @@ def box_spec(settings: Settings, distro: Distro) -> BoxSpec:
         swap_below_mb=settings.hardening.swap_below_mb, swap_mb=settings.hardening.swap_mb,
         profile=pg.profile, storage=pg.storage, max_connections=pg.max_connections,
         preload=sorted({PRELOAD[e] for e in pg.extensions if e in PRELOAD}),
-        sync=sync,
+        sync=sync, backup=backup_spec(settings, version) if settings.backup.enabled else None,
     )  # fmt: skip
 
 

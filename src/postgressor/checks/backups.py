@@ -9,8 +9,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from postgressor.box.deploys.backup import PGBACKREST, STANZA
-from postgressor.box.layout import psql
+from postgressor.box.layout import PGBACKREST, PGBACKREST_STANZA, psql
 from postgressor.errors import PostgressorError
 from postgressor.remote.ssh import CommandResult, run
 from postgressor.state import HostRecord
@@ -56,7 +55,7 @@ def _iso(epoch: Any) -> str | None:
     return datetime.fromtimestamp(int(epoch), UTC).isoformat(timespec="seconds") if epoch else None
 
 
-def parse_info(text: str, stanza: str = STANZA) -> dict[str, Any]:
+def parse_info(text: str, stanza: str = PGBACKREST_STANZA) -> dict[str, Any]:
     """The stanza's status, backups (oldest first) and WAL range from `pgbackrest info --output=json`."""
     line = next((ln for ln in text.split("\n") if ln.startswith("[{") or ln.strip() == "[]"), "")
     try:

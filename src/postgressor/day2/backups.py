@@ -13,8 +13,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from postgressor.box.deploys.backup import CIPHER_SECRET, PGBACKREST
-from postgressor.box.layout import ELECTRIC_STORAGE, SYNC_UNITS, postgres_log, postgres_unit, psql, secret_path
+from postgressor.box.layout import (
+    CIPHER_SECRET,
+    ELECTRIC_STORAGE,
+    PGBACKREST,
+    SYNC_UNITS,
+    postgres_log,
+    postgres_unit,
+    psql,
+    secret_path,
+)
 from postgressor.checks.backups import backup_status, info, info_problem, pgbackrest_error, run_backup_command
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.state import HostRecord

@@ -8,87 +8,37 @@ from those secret files, owned by postgres, 0600.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from io import StringIO
 
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
 from postgressor.box.deploys.base import APT_ARGS, template
-from postgressor.box.layout import SECRETS_DIR, secret_path
+from postgressor.box.layout import (
+    CIPHER_SECRET,
+    PGBACKREST,
+    PGBACKREST_CONF,
+    PGBACKREST_LOCAL_REPO,
+    PGBACKREST_STANZA,
+    S3_KEY_SECRET,
+    S3_KEY_SECRET_SECRET,
+    SECRETS_DIR,
+    secret_path,
+)
 from postgressor.box.operations import (
     applied,
     apply_config_command,
     composed_file,
-    digest,
     generated_secret,
     marked,
     postgres_config_current,
     reapply_if_stale,
 )
-from postgressor.box.spec import BoxSpec
-from postgressor.config import Settings
+from postgressor.box.spec import BackupSpec, BoxSpec
 
-STANZA = "main"
-CONF_PATH = "/etc/pgbackrest/pgbackrest.conf"
-LOCAL_REPO = "/var/lib/pgbackrest"
-# File names under the box's secrets directory (not secrets themselves).
-CIPHER_SECRET = "pgbackrest_cipher"  # noqa: S105
-S3_KEY_SECRET = "pgbackrest_s3_key"  # noqa: S105
-S3_KEY_SECRET_SECRET = "pgbackrest_s3_key_secret"  # noqa: S105
 DROPIN = "conf.d/60-postgressor-backup.conf"
 SERVICE = "pgbackrest-backup@.service"
 TIMERS = {"full": "pgbackrest-full.timer", "diff": "pgbackrest-diff.timer"}
-PGBACKREST = f"cd / && runuser -u postgres -- pgbackrest --stanza={STANZA}"
-
-
-@dataclass(frozen=True)
-class BackupSpec:
-    pg_version: int
-    retention_full: int
-    retention_diff: int
-    full_schedule: str
-    diff_schedule: str
-    archive_timeout: int
-    s3_endpoint: str = ""  # empty: repository on local disk
-    s3_region: str = ""
-    s3_bucket: str = ""
-    s3_path: str = ""
-    s3_uri_style: str = "host"
-    s3_port: int = 443
-    s3_verify_tls: bool = True
-    s3_key: str = ""  # secret values: uploaded to the box only, never in commands or output
-    s3_key_secret: str = ""
-
-    @property
-    def data_dir(self) -> str:
-        return f"/var/lib/postgresql/{self.pg_version}/main"
-
-    @property
-    def repo_id(self) -> str:
-        """Where the repository is (no secrets): a changed repository gets its own stanza and first backup."""
-        where = f"s3://{self.s3_endpoint}/{self.s3_bucket}{self.s3_path}" if self.s3_endpoint else LOCAL_REPO
-        return digest(where, STANZA, str(self.pg_version))
-
-    def __repr__(self) -> str:  # keep the S3 keys out of any log or traceback
-        return f"BackupSpec(pg_version={self.pg_version}, repo={'s3' if self.s3_endpoint else 'local'})"
-
-
-def backup_spec(settings: Settings, spec: BoxSpec) -> BackupSpec:
-    cfg = settings.backup
-    common = dict(
-        pg_version=spec.pg_version, retention_full=cfg.retention_full, retention_diff=cfg.retention_diff,
-        full_schedule=cfg.full_schedule, diff_schedule=cfg.diff_schedule, archive_timeout=cfg.archive_timeout,
-    )  # fmt: skip
-    if not cfg.s3:
-        return BackupSpec(**common)  # type: ignore[arg-type]
-    assert cfg.s3_key is not None and cfg.s3_key_secret is not None  # checked by BackupConfig
-    return BackupSpec(
-        **common,  # type: ignore[arg-type]
-        s3_endpoint=cfg.s3_endpoint, s3_region=cfg.s3_region, s3_bucket=cfg.s3_bucket, s3_path=cfg.s3_path,
-        s3_uri_style=cfg.s3_uri_style, s3_port=cfg.s3_port, s3_verify_tls=cfg.s3_verify_tls,
-        s3_key=cfg.s3_key.get_secret_value(), s3_key_secret=cfg.s3_key_secret.get_secret_value(),
-    )  # fmt: skip
 
 
 def box_secret(name: str) -> str:
@@ -115,7 +65,7 @@ def conf_lines(spec: BackupSpec, secret: Callable[[str], str] = box_secret) -> l
         if not spec.s3_verify_tls:
             lines.append("repo1-storage-verify-tls=n")
     else:
-        lines.append(f"repo1-path={LOCAL_REPO}")
+        lines.append(f"repo1-path={PGBACKREST_LOCAL_REPO}")
     lines += [
         f"repo1-retention-full={spec.retention_full}",
         f"repo1-retention-diff={spec.retention_diff}",
@@ -125,7 +75,7 @@ def conf_lines(spec: BackupSpec, secret: Callable[[str], str] = box_secret) -> l
         "start-fast=y",
         "log-level-file=info",
         "",
-        f"[{STANZA}]",
+        f"[{PGBACKREST_STANZA}]",
         f"pg1-path={spec.data_dir}",
         "pg1-socket-path=/var/run/postgresql",
     ]
@@ -135,13 +85,15 @@ def conf_lines(spec: BackupSpec, secret: Callable[[str], str] = box_secret) -> l
 def archive_settings(spec: BackupSpec) -> dict[str, str]:
     return {
         "archive_mode": "on",
-        "archive_command": f"pgbackrest --stanza={STANZA} archive-push %p",
+        "archive_command": f"pgbackrest --stanza={PGBACKREST_STANZA} archive-push %p",
         "archive_timeout": f"{spec.archive_timeout}s",
     }
 
 
 @deploy("Backups")
-def backup(spec: BoxSpec, backup: BackupSpec) -> None:
+def backup(spec: BoxSpec) -> None:
+    backup = spec.backup
+    assert backup is not None
     # Its own transaction, after the base one: the base install stays one apt run.
     apt.packages(name="Install pgBackRest", packages=["pgbackrest"], update=True, cache_time=3600,
                  no_recommends=True, extra_install_args=APT_ARGS)  # fmt: skip
@@ -155,14 +107,14 @@ def backup(spec: BoxSpec, backup: BackupSpec) -> None:
     else:
         for name in (S3_KEY_SECRET, S3_KEY_SECRET_SECRET):
             files.file(name=f"No stale {name}", path=secret_path(name), present=False)
-        files.directory(name="Local backup repository", path=LOCAL_REPO, user="postgres", group="postgres",
+        files.directory(name="Local backup repository", path=PGBACKREST_LOCAL_REPO, user="postgres", group="postgres",
                         mode="750")  # fmt: skip
     files.directory(name="pgBackRest log directory", path="/var/log/pgbackrest", user="postgres",
                     group="postgres", mode="750")  # fmt: skip
     files.directory(name="pgBackRest config directory", path="/etc/pgbackrest", mode="755")
-    composed_file(name="pgbackrest.conf (0600, postgres)", path=CONF_PATH, lines=conf_lines(backup),
+    composed_file(name="pgbackrest.conf (0600, postgres)", path=PGBACKREST_CONF, lines=conf_lines(backup),
                   owner="postgres")  # fmt: skip
-    applied(name=f"Stanza {STANZA}", marker="pgbackrest-stanza", digest=backup.repo_id,
+    applied(name=f"Stanza {PGBACKREST_STANZA}", marker="pgbackrest-stanza", digest=backup.repo_id,
             command=f"{PGBACKREST} stanza-create")  # fmt: skip
 
     # WAL archiving: reload, and restart only when archive_mode changes.
@@ -178,7 +130,7 @@ def backup(spec: BoxSpec, backup: BackupSpec) -> None:
             command=f"{PGBACKREST} check && {PGBACKREST} --type=full backup")  # fmt: skip
 
     unit = files.template(name="Backup service unit", src=template("pgbackrest-backup.service.j2"),
-                          dest=f"/etc/systemd/system/{SERVICE}", mode="644", stanza=STANZA)  # fmt: skip
+                          dest=f"/etc/systemd/system/{SERVICE}", mode="644", stanza=PGBACKREST_STANZA)  # fmt: skip
     timers = [unit]
     for kind, schedule in (("full", backup.full_schedule), ("diff", backup.diff_schedule)):
         timers.append(files.template(name=f"{kind} backup timer", src=template("pgbackrest-backup.timer.j2"),
