@@ -5,25 +5,28 @@ The CLI only renders; status lives in checks/status.py.
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from postgressor.box.converge import DeployResult, OpListener, run_deploys, ssh_inventory
+from pyinfra.api import Host
+from pyinfra.facts.server import Arch, LinuxDistribution
+
+from postgressor.box.converge import DeployResult, Deploys, OpListener, run_deploys, ssh_inventory
 from postgressor.box.deploys.backup import backup
 from postgressor.box.deploys.base import base, postgresql
 from postgressor.box.deploys.sync import caddy, electric, gateway
+from postgressor.box.facts import CloudInitDone, PythonVersion
 from postgressor.box.gateway_bundle import gateway_bundle
 from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact
 from postgressor.config import Settings
 from postgressor.errors import PostgressorError
 from postgressor.providers import get_provider
 from postgressor.providers.base import Log, Provider
-from postgressor.remote.ssh import known_hosts_path, run
+from postgressor.remote.ssh import known_hosts_path
 from postgressor.state import HostRecord, StackState, load_state, open_state, require_state
 
+CLOUD_INIT_TIMEOUT = 900  # seconds to wait for cloud-init on a fresh box
 
 @dataclass
 class UpResult:
@@ -68,27 +71,17 @@ class BoxFacts:
     machine: str  # "x86_64" | "aarch64"
 
 
-def read_box(host: HostRecord) -> BoxFacts:
-    """Wait for cloud-init (it holds the apt lock on fresh boxes), then read the OS, Python and CPU."""
-    script = (
-        "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null 2>&1; fi; "
-        "echo \"MACHINE=$(uname -m)\"; "
-        "echo \"PYTHON=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null)\"; "
-        "cat /etc/os-release"
-    )
-    result = run(host, script, timeout=900)
-    if not result.ok:
-        raise PostgressorError(f"cannot read /etc/os-release on {host.address}: {result.stderr.strip()}")
-    fields = dict(shlex.split(line)[0].split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    major = fields.get("VERSION_ID", "0").split(".")[0]
-    distro = distro_from_fact(
-        {"name": fields.get("ID", ""), "major": int(major) if major.isdigit() else 0, "release_meta": fields}
-    )
-    return BoxFacts(distro, fields.get("PYTHON", ""), fields.get("MACHINE", ""))
+def read_box(box: Host) -> BoxFacts:
+    """Wait for cloud-init (it holds the apt lock on fresh boxes), then read the OS, Python and CPU as pyinfra
+    facts, in the connection the deploy then uses."""
+    box.get_fact(CloudInitDone, _timeout=CLOUD_INIT_TIMEOUT)
+    release = box.get_fact(LinuxDistribution)
+    distro = distro_from_fact(dict(release))
+    return BoxFacts(distro, box.get_fact(PythonVersion), box.get_fact(Arch))
 
 
-def deploys_for(spec: BoxSpec, facts: BoxFacts, host: HostRecord) -> list[tuple[Callable[..., Any], dict[str, Any]]]:
-    plan: list[tuple[Callable[..., Any], dict[str, Any]]] = [(base, {"spec": spec}), (postgresql, {"spec": spec})]
+def deploys_for(spec: BoxSpec, facts: BoxFacts, host: HostRecord) -> Deploys:
+    plan: Deploys = [(base, {"spec": spec}), (postgresql, {"spec": spec})]
     if spec.backup is not None:
         plan.append((backup, {"spec": spec}))
     if spec.sync is None:
@@ -103,17 +96,23 @@ def deploys_for(spec: BoxSpec, facts: BoxFacts, host: HostRecord) -> list[tuple[
 def deploy_host(
     settings: Settings, state: StackState, host: HostRecord, listener: OpListener, dry_run: bool = False
 ) -> tuple[BoxSpec, DeployResult]:
-    facts = read_box(host)
-    spec = box_spec(settings, facts.distro)
-    inventory = ssh_inventory(host, known_hosts_path(state))
-    if not dry_run:  # recorded first: a cut-off run may already have installed this version
-        state.pg_version = spec.pg_version
-        state.save()
-    result = run_deploys(inventory, deploys_for(spec, facts, host), listener, dry_run=dry_run)
+    """One SSH connection: read the box's facts, build its spec, add the deploys and run them."""
+    specs: list[BoxSpec] = []
+
+    def plan(box: Host) -> Deploys:
+        found = read_box(box)
+        spec = box_spec(settings, found.distro)
+        specs.append(spec)
+        if not dry_run:  # recorded first: a cut-off run may already have installed this version
+            state.pg_version = spec.pg_version
+            state.save()
+        return deploys_for(spec, found, host)
+
+    result = run_deploys(ssh_inventory(host, known_hosts_path(state)), plan, listener, dry_run=dry_run)
     if not dry_run and not result.failed:
         state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
         state.save()
-    return spec, result
+    return specs[0], result
 
 
 def up(settings: Settings, stack: str, log: Log, listener: OpListener) -> UpResult:

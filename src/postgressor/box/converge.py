@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyinfra.api import BaseStateCallback, Config, Inventory, State
+from pyinfra.api import BaseStateCallback, Config, Host, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
@@ -59,6 +59,7 @@ class DeployResult:
 
 
 OpListener = Callable[[str, OpReport | None], None]  # (op name, None at start / report at end)
+Deploys = list[tuple[Callable[..., Any], dict[str, Any]]]  # (@deploy function, its keyword arguments), in order
 
 
 class _Progress(BaseStateCallback):
@@ -137,11 +138,15 @@ def ssh_inventory(host: HostRecord, known_hosts: Path) -> Inventory:
 
 def run_deploys(
     inventory: Inventory,
-    deploys: list[tuple[Callable[..., Any], dict[str, Any]]],
+    deploys: Deploys | Callable[[Host], Deploys],
     listener: OpListener,
     dry_run: bool = False,
 ) -> DeployResult:
-    """Connect, add ``deploys`` (facts are read now), run them unless ``dry_run``, disconnect."""
+    """Connect, add ``deploys`` (facts are read now), run them unless ``dry_run``, disconnect.
+
+    ``deploys`` may be a function of the connected host (one-host inventories): it reads what it needs as facts in
+    this connection and returns the deploys, so the box is reached once.
+    """
     result = DeployResult(dry_run=dry_run)
     started = time.monotonic()
     errors = _ErrorLog()
@@ -158,6 +163,9 @@ def run_deploys(
             )
         for box in state.inventory:
             _count_commands(box, result)
+        if callable(deploys):
+            (box,) = state.inventory
+            deploys = deploys(box)
         for func, kwargs in deploys:
             add_deploy(state, func, **kwargs)
         if dry_run:

@@ -156,3 +156,28 @@ class FileText(FactBase[str]):
     @staticmethod
     def default() -> str:
         return ""
+
+
+class CloudInitDone(FactBase[bool]):
+    """Waits until cloud-init has finished (it holds the apt lock on a fresh box); True on a box without it too.
+    Read it with a ``_timeout``: the first boot of a cloud server can take minutes."""
+
+    def command(self) -> str:
+        return "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null 2>&1; fi; echo done"
+
+    def process(self, output: list[str]) -> bool:
+        return output[-1:] == ["done"]
+
+
+class PythonVersion(FactBase[str]):
+    """The box's python3 as ``"3.11"``; '' without python3 (the gateway's virtualenv needs it)."""
+
+    def command(self) -> str:
+        return "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> str:
+        return output[0].strip() if output else ""
+
+    @staticmethod
+    def default() -> str:
+        return ""

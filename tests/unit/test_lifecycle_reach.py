@@ -1,0 +1,72 @@
+"""`up`/`deploy` reach the box one way: the OS, Python and CPU are pyinfra facts read in the deploy's connection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyinfra.api import Inventory
+
+from postgressor import lifecycle
+from postgressor.box.deploys.base import base, postgresql
+from postgressor.config import load_settings
+from postgressor.errors import UsageError
+from postgressor.remote import ssh
+from postgressor.state import HostRecord, open_state
+
+OS_RELEASE = ["/etc/os-release", 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"', "ID=debian", 'VERSION_ID="12"',
+              "VERSION_CODENAME=bookworm", "---"]  # fmt: skip
+BOX = {"cloud-init status --wait": ["done"], "-release": OS_RELEASE, "sys.version_info": ["3.11"],
+       "uname -m": ["aarch64"], "/proc/meminfo": "2015496 2 16431572"}  # fmt: skip
+
+
+def fake_inventory(responses: dict[str, Any]) -> Inventory:
+    return Inventory(([("@fake/box", {"fake_responses": responses, "fake_delay": 0, "fake_delay_jitter": 0})], {}))
+
+
+def test_facts_are_read_after_cloud_init_in_the_deploy_connection() -> None:
+    inventory = fake_inventory(BOX)
+    seen: list[lifecycle.BoxFacts] = []
+    lifecycle.run_deploys(inventory, lambda box: seen.append(lifecycle.read_box(box)) or [], lambda n, r: None)
+    assert seen[0].distro.name == "debian" and seen[0].distro.major == 12 and seen[0].distro.codename == "bookworm"
+    assert (seen[0].python, seen[0].machine) == ("3.11", "aarch64")
+    commands = [str(c) for c in next(iter(inventory)).connector.executed_commands]
+    assert "cloud-init status --wait" in commands[0]  # first: cloud-init holds the apt lock on a fresh box
+
+
+def test_an_unsupported_os_is_one_usage_line() -> None:
+    release = ["/etc/os-release", "ID=alpine", 'VERSION_ID="3.20"', "---"]
+
+    def plan(box: Any) -> list[Any]:
+        lifecycle.read_box(box)
+        return []
+
+    with pytest.raises(UsageError, match="supports Debian and Ubuntu"):
+        lifecycle.run_deploys(fake_inventory({**BOX, "-release": release}), plan, lambda n, r: None)
+
+
+def test_deploy_host_uses_no_second_connection(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def no_paramiko(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the deploy must not open a paramiko session to read the box")
+
+    monkeypatch.setattr(ssh, "run", no_paramiko)
+    monkeypatch.setattr(ssh, "connect", no_paramiko)
+    inventory = fake_inventory(BOX)
+    monkeypatch.setattr(lifecycle, "ssh_inventory", lambda host, known_hosts: inventory)
+    added: list[Any] = []
+    monkeypatch.setattr(lifecycle, "deploys_for", lambda spec, found, host: added.append(found) or [])
+    settings = load_settings(provider="local", backup={"enabled": False})
+    state = open_state(tmp_path, "demo", "local")
+    spec, result = lifecycle.deploy_host(settings, state, HostRecord("192.0.2.1", 22, "root", "k"),
+                                         lambda n, r: None, dry_run=True)  # fmt: skip
+    assert spec.distro.codename == "bookworm" and spec.pg_version == 15
+    assert added[0].machine == "aarch64" and not result.failed
+    assert state.pg_version is None  # a dry run records nothing
+
+
+def test_deploys_follow_the_spec() -> None:
+    facts = lifecycle.BoxFacts(lifecycle.Distro("debian", 12, "bookworm"), "3.11", "x86_64")
+    spec = lifecycle.box_spec(load_settings(provider="local", backup={"enabled": False}), facts.distro)
+    plan = lifecycle.deploys_for(spec, facts, HostRecord("192.0.2.1", 22, "root", "k"))
+    assert [func for func, _ in plan] == [base, postgresql]
