@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from postgressor.config import Settings
+from postgressor.remote.ssh import known_hosts_path, pin_host_key, write_known_hosts
 from postgressor.state import HostRecord, StackState
 
 Log = Callable[[str], None]
@@ -31,6 +32,13 @@ class Provider(ABC):
     @abstractmethod
     def provision(self) -> HostRecord:
         """Create or find the server, wait for SSH and pin its host key. Idempotent."""
+
+    def pin(self, host: HostRecord, seen_key: str) -> HostRecord:
+        """Pin the host key SSH showed (refusing a changed one), record the host in the state and known_hosts."""
+        pinned = pin_host_key(host, seen_key, self.state)
+        self.state.set_host(pinned)
+        write_known_hosts(known_hosts_path(self.state), pinned)
+        return pinned
 
     def ensure_running(self) -> HostRecord:
         """Connection details of the existing server, starting it first if the provider can."""

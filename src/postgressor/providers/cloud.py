@@ -22,7 +22,7 @@ from postgressor.config import Settings
 from postgressor.errors import PostgressorError
 from postgressor.providers import retry
 from postgressor.providers.base import Log, Provider
-from postgressor.remote.ssh import generate_keypair, pin_host_key, wait_for_ssh
+from postgressor.remote.ssh import generate_keypair, wait_for_ssh
 from postgressor.state import HostRecord, StackState
 
 T = TypeVar("T")
@@ -222,8 +222,7 @@ class CloudProvider(Provider):
             raise PostgressorError(
                 f"{err}; the server is recorded: 'postgressor up' waits again, 'postgressor destroy' removes it"
             ) from None
-        pin_host_key(self.state, host, seen)
-        return host
+        return self.pin(host, seen)
 
     def destroy(self) -> list[str]:
         removed: list[str] = []

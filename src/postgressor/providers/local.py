@@ -10,7 +10,7 @@ from pathlib import Path
 
 from postgressor.errors import UsageError
 from postgressor.providers.base import Provider
-from postgressor.remote.ssh import generate_keypair, pin_host_key, wait_for_ssh
+from postgressor.remote.ssh import generate_keypair, wait_for_ssh
 from postgressor.state import HostRecord
 from postgressor.vm import cloudimage, image, machine
 
@@ -112,8 +112,7 @@ class LocalProvider(Provider):
         host = HostRecord("127.0.0.1", ports[22], "root", str(self.key_path.resolve()), pinned)
         self.log(f"waiting for SSH on 127.0.0.1:{ports[22]}")
         seen = wait_for_ssh(host.address, host.port, timeout=self.settings.local.boot_timeout)
-        pin_host_key(self.state, host, seen)
-        return host
+        return self.pin(host, seen)
 
     def destroy(self) -> list[str]:
         removed = []

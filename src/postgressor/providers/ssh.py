@@ -6,7 +6,7 @@ from pathlib import Path
 
 from postgressor.errors import UsageError
 from postgressor.providers.base import Provider
-from postgressor.remote.ssh import pin_host_key, wait_for_ssh
+from postgressor.remote.ssh import wait_for_ssh
 from postgressor.state import HostRecord
 
 
@@ -38,8 +38,7 @@ class SSHProvider(Provider):
         host = self._host()
         self.log(f"waiting for SSH on {host.address}:{host.port}")
         seen = wait_for_ssh(host.address, host.port, timeout=60)
-        pin_host_key(self.state, host, seen)
-        return host
+        return self.pin(host, seen)
 
     def destroy(self) -> list[str]:
         host = self.state.host

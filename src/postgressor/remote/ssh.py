@@ -7,7 +7,7 @@ import logging
 import shlex
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import paramiko
@@ -85,17 +85,16 @@ def wait_for_ssh(address: str, port: int, timeout: float) -> str:
     )
 
 
-def pin_host_key(state: StackState, host: HostRecord, seen_key: str) -> None:
-    """Accept the key on first contact; afterwards a different key is a hard error."""
+def pin_host_key(host: HostRecord, seen_key: str, state: StackState) -> HostRecord:
+    """``host`` with ``seen_key`` pinned: accepted on first contact; afterwards a different key is a hard error
+    (HostKeyMismatch, naming the stack and its state file). Records nothing: the caller saves the result."""
     if host.host_key and host.host_key != seen_key:
         raise HostKeyMismatch(
             f"the SSH host key of {host.address}:{host.port} changed since it was pinned for stack "
             f"'{state.stack}' (possible man-in-the-middle); if the server was rebuilt on purpose, "
             f"clear host.host_key in {state.path}"
         )
-    host.host_key = seen_key
-    state.set_host(host)
-    write_known_hosts(known_hosts_path(state), host)
+    return replace(host, host_key=seen_key)
 
 
 def known_hosts_path(state: StackState) -> Path:
