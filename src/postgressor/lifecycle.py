@@ -14,7 +14,8 @@ from pyinfra.facts.server import Arch, LinuxDistribution
 
 from postgressor.box.converge import DeployResult, Deploys, OpListener, run_deploys, ssh_inventory
 from postgressor.box.deploys.backup import backup
-from postgressor.box.deploys.base import base, postgresql
+from postgressor.box.deploys.base import base
+from postgressor.box.deploys.postgres import postgresql
 from postgressor.box.deploys.sync import caddy, electric, gateway
 from postgressor.box.facts import CloudInitDone, PythonVersion
 from postgressor.box.gateway_bundle import gateway_bundle

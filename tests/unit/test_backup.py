@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from postgressor.box.converge import run_deploys
 from postgressor.box.deploys.backup import backup, conf_lines
-from postgressor.box.deploys.base import postgresql
+from postgressor.box.deploys.postgres import postgresql
 from postgressor.box.spec import Distro, backup_spec, box_spec
 from postgressor.checks import backups as health
 from postgressor.checks.backups import archive_problem, backup_status, info_problem, parse_info

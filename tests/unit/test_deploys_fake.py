@@ -12,7 +12,8 @@ import pytest
 from pyinfra.api import Inventory
 
 from postgressor.box.converge import run_deploys
-from postgressor.box.deploys.base import base, postgresql
+from postgressor.box.deploys.base import base
+from postgressor.box.deploys.postgres import postgresql
 from postgressor.box.spec import Distro, box_spec
 from postgressor.config import load_settings
 

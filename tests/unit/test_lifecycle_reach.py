@@ -9,7 +9,8 @@ import pytest
 from pyinfra.api import Inventory
 
 from postgressor import lifecycle
-from postgressor.box.deploys.base import base, postgresql
+from postgressor.box.deploys.base import base
+from postgressor.box.deploys.postgres import postgresql
 from postgressor.config import load_settings
 from postgressor.errors import UsageError
 from postgressor.remote import ssh
