@@ -20,8 +20,10 @@ SWAP_HEADROOM_MB = 1024  # left free after the swap file, for packages and Postg
 @operation()
 def repair_interrupted_dpkg() -> Generator[str, None, None]:
     """Finish a package run that an earlier, interrupted deploy left half-configured."""
-    if host.get_fact(facts.DpkgInterrupted):
-        yield "DEBIAN_FRONTEND=noninteractive dpkg --configure -a --force-confdef --force-confold"
+    if not host.get_fact(facts.DpkgInterrupted):
+        host.noop("no interrupted package run to finish")
+        return
+    yield "DEBIAN_FRONTEND=noninteractive dpkg --configure -a --force-confdef --force-confold"
 
 
 @operation()
@@ -33,6 +35,9 @@ def firewall(
     wanted = {f"{port}/tcp" for port in ports}
     wanted |= {f"{port}/tcp {source}" for port, source in (sources or {}).items()}
     wanted |= {f"{port}/tcp on {iface}" for port, iface in (interfaces or {}).items()}
+    if status["active"] and status["default_incoming"] == "deny" and status["allowed"] == wanted:
+        host.noop(f"ufw is active and allows exactly {', '.join(sorted(wanted))}")
+        return
     if status["default_incoming"] != "deny":
         yield "ufw default deny incoming"
         yield "ufw default allow outgoing"
@@ -58,7 +63,9 @@ def _ufw_rule(rule: str) -> str:
 @operation()
 def swapfile(size_mb: int, path: str = "/swapfile") -> Generator[str, None, None]:
     """An active swap file of ``size_mb``; a half-made one from an interrupted run is rebuilt."""
-    if host.get_fact(facts.ActiveSwap):
+    active: list[str] = host.get_fact(facts.ActiveSwap)
+    if active:
+        host.noop(f"swap is already active ({', '.join(active)})")
         return
     needed = size_mb + SWAP_HEADROOM_MB
     yield (
@@ -81,8 +88,10 @@ def _generate(path: str) -> str:
 def generated_secret(name_on_box: str) -> Generator[str, None, None]:
     """A random secret made on the box and kept there only (root, 0600)."""
     path = secret_path(name_on_box)
-    if not host.get_fact(File, path=path):
-        yield f"set -e; {_generate(path)}; mv {path}.new {path}"
+    if host.get_fact(File, path=path):
+        host.noop(f"{path} exists (a secret is made once and kept)")
+        return
+    yield f"set -e; {_generate(path)}; mv {path}.new {path}"
 
 
 @operation()
@@ -90,6 +99,7 @@ def role_password(role: str) -> Generator[str, None, None]:
     """Give ``role`` a generated password kept on the box in a root-only file, never in argv or logs."""
     path = secret_path(f"{role}.password")
     if host.get_fact(File, path=path):
+        host.noop(f"{role} has its password ({path} exists)")
         return
     # The password reaches psql on stdin through printf (a shell builtin), so it never shows in `ps`.
     yield (
@@ -109,17 +119,20 @@ def render(lines: list[str]) -> str:
 def composed_file(path: str, lines: list[str], owner: str = "root", mode: str = "600") -> Generator[str, None, None]:
     """A file composed on the box (secrets read from their files there), with ``owner`` and ``mode``."""
     text = render(lines)
-    if not host.get_fact(facts.ComposedFileCurrent, render=text, path=path, owner=owner, mode=mode):
-        yield (
-            f"set -e; umask 077; {text} > {path}.new; chown {owner}:{owner} {path}.new; chmod {mode} {path}.new; "
-            f"mv {path}.new {path}"
-        )
+    if host.get_fact(facts.ComposedFileCurrent, render=text, path=path, owner=owner, mode=mode):
+        host.noop(f"{path} is current ({owner}, {mode})")
+        return
+    yield (
+        f"set -e; umask 077; {text} > {path}.new; chown {owner}:{owner} {path}.new; chmod {mode} {path}.new; "
+        f"mv {path}.new {path}"
+    )
 
 
 @operation()
 def docker_image(image: str, archive: str = "") -> Generator[str, None, None]:
     """The image present locally: loaded from an uploaded archive, or pulled with a clear way out."""
     if host.get_fact(facts.DockerImagePresent, image=image):
+        host.noop(f"image {image} is present")
         return
     q = shlex.quote(image)
     if archive:
@@ -138,6 +151,7 @@ def docker_image(image: str, archive: str = "") -> Generator[str, None, None]:
 def http_ready(url: str, timeout: int, hint: str) -> Generator[str, None, None]:
     """Wait until ``url`` answers 200, or fail with a message naming it."""
     if host.get_fact(facts.HttpStatus, url=url) == "200":
+        host.noop(f"{url} answers 200")
         return
     yield (
         f"for i in $(seq {timeout}); do [ \"$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' {url})\" = 200 ] "
@@ -157,15 +171,19 @@ def digest(*parts: str) -> str:
 def applied(marker: str, digest: str, command: str) -> Generator[str, None, None]:
     """Run ``command`` unless it already ran for this ``digest`` (survives an interrupted run)."""
     path = f"{MARKERS_DIR}/{marker}"
-    if host.get_fact(facts.FileText, path=path) != digest:
-        yield f"{command} && install -d -m 0700 {MARKERS_DIR} && echo {digest} > {path}"
+    if host.get_fact(facts.FileText, path=path) == digest:
+        host.noop(f"already applied for this input ({path} = {digest})")
+        return
+    yield f"{command} && install -d -m 0700 {MARKERS_DIR} && echo {digest} > {path}"
 
 
 @operation()
 def sql_unless(check: str, apply: str, database: str = "postgres") -> Generator[str, None, None]:
     """Run ``apply`` unless the ``check`` query already returns true."""
-    if host.get_fact(facts.PostgresScalar, sql=check, database=database) != "t":
-        yield psql(apply, database)
+    if host.get_fact(facts.PostgresScalar, sql=check, database=database) == "t":
+        host.noop(f"already true in {database}: {check}")
+        return
+    yield psql(apply, database)
 
 
 def apply_config_command(version: int) -> str:
@@ -188,9 +206,12 @@ def postgres_config_current(version: int, paths: list[str]) -> Generator[str, No
     loaded = host.get_fact(facts.PostgresScalar, sql="SELECT floor(extract(epoch FROM pg_conf_load_time()))")
     pending = host.get_fact(facts.PostgresScalar, sql="SELECT bool_or(pending_restart) FROM pg_settings")
     if not loaded:
-        return  # not installed or not running yet: the normal path starts it
-    if written > int(float(loaded)) or pending == "t":
-        yield apply_config_command(version)
+        host.noop("PostgreSQL is not running yet: the deploy starts it with this config")
+        return
+    if written <= int(float(loaded)) and pending != "t":
+        host.noop(f"PostgreSQL loaded {', '.join(paths)} after they were written, with no restart pending")
+        return
+    yield apply_config_command(version)
 
 
 def marked(command: str, marker: str) -> str:
@@ -203,5 +224,7 @@ def reapply_if_stale(paths: list[str], marker: str, command: str) -> Generator[s
     """Re-run ``command`` when a config file is newer than its last application (an interrupted run)."""
     written = host.get_fact(facts.FileMtime, paths=paths)
     applied = host.get_fact(facts.FileMtime, paths=[f"{MARKERS_DIR}/{marker}"])
-    if written > applied:
-        yield marked(command, marker)
+    if written <= applied:
+        host.noop(f"{', '.join(paths)} applied since last written (marker {marker})")
+        return
+    yield marked(command, marker)
