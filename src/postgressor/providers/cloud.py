@@ -51,6 +51,14 @@ def user_data() -> str:
     return resources.files("postgressor.providers").joinpath("user-data.yaml").read_text()
 
 
+@dataclass(frozen=True)
+class ResourceKind:
+    """One kind of resource a cloud provider creates for a stack: how to list the stack's and delete one."""
+
+    find_all: Callable[[], list[Found]]  # the stack's resources of this kind (by labels, tags or unique name)
+    delete: Callable[[str], object]  # delete by id and wait until gone; a missing one is not an error
+
+
 class CloudProvider(Provider):
     title: str
     kinds: tuple[str, ...]  # creation order; destroy goes backwards
@@ -76,12 +84,8 @@ class CloudProvider(Provider):
         """A one-line error for a known failure (bad credentials, quota, capacity), else None."""
 
     @abstractmethod
-    def find_all(self, kind: str) -> list[Found]:
-        """Resources of ``kind`` carrying this stack's labels/tags (or unique name)."""
-
-    @abstractmethod
-    def delete(self, kind: str, id: str) -> None:
-        """Delete one resource and wait until it is gone; an already missing one is not an error."""
+    def resource_kinds(self) -> dict[str, ResourceKind]:
+        """How to list and delete each kind in ``kinds``."""
 
     @abstractmethod
     def create_server(self, public_key: str) -> str:
@@ -96,6 +100,14 @@ class CloudProvider(Provider):
     @abstractmethod
     def resolve(self, name: str) -> str:
         """The provider's region code for a code or city (advisor.regions.resolve_region); UsageError if none."""
+
+    def find_all(self, kind: str) -> list[Found]:
+        """Resources of ``kind`` carrying this stack's labels/tags (or unique name)."""
+        return self.resource_kinds()[kind].find_all()
+
+    def delete(self, kind: str, id: str) -> None:
+        """Delete one resource and wait until it is gone; an already missing one is not an error."""
+        self.resource_kinds()[kind].delete(id)
 
     def describe(self, kind: str) -> str:
         return f"create the {kind.replace('_', ' ')}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -17,7 +18,7 @@ from hcloud.ssh_keys import SSHKey
 from postgressor.advisor.catalogue import load
 from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.providers.cloud import OPEN_PORTS, CloudProvider, Found, user_data
+from postgressor.providers.cloud import OPEN_PORTS, CloudProvider, Found, ResourceKind, user_data
 
 TRANSIENT_CODES = {
     "rate_limit_exceeded", "conflict", "bad_gateway", "timeout", "service_error", "server_error", "unavailable",
@@ -120,13 +121,28 @@ class HetznerProvider(CloudProvider):
     def _selector(self) -> str:
         return ",".join(f"{k}={v}" for k, v in self.labels().items())
 
-    def find_all(self, kind: str) -> list[Found]:
-        selector = self._selector()
-        if kind == "ssh_key":
-            return [Found(str(k.id), {"name": k.name}) for k in self.client.ssh_keys.get_all(label_selector=selector)]
-        if kind == "firewall":
-            return [Found(str(f.id), {"name": f.name}) for f in self.client.firewalls.get_all(label_selector=selector)]
-        return [self._server_found(s) for s in self.client.servers.get_all(label_selector=selector)]
+    def resource_kinds(self) -> dict[str, ResourceKind]:
+        keys, firewalls, servers = self.client.ssh_keys, self.client.firewalls, self.client.servers
+        return {
+            "ssh_key": ResourceKind(
+                lambda: [Found(str(k.id), {"name": k.name}) for k in keys.get_all(label_selector=self._selector())],
+                lambda id: self._gone_ok(lambda: keys.delete(SSHKey(id=int(id))))),
+            "firewall": ResourceKind(
+                lambda: [Found(str(f.id), {"name": f.name})
+                         for f in firewalls.get_all(label_selector=self._selector())],
+                lambda id: self._gone_ok(lambda: firewalls.delete(Firewall(id=int(id))))),
+            "server": ResourceKind(
+                lambda: [self._server_found(s) for s in servers.get_all(label_selector=self._selector())],
+                self._delete_server),
+        }  # fmt: skip
+
+    @staticmethod
+    def _gone_ok(call: Callable[[], object]) -> None:
+        try:
+            call()
+        except APIException as err:
+            if err.code != "not_found":
+                raise
 
     @staticmethod
     def _server_found(server: Any) -> Found:
@@ -134,19 +150,15 @@ class HetznerProvider(CloudProvider):
         return Found(str(server.id), {"name": server.name, "ipv4": ipv4,
                                       "type": server.server_type.name if server.server_type else ""})  # fmt: skip
 
-    def delete(self, kind: str, id: str) -> None:
+    def _delete_server(self, id: str) -> None:
         try:
-            if kind == "server":
-                self.client.servers.delete(Server(id=int(id)))
-                self.poll(f"deleting server {id}", lambda: self._exists(int(id)), lambda exists: not exists,
-                          timeout=300, interval=2)  # fmt: skip
-            elif kind == "firewall":
-                self.client.firewalls.delete(Firewall(id=int(id)))
-            else:
-                self.client.ssh_keys.delete(SSHKey(id=int(id)))
+            self.client.servers.delete(Server(id=int(id)))
         except APIException as err:
             if err.code != "not_found":
                 raise
+            return
+        self.poll(f"deleting server {id}", lambda: self._exists(int(id)), lambda exists: not exists,
+                  timeout=300, interval=2)  # fmt: skip
 
     def _exists(self, id: int) -> bool:
         try:

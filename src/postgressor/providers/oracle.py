@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from oci.exceptions import ClientError, ServiceError
 from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.providers import retry
-from postgressor.providers.cloud import OPEN_PORTS, CloudProvider, Found, user_data
+from postgressor.providers.cloud import OPEN_PORTS, CloudProvider, Found, ResourceKind, user_data
 
 DEFAULT_SHAPE = "VM.Standard.A1.Flex"
 FREE_OCPUS, FREE_MEMORY_GB = 2, 12
@@ -168,21 +169,55 @@ class OracleProvider(CloudProvider):
         found = [f.id for f in self.find_all("vcn")]
         return list(dict.fromkeys(([recorded.id] if recorded else []) + found))
 
-    def find_all(self, kind: str) -> list[Found]:
+    def resource_kinds(self) -> dict[str, ResourceKind]:
         compute, network, _ = self.clients
-        name, compartment = self.resource_name(), self.compartment
-        if kind == "vcn":
-            vcns = self._mine(self._all(network.list_vcns, compartment, display_name=name))
-            return [Found(v.id, {"route_table": v.default_route_table_id}) for v in vcns]
-        if kind == "server":
-            instances = self._mine(self._all(compute.list_instances, compartment, display_name=name))
-            return [Found(i.id, {"availability_domain": i.availability_domain}) for i in instances]
-        lister = {"internet_gateway": network.list_internet_gateways, "security_list": network.list_security_lists,
-                  "subnet": network.list_subnets}[kind]  # fmt: skip
+
+        kinds = {
+            "vcn": ResourceKind(self._find_vcns, network.delete_vcn),
+            "internet_gateway": ResourceKind(lambda: self._find_in_vcns(network.list_internet_gateways),
+                                             self._delete_gateway),
+            "security_list": ResourceKind(lambda: self._find_in_vcns(network.list_security_lists),
+                                          network.delete_security_list),
+            "subnet": ResourceKind(lambda: self._find_in_vcns(network.list_subnets), network.delete_subnet),
+            "server": ResourceKind(self._find_instances,
+                                   lambda id: compute.terminate_instance(id, preserve_boot_volume=False)),
+        }  # fmt: skip
+        return {kind: ResourceKind(r.find_all, self._deleter(kind, r.delete)) for kind, r in kinds.items()}
+
+    def _find_vcns(self) -> list[Found]:
+        _, network, _ = self.clients
+        vcns = self._mine(self._all(network.list_vcns, self.compartment, display_name=self.resource_name()))
+        return [Found(v.id, {"route_table": v.default_route_table_id}) for v in vcns]
+
+    def _find_instances(self) -> list[Found]:
+        compute, _, _ = self.clients
+        instances = self._mine(self._all(compute.list_instances, self.compartment, display_name=self.resource_name()))
+        return [Found(i.id, {"availability_domain": i.availability_domain}) for i in instances]
+
+    def _find_in_vcns(self, lister: Any) -> list[Found]:
         found: list[Found] = []
         for vcn in self._vcn_ids():
-            found += [Found(r.id, {"vcn": vcn}) for r in self._mine(self._all(lister, compartment, vcn_id=vcn))]
+            found += [Found(r.id, {"vcn": vcn}) for r in self._mine(self._all(lister, self.compartment, vcn_id=vcn))]
         return found
+
+    def _delete_gateway(self, id: str) -> None:
+        _, network, _ = self.clients
+        self._unroute(id)
+        network.delete_internet_gateway(id)
+
+    def _deleter(self, kind: str, call: Callable[[str], object]) -> Callable[[str], None]:
+        """Delete (a missing one is fine), then wait until OCI reports it TERMINATED."""
+
+        def delete(id: str) -> None:
+            try:
+                call(id)
+            except ServiceError as err:
+                if err.status != 404:
+                    raise
+            self.poll(f"deleting the {kind} {id}", lambda: self._state_of(kind, id), lambda s: s == "TERMINATED",
+                      timeout=600, interval=3)  # fmt: skip
+
+        return delete
 
     def _getter(self, kind: str) -> Any:
         compute, network, _ = self.clients
@@ -197,23 +232,6 @@ class OracleProvider(CloudProvider):
             if err.status == 404:
                 return "TERMINATED"
             raise
-
-    def delete(self, kind: str, id: str) -> None:
-        compute, network, _ = self.clients
-        try:
-            if kind == "server":
-                compute.terminate_instance(id, preserve_boot_volume=False)
-            elif kind == "internet_gateway":
-                self._unroute(id)
-                network.delete_internet_gateway(id)
-            else:
-                {"vcn": network.delete_vcn, "security_list": network.delete_security_list,
-                 "subnet": network.delete_subnet}[kind](id)  # fmt: skip
-        except ServiceError as err:
-            if err.status != 404:
-                raise
-        self.poll(f"deleting the {kind} {id}", lambda: self._state_of(kind, id), lambda s: s == "TERMINATED",
-                  timeout=600, interval=3)  # fmt: skip
 
     def _unroute(self, gateway: str) -> None:
         """Drop route rules that point at ``gateway`` (OCI refuses to delete a gateway still routed to)."""

@@ -14,7 +14,7 @@ from ovh import exceptions as ovherr
 
 from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.providers.cloud import CloudProvider, Found, user_data
+from postgressor.providers.cloud import CloudProvider, Found, ResourceKind, user_data
 
 DEFAULT_FLAVOR = "d2-4"
 CREDENTIAL_SOURCES = ("[ovh] in postgressor.toml, OVH_ENDPOINT / OVH_APPLICATION_KEY / OVH_APPLICATION_SECRET / "
@@ -106,11 +106,16 @@ class OVHProvider(CloudProvider):
 
     # ---- resources
 
-    def find_all(self, kind: str) -> list[Found]:
+    def resource_kinds(self) -> dict[str, ResourceKind]:
+        return {"ssh_key": ResourceKind(self._find_keys, lambda id: self._delete("sshkey", id)),
+                "server": ResourceKind(self._find_instances, self._delete_instance)}  # fmt: skip
+
+    def _find_keys(self) -> list[Found]:
         name = self.resource_name()
-        if kind == "ssh_key":
-            return [Found(k["id"], {"name": name}) for k in self.client.get(self.path("sshkey"))
-                    if k.get("name") == name]  # fmt: skip
+        return [Found(k["id"], {"name": name}) for k in self.client.get(self.path("sshkey")) if k.get("name") == name]
+
+    def _find_instances(self) -> list[Found]:
+        name = self.resource_name()
         return [self._found(i) for i in self.client.get(self.path("instance"), region=self.region)
                 if i.get("name") == name and i.get("status") != "DELETED"]  # fmt: skip
 
@@ -123,13 +128,16 @@ class OVHProvider(CloudProvider):
         return next((a["ip"] for a in instance.get("ipAddresses") or []
                      if a.get("type") == "public" and a.get("version") == 4), "")  # fmt: skip
 
-    def delete(self, kind: str, id: str) -> None:
-        what = "instance" if kind == "server" else "sshkey"
+    def _delete(self, what: str, id: str) -> bool:
+        """DELETE /cloud/project/{id}/{what}/{id}; False when it was already gone."""
         try:
             self.client.delete(self.path(what, id))
         except ovherr.ResourceNotFoundError:
-            return
-        if kind == "server":
+            return False
+        return True
+
+    def _delete_instance(self, id: str) -> None:
+        if self._delete("instance", id):
             self.poll(f"deleting instance {id}", lambda: self._status(id), lambda s: s == "DELETED",
                       timeout=600, interval=3)  # fmt: skip
 
