@@ -2,7 +2,7 @@
 
 It authenticates the stack's key, answers `cat /etc/postgressor/secrets/<owner>.password`, and serves
 direct-tcpip channels to 127.0.0.1:5432 by connecting them to the test cluster, which stands in for the
-box's local PostgreSQL. Everything the client does is the production code path (sshconn + Tunnel).
+box's local PostgreSQL. Everything the client does is the production code path (remote.ssh + remote.tunnel).
 """
 
 from __future__ import annotations

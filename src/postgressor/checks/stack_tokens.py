@@ -463,7 +463,7 @@ def ssh_electric_health(host: HostRecord) -> Callable[[], int]:
     return fetch
 
 
-def stack_target(settings: Settings, stack: str) -> RemoteTarget:
+def remote_target(settings: Settings, stack: str) -> RemoteTarget:
     """The real target: the stack's gateway over HTTPS, its database through the SSH tunnel, Electric's
     health over SSH. Raises UsageError when the stack cannot be checked at all."""
     try:

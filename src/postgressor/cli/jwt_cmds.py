@@ -80,7 +80,7 @@ def verify_jwt(
         raise UsageError(problem)
     value = _token(token, mint, sub, cfg)
     # The stack must be checkable before anything runs (usage errors exit 2 with nothing printed).
-    target = None if offline else stack_tokens.stack_target(settings, name)
+    target = None if offline else stack_tokens.remote_target(settings, name)
     local = check_token(value, cfg)
     checks: list[Check | RemoteCheck] = list(local)
     if target is not None:
