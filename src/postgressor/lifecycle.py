@@ -82,15 +82,16 @@ def read_box(box: Host) -> BoxFacts:
 
 
 def deploys_for(spec: BoxSpec, facts: BoxFacts, host: HostRecord) -> Deploys:
-    plan: Deploys = [(base, {"spec": spec}), (postgresql, {"spec": spec})]
+    """The deploys for ``spec``, in order: base, PostgreSQL, backups if enabled, then Electric, gateway, Caddy."""
+    deploys: Deploys = [(base, {"spec": spec}), (postgresql, {"spec": spec})]
     if spec.backup is not None:
-        plan.append((backup, {"spec": spec}))
+        deploys.append((backup, {"spec": spec}))
     if spec.sync is None:
-        return plan
+        return deploys
     if not facts.python:
         raise PostgressorError(f"{host.address} has no python3; the gateway needs it (apt-get install python3)")
     bundle = gateway_bundle(facts.python, facts.machine)
-    return [*plan, (electric, {"spec": spec}), (gateway, {"spec": spec, "bundle": bundle}),
+    return [*deploys, (electric, {"spec": spec}), (gateway, {"spec": spec, "bundle": bundle}),
             (caddy, {"spec": spec, "public_address": host.address})]  # fmt: skip
 
 
@@ -100,7 +101,7 @@ def deploy_host(
     """One SSH connection: read the box's facts, build its spec, add the deploys and run them."""
     specs: list[BoxSpec] = []
 
-    def plan(box: Host) -> Deploys:
+    def deploys_for_box(box: Host) -> Deploys:
         found = read_box(box)
         spec = box_spec(settings, found.distro)
         specs.append(spec)
@@ -109,7 +110,7 @@ def deploy_host(
             state.save()
         return deploys_for(spec, found, host)
 
-    result = run_deploys(ssh_inventory(host, known_hosts_path(state)), plan, listener, dry_run=dry_run)
+    result = run_deploys(ssh_inventory(host, known_hosts_path(state)), deploys_for_box, listener, dry_run=dry_run)
     if not dry_run and not result.failed:
         state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
         state.save()
