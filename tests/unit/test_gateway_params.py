@@ -211,5 +211,5 @@ def test_one_expression_is_accepted_and_wrapped(where) -> None:
 ])
 def test_where_that_is_not_one_expression_is_refused(where) -> None:
     assert where_problem(where) is not None
-    with pytest.raises(ValueError, match="refused|non-empty|NUL"):
+    with pytest.raises(ValueError, match=r"refused|non-empty|NUL"):
         TableRule("t", "user_id", where=where or " x (")

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from werkzeug import Response
 
 from postgressor.jwt_verify import (
-    KeysNotReady,
     ClaimsCache,
+    KeysNotReady,
     KeySourceError,
     TokenError,
     Verifier,

@@ -204,7 +204,7 @@ def _subset_value(key: str, value: Any, channel: str) -> Any:
         for name, item in value.items():
             if not isinstance(name, str) or not PARAM_KEY.match(name):
                 raise bad(f"has key {name!r}; use \"1\", \"2\", ... for $1, $2, ...")
-            if isinstance(item, float) and not math.isfinite(item) or not isinstance(item, str | int | float | bool):
+            if (isinstance(item, float) and not math.isfinite(item)) or not isinstance(item, str | int | float | bool):
                 raise bad(f"value for {name!r} must be a string, number or boolean")
             numbers.append(int(name))
         if sorted(numbers) != list(range(1, len(numbers) + 1)):
