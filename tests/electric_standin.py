@@ -67,6 +67,8 @@ class ElectricStandin:
     handle: str = "standin-handle-1"
     secret: str | None = None  # like ELECTRIC_SECRET: None means Electric runs without one (no check)
     health_status: int = 200
+    jwks_delay: float = 0.0  # seconds the JWKS endpoint waits before answering (a hanging endpoint)
+    jwks_hits: int = 0
     _version: int = 0
     _news: asyncio.Event | None = None
 
@@ -92,6 +94,9 @@ class ElectricStandin:
         return web.json_response({"status": status}, status=self.health_status)
 
     async def _jwks(self, _request: web.Request) -> web.Response:
+        self.jwks_hits += 1
+        if self.jwks_delay:
+            await asyncio.sleep(self.jwks_delay)
         if self.jwks is None:
             return web.Response(status=404)
         return web.json_response(self.jwks)

@@ -34,8 +34,10 @@ TABLES = {
 
 
 class Stack:
-    def __init__(self, servers: ServerThread, standin: ElectricStandin, gateway: str, upstream: str) -> None:
+    def __init__(self, servers: ServerThread, standin: ElectricStandin, gateway: str, upstream: str,
+                 app: Gateway | None = None) -> None:
         self.servers, self.standin, self.url, self.upstream = servers, standin, gateway, upstream
+        self.gateway = app
 
     def get(self, path: str, token: str | None = None, **kwargs) -> httpx.Response:
         return self.request("GET", path, token, **kwargs)
@@ -60,8 +62,9 @@ def make_stack(**options: Any) -> Iterator[Stack]:
             upstream=upstream, secret=ELECTRIC_SECRET, tables=TABLES,
             verifier=VerifierConfig(jwt_secret=SECRET, jwks_url=upstream + "/auth/v1/.well-known/jwks.json",
                                     issuer=ISSUER), **options)
-        url = servers.serve(Gateway(settings).make_app(), **Gateway.runner_options())
-        yield Stack(servers, standin, url, upstream)
+        gateway = Gateway(settings)
+        url = servers.serve(gateway.make_app(), **Gateway.runner_options())
+        yield Stack(servers, standin, url, upstream, gateway)
     finally:
         servers.close()
 
