@@ -421,7 +421,7 @@ def _add_vary(response: web.StreamResponse, header: str) -> None:
     response.headers["Vary"] = ", ".join(names)
 
 
-class ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's server logger, replaced: a malformed request (bad request line, NUL, CR, obs-fold, bare LF)
     becomes one line naming the error class, never the request's bytes, headers or a traceback."""
 
