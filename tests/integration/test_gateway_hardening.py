@@ -168,9 +168,10 @@ def test_ready_follows_electrics_health(cors: Stack) -> None:
 # --- load -----------------------------------------------------------------------------------------------------
 
 
-def _hold_user_a(stack: Stack, release: asyncio.Event) -> None:
+def _hold_user_a(stack: Stack, release: asyncio.Event, held: list[int]) -> None:
     async def hold(request: web.Request) -> web.Response | None:
         if request.query.get("params[1]") == USER:
+            held[0] += 1
             await release.wait()
         return None
 
@@ -180,8 +181,8 @@ def _hold_user_a(stack: Stack, release: asyncio.Event) -> None:
 def _held_then_fresh(stack: Stack, count: int) -> tuple[list[int], float, int]:
     """``count`` requests of user A held upstream, then one of user B: A's statuses, B's time and status."""
     async def run() -> tuple[list[int], float, int]:
-        release = asyncio.Event()
-        _hold_user_a(stack, release)
+        release, upstream_held = asyncio.Event(), [0]
+        _hold_user_a(stack, release, upstream_held)
         stack.standin.record = False
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -191,7 +192,11 @@ def _held_then_fresh(stack: Stack, count: int) -> tuple[list[int], float, int]:
                     await r.read()
                     return r.status
             held = [asyncio.ensure_future(get(token())) for _ in range(count)]
-            await asyncio.sleep(1.0)
+            for _ in range(100):  # until Electric holds them all (or as many as the gateway lets through)
+                await asyncio.sleep(0.1)
+                if upstream_held[0] >= min(count, 256, stack_cap(stack)):
+                    break
+            await asyncio.sleep(0.3)
             started = time.perf_counter()
             try:
                 fresh = await asyncio.wait_for(get(token(OTHER_USER)), 10)
@@ -202,6 +207,10 @@ def _held_then_fresh(stack: Stack, count: int) -> tuple[list[int], float, int]:
             return [await h for h in held], took, fresh
 
     return stack.servers.run(run(), timeout=60)
+
+
+def stack_cap(stack: Stack) -> int:
+    return getattr(stack.gateway.settings, "max_requests_per_user", 10**6) if stack.gateway else 10**6
 
 
 def test_260_held_requests_do_not_stall_another_user() -> None:
