@@ -260,7 +260,7 @@ def _concurrent(stack: Stack, tokens: list[str]) -> tuple[list[httpx.Response], 
 
 def test_hanging_jwks_with_an_empty_cache_fails_fast_with_one_fetch() -> None:
     with make_stack(jwks_timeout=1.0) as stack:
-        stack.standin.jwks_delay = 4
+        stack.standin.jwks_delay = 6  # longer than any fetch timeout
         results, took = _concurrent(stack, [es256(user_claims()) for _ in range(8)])
         assert {r.status_code for r in results} == {503}
         assert all(error_code(r) == "auth_unavailable" and "retry-after" in r.headers for r in results)
