@@ -192,7 +192,8 @@ class ElectricStandin:
         data = [{"key": f'"{r.get("id")}"', "value": _public(r, columns), "headers": {"operation": "insert"}}
                 for r in picked]
         return web.json_response({"metadata": {"snapshot_mark": 1}, "data": data},
-                                 headers={"electric-handle": self.handle, "electric-offset": "0_0"})
+                                 headers={"electric-handle": self.handle, "electric-offset": "0_0",
+                                          "electric-snapshot": "true"})  # response.ex, :subset
 
 
 # --- Plug / ServeShapePlug / Api.Params rules -------------------------------------------------------------
