@@ -20,6 +20,7 @@ from werkzeug import Response
 
 from postgressor.jwt_verify import (
     ClaimsCache,
+    KeysNotReady,
     KeySourceError,
     TokenError,
     Verifier,
@@ -74,6 +75,12 @@ def jwks_only(jwks_url: str) -> Verifier:
 
 def refused(verifier: Verifier, token: str) -> TokenError:
     with pytest.raises(TokenError) as info:
+        verifier.verify(token)
+    return info.value
+
+
+def not_ready(verifier: Verifier, token: str) -> KeysNotReady:
+    with pytest.raises(KeysNotReady) as info:
         verifier.verify(token)
     return info.value
 
@@ -267,13 +274,14 @@ def test_unknown_kid_refetches_once_rate_limited_then_finds_rotated_key(httpserv
     verifier.verify(es256(user_claims()))
     assert len(httpserver.log) == 1
     token = es256(user_claims(), kid="ec-key-2", key=rotated)
-    refused(verifier, token)  # the set was fetched just now: no refetch yet
+    # The set was fetched just now: no refetch yet, and not the token's fault (503 + Retry-After, not 401).
+    assert not_ready(verifier, token).retry_after == 30
     assert len(httpserver.log) == 1
     clock.now += 31
-    refused(verifier, token)  # unknown kid: one refetch, still unknown
+    refused(verifier, token)  # unknown kid: one refetch, still unknown -> the token is refused
     assert len(httpserver.log) == 2
-    refused(verifier, token)  # within the rate limit: no refetch
-    refused(verifier, token)
+    clock.now += 10
+    assert not_ready(verifier, token).retry_after == 20  # within the rate limit: no refetch
     assert len(httpserver.log) == 2
     served["doc"] = {"keys": [*keys().jwks()["keys"], new_jwk]}  # the project rotates
     clock.now += 31
@@ -323,3 +331,70 @@ def test_claims_cache_drops_expired_entries() -> None:
     for name in ("a", "b", "c"):
         cache.put(name, one)
     assert cache.get("a") is None and cache.get("c") is one
+
+
+# --- issue #18: non-finite times, issuer substrings, JWKS failures --------------------------------------
+
+
+@pytest.mark.parametrize(("claim", "value"), [
+    ("exp", float("nan")), ("exp", float("inf")), ("exp", float("-inf")), ("iat", float("nan")),
+    ("iat", float("inf")), ("nbf", float("nan")), ("nbf", float("-inf")), ("exp", True), ("exp", 1e400),
+])
+def test_time_claims_must_be_finite_numbers(claim: str, value: object) -> None:
+    bad = hs256(user_claims(**{claim: value}))  # PyJWT writes NaN/Infinity as JSON allows them
+    err = refused(secret_only(), bad)
+    assert err.code == "token_invalid"
+    from postgressor.jwt_checks import FAIL, check_token
+
+    rows = {c.name: c for c in check_token(bad, VerifierConfig(jwt_secret=SECRET, issuer=ISSUER))}
+    assert rows[claim].status == FAIL
+
+
+@pytest.mark.parametrize("iss", ["", "https://testref.supabase.co", "auth", "https://testref.supabase.co/auth/v"])
+def test_issuer_must_match_exactly_not_as_a_substring(iss: str) -> None:
+    assert iss in ISSUER  # each is a substring of the expected issuer (CVE-2024-53861 in PyJWT 2.10.0)
+    err = refused(secret_only(), hs256(user_claims(iss=iss)))
+    assert err.code == "token_invalid"
+
+
+def test_a_failed_jwks_fetch_is_remembered_then_retried() -> None:
+    clock = FakeClock()
+    calls: list[str] = []
+
+    def down(url: str) -> object:
+        calls.append(url)
+        raise OSError("connection refused")
+
+    verifier = Verifier(VerifierConfig(jwks_url="https://x.supabase.co/auth/v1/.well-known/jwks.json"),
+                        clock=clock, fetch=down)
+    token = es256(user_claims(iss="https://x.supabase.co/auth/v1"))
+    for _ in range(3):
+        with pytest.raises(KeySourceError):
+            verifier.verify(token)
+    assert len(calls) == 1  # remembered for JWKS_FAILURE_TTL
+    clock.now += 6
+    with pytest.raises(KeySourceError):
+        verifier.verify(token)
+    assert len(calls) == 2
+
+
+def test_stale_keys_serve_for_an_hour_while_the_endpoint_is_down() -> None:
+    clock = FakeClock()
+    state = {"up": True}
+
+    def fetch(_url: str) -> object:
+        if not state["up"]:
+            raise OSError("down")
+        return keys().jwks()
+
+    verifier = Verifier(VerifierConfig(jwks_url="https://x.supabase.co/auth/v1/.well-known/jwks.json"),
+                        clock=clock, fetch=fetch)
+    token = es256(user_claims(iss="https://x.supabase.co/auth/v1"))
+    assert verifier.verify(token).sub == USER
+    state["up"] = False
+    clock.now += 600 + 3000  # past max_age, inside the stale hour
+    assert verifier.verify(token).sub == USER
+    clock.now += 700  # more than an hour past max_age
+    with pytest.raises(KeySourceError):
+        verifier.verify(token)
+

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from postgressor.config import Settings
 from postgressor.errors import UsageError
-from postgressor.gateway.params import TableRule
+from postgressor.gateway.params import TableRule, origin_problem
 from postgressor.jwt_verify import VerifierConfig, config_problem
 
 SECRET_ENV = "ELECTRIC_SECRET"  # noqa: S105 - the variable's name, not a secret
@@ -23,6 +23,20 @@ class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 3001
     max_body: int = 64 * 1024  # bytes accepted in a POST subset request
+    cors_origins: tuple[str, ...] = ()  # exact browser origins answered with CORS headers
+    shared_cache: bool = False  # keep Electric's public cache-control instead of making it private
+    max_requests_per_user: int = 64  # concurrent requests per token sub; more get 429
+    upstream_connect_timeout: float = 5.0  # seconds to connect to Electric (and to get a pooled connection)
+    upstream_read_timeout: float = 45.0  # seconds without a byte from Electric (its long-poll is ~20 s)
+    jwks_timeout: float = 5.0  # seconds for one JWKS fetch
+
+    def __post_init__(self) -> None:
+        for origin in self.cors_origins:
+            problem = origin_problem(origin)
+            if problem:
+                raise ValueError(problem)
+        if self.max_requests_per_user < 1:
+            raise ValueError("max_requests_per_user must be at least 1")
 
 
 def verifier_config(settings: Settings) -> VerifierConfig:
@@ -92,4 +106,9 @@ def resolve(
         verifier=verifier,
         host=host or gw.listen,
         port=port if port is not None else gw.port,
+        cors_origins=tuple(gw.cors_origins),
+        shared_cache=gw.shared_cache,
+        max_requests_per_user=gw.max_requests_per_user,
+        upstream_connect_timeout=gw.upstream_connect_timeout,
+        upstream_read_timeout=gw.upstream_read_timeout,
     )
