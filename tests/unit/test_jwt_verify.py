@@ -344,7 +344,7 @@ def test_time_claims_must_be_finite_numbers(claim: str, value: object) -> None:
     bad = hs256(user_claims(**{claim: value}))  # PyJWT writes NaN/Infinity as JSON allows them
     err = refused(secret_only(), bad)
     assert err.code == "token_invalid"
-    from postgressor.jwt_checks import FAIL, check_token
+    from postgressor.checks.tokens import FAIL, check_token
 
     rows = {c.name: c for c in check_token(bad, VerifierConfig(jwt_secret=SECRET, issuer=ISSUER))}
     assert rows[claim].status == FAIL
