@@ -11,8 +11,8 @@ from rich.text import Text
 
 from postgressor import jwt_remote
 from postgressor.cli.common import console, emit_json, global_options, settings_for, stack_name
+from postgressor.deploys.gateway_settings import verifier_config
 from postgressor.errors import UsageError
-from postgressor.gateway.settings import verifier_config
 from postgressor.jwt_checks import FAIL, Check, check_token, mint_hs256
 from postgressor.jwt_remote import RemoteCheck
 from postgressor.jwt_verify import VerifierConfig, config_problem, fingerprint

@@ -22,6 +22,11 @@ from postgressor.deploys.operations import (
 from postgressor.deploys.spec import BoxSpec
 
 GATEWAY_HOME = "/opt/postgressor/gateway"
+# Open files for the gateway and for Caddy: sized for LIVE_CONNECTIONS held long-polls (two sockets
+# each, plus listeners, logs and the JWKS client), with room to spare. bench/gateway.py measures it.
+LIVE_CONNECTIONS = 10_000
+NOFILE = 1 << 20  # what Caddy's own unit sets (dist/init/caddy.service); never lower it
+CADDY_DROPIN = "/etc/systemd/system/caddy.service.d/50-postgressor-limits.conf"
 
 
 @deploy("Electric")
@@ -85,7 +90,7 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
     files.directory(name="Gateway home", path=GATEWAY_HOME, mode="755")
     files.sync(name="Gateway wheels", src=str(bundle.wheels), dest=f"{GATEWAY_HOME}/wheels", delete=True,
                exclude=[".complete"])  # fmt: skip
-    files.put(name="Gateway code", src=str(bundle.source_tar), dest=f"{GATEWAY_HOME}/postgressor.tar", mode="644")
+    files.put(name="Gateway code", src=str(bundle.source_tar), dest=f"{GATEWAY_HOME}/gateway.tar", mode="644")
     venv = f"{GATEWAY_HOME}/venv"
     requirements = " ".join(f"'{r}'" for r in bundle.requirements)
     applied(
@@ -96,7 +101,7 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
             f"set -e; [ -x {venv}/bin/python ] || python3 -m venv {venv}; "
             f"{venv}/bin/pip install --quiet --no-index --find-links {GATEWAY_HOME}/wheels {requirements}; "
             f"rm -rf {GATEWAY_HOME}/lib.new && mkdir -p {GATEWAY_HOME}/lib.new && "
-            f"tar -xf {GATEWAY_HOME}/postgressor.tar -C {GATEWAY_HOME}/lib.new && "
+            f"tar -xf {GATEWAY_HOME}/gateway.tar -C {GATEWAY_HOME}/lib.new && "
             f"rm -rf {GATEWAY_HOME}/lib && mv {GATEWAY_HOME}/lib.new {GATEWAY_HOME}/lib"
         ),
     )
@@ -106,11 +111,12 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
     env_lines = [f"ELECTRIC_SECRET=$(cat {SECRETS_DIR}/electric_secret)"]
     composed_file(name="Gateway environment (0600)", path="/etc/postgressor/gateway.env", lines=env_lines)
     files.template(name="Gateway unit", src=template("gateway.service.j2"),
-                   dest="/etc/systemd/system/postgressor-gateway.service", mode="644")  # fmt: skip
+                   dest="/etc/systemd/system/postgressor-gateway.service", mode="644", nofile=NOFILE)  # fmt: skip
     applied(
         name="Gateway process current",
         marker="gateway",
-        digest=digest(bundle.digest, sync.gateway_config, *env_lines, _template_text("gateway.service.j2")),
+        digest=digest(bundle.digest, sync.gateway_config, *env_lines, _template_text("gateway.service.j2"),
+                      str(NOFILE)),
         command="systemctl daemon-reload && systemctl enable postgressor-gateway "
         "&& systemctl restart postgressor-gateway",
     )
@@ -129,6 +135,11 @@ def caddy(spec: BoxSpec, public_address: str) -> None:
         sites=sites, domain=sync.domain, email=sync.email, default_sni=public_address,
         gateway_port=sync.gateway_port,
     )  # fmt: skip
+    limits = files.template(name="Caddy open-file limit", src=template("caddy-limits.conf.j2"), dest=CADDY_DROPIN,
+                            mode="644", nofile=NOFILE)  # fmt: skip
+    # A unit's limits apply only from a (re)start, not a reload.
+    apply_on_change("Caddy limits", "systemctl daemon-reload && systemctl restart caddy", "caddy-limits",
+                    [CADDY_DROPIN], limits)  # fmt: skip
     systemd.service(name="Caddy running", service="caddy", running=True, enabled=True)
     apply_on_change("Caddy", "caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile >/dev/null "
                     "&& systemctl reload caddy", "caddy", ["/etc/caddy/Caddyfile"], caddyfile)  # fmt: skip
