@@ -94,5 +94,10 @@ def box_gateway_toml(settings: Settings) -> str:
     # The secret field is checked as present here and dropped by to_document: the box supplies it.
     resolved = gateway_settings(settings, upstream=BOX_UPSTREAM, host=BOX_LISTEN, port=gw.port,
                                 secret=f"${SECRET_ENV}")  # fmt: skip
+    return gateway_toml(resolved)
+
+
+def gateway_toml(settings: GatewaySettings) -> str:
+    """The gateway's settings file for ``settings`` (without the Electric secret)."""
     header = "# Written by postgressor from postgressor.toml; read by python -m postgressor.gateway.\n"
-    return header + tomli_w.dumps(to_document(resolved))
+    return header + tomli_w.dumps(to_document(settings))
