@@ -95,7 +95,18 @@ class SyncTable(Section):
     name: str
     owner_column: str = "user_id"
     columns: list[str] = []
-    where: str = ""
+    where: str = ""  # one SQL expression; the gateway sends "<owner> = $1 AND (<where>)"
+
+    @field_validator("where")
+    @classmethod
+    def _one_expression(cls, value: str) -> str:
+        from postgressor.gateway.params import where_problem
+
+        if value.strip():
+            problem = where_problem(value)
+            if problem:
+                raise ValueError(f"{value!r} must be one SQL expression: {problem}")
+        return value
 
 
 class SyncConfig(Section):
@@ -113,6 +124,28 @@ class GatewayConfig(Section):
     listen: str = "127.0.0.1"
     port: int = Field(3001, ge=1, le=65535)
     electric_secret: SecretStr | None = None
+    cors_origins: list[str] = Field(
+        default_factory=list, description="browser origins allowed to call the gateway, e.g. https://app.example.com"
+    )
+    shared_cache: bool = Field(
+        False, description="keep Electric's public cache-control (only behind a cache that keys on Authorization)"
+    )
+    max_requests_per_user: int = Field(64, ge=1, description="concurrent requests one user (token sub) may hold")
+    upstream_connect_timeout: float = Field(5.0, gt=0, le=60, description="seconds to connect to Electric")
+    upstream_read_timeout: float = Field(
+        45.0, ge=25, le=300, description="seconds without a byte from Electric (above its 20 s long-poll)"
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        from postgressor.gateway.params import origin_problem
+
+        for origin in value:
+            problem = origin_problem(origin)
+            if problem:
+                raise ValueError(problem)
+        return value
 
 
 class ElectricConfig(Section):

@@ -23,6 +23,7 @@ from postgressor.jwt_verify import (
     Verifier,
     VerifierConfig,
     fetch_jwks_blocking,
+    is_finite_number,
     key_source,
     read_header,
     select_key,
@@ -52,15 +53,15 @@ def _lifetime(seconds: float) -> str:
 def _time_checks(payload: dict[str, Any], now: float, leeway: int) -> list[Check]:
     rows = []
     exp = payload.get("exp")
-    if not isinstance(exp, int | float):
-        rows.append(Check("exp", FAIL, "missing or not a number"))
+    if not is_finite_number(exp):
+        rows.append(Check("exp", FAIL, "missing or not a finite number"))
     elif exp <= now - leeway:
         rows.append(Check("exp", FAIL, f"expired {_lifetime(now - exp)} ago"))
     else:
         rows.append(Check("exp", PASS, f"valid for {_lifetime(exp - now)} more"))
     iat = payload.get("iat")
-    if not isinstance(iat, int | float):
-        rows.append(Check("iat", FAIL, "missing or not a number"))
+    if not is_finite_number(iat):
+        rows.append(Check("iat", FAIL, "missing or not a finite number"))
     elif iat > now + leeway:
         rows.append(Check("iat", FAIL, f"issued {_lifetime(iat - now)} in the future"))
     else:
@@ -68,7 +69,9 @@ def _time_checks(payload: dict[str, Any], now: float, leeway: int) -> list[Check
     nbf = payload.get("nbf")
     if nbf is None:
         rows.append(Check("nbf", PASS, "not set"))
-    elif not isinstance(nbf, int | float) or nbf > now + leeway:
+    elif not is_finite_number(nbf):
+        rows.append(Check("nbf", FAIL, "not a finite number"))
+    elif nbf > now + leeway:
         rows.append(Check("nbf", FAIL, "not valid yet (nbf in the future)"))
     else:
         rows.append(Check("nbf", PASS, "already valid"))

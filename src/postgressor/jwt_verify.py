@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import re
 import time
 from collections import OrderedDict
@@ -27,6 +28,8 @@ KEY_TYPES = {"ES256": "EC", "RS256": "RSA"}
 MAX_LEEWAY = 60
 JWKS_MAX_AGE = 600.0  # seconds a fetched key set may be used
 JWKS_MIN_REFETCH = 30.0  # at most one refetch for an unknown kid in this many seconds
+JWKS_STALE_MAX = 3600.0  # seconds past max_age the last good key set is still served while refreshing fails
+JWKS_FAILURE_TTL = 5.0  # seconds a failed fetch is remembered (callers fail fast instead of queueing)
 NOT_USER_ROLES = ("anon", "service_role")
 # A kid is an opaque label: no slashes, dots-only segments or other path material.
 KID_PATTERN = re.compile(r"^[A-Za-z0-9_\-=+][A-Za-z0-9_\-=+.]{0,127}$")
@@ -122,80 +125,135 @@ def parse_jwks(document: Any) -> dict[str, PyJWK]:
     return keys
 
 
+class KeysNotReady(KeySourceError):
+    """A kid not in the cached key set while a refetch is throttled: maybe a key rotated a moment ago.
+    Not the token's fault (so not a 401, which makes clients sign the user out); retry after ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass
 class JWKSCache:
-    """A key set used at most ``max_age`` s; an unknown kid refetches at most once per ``min_refetch`` s."""
+    """The project's signing keys, fetched from ``url``.
+
+    - Fresh for ``max_age`` s; after that still served (stale) for up to ``stale_max`` s more while a refresh
+      runs or the endpoint is down, so an outage of the JWKS URL does not stop verification.
+    - One fetch at a time (single-flight): concurrent callers share it.
+    - A failed fetch is remembered for ``failure_ttl`` s: callers with no usable key fail at once (KeySourceError
+      with ``retry_after``) instead of queueing on a hanging endpoint.
+    - An unknown kid refetches at most once per ``min_refetch`` s; inside that window it is KeysNotReady (503),
+      after a fetch that did not list it, TokenError (401).
+    """
 
     url: str
     max_age: float = JWKS_MAX_AGE
     min_refetch: float = JWKS_MIN_REFETCH
+    stale_max: float = JWKS_STALE_MAX
+    failure_ttl: float = JWKS_FAILURE_TTL
     clock: Callable[[], float] = time.monotonic
     keys: dict[str, PyJWK] = field(default_factory=dict)
     fetched_at: float | None = None
     attempted_at: float | None = None
+    failed_at: float | None = None
+    failure: KeySourceError | None = None
     fetch_count: int = 0
-    _lock: asyncio.Lock | None = field(default=None, repr=False)
+    _inflight: asyncio.Future[bool] | None = field(default=None, repr=False)
+
+    def _age(self) -> float:
+        return float("inf") if self.fetched_at is None else self.clock() - self.fetched_at
 
     def _fresh(self) -> bool:
-        return self.fetched_at is not None and self.clock() - self.fetched_at < self.max_age
+        return self._age() < self.max_age
+
+    def _usable(self) -> bool:
+        return self._age() < self.max_age + self.stale_max
+
+    def _failed_recently(self) -> bool:
+        return self.failed_at is not None and self.clock() - self.failed_at < self.failure_ttl
+
+    def _throttle_left(self) -> float:
+        if self.attempted_at is None:
+            return 0.0
+        return max(0.0, self.min_refetch - (self.clock() - self.attempted_at))
 
     def needs_fetch(self, kid: str) -> bool:
+        if self._failed_recently():
+            return False
         if not self._fresh():
             return True
-        if kid in self.keys:
-            return False
         # Unknown kid on a fresh set: maybe a rotation. Refetch, but rate-limited.
-        return self.attempted_at is None or self.clock() - self.attempted_at >= self.min_refetch
+        return kid not in self.keys and self._throttle_left() == 0
 
     def store(self, document: Any) -> None:
         self.keys = parse_jwks(document)
         self.fetched_at = self.clock()
+        self.failed_at = self.failure = None
 
-    def lookup(self, kid: str) -> PyJWK:
-        if not self._fresh():
-            raise KeySourceError(f"the key set from {self.url} could not be refreshed")
+    def lookup(self, kid: str, fetched: bool = False) -> PyJWK:
+        """The key for ``kid``; ``fetched`` says a fetch just succeeded for this lookup."""
+        if not self._usable():
+            left = self.failure_ttl - (self.clock() - self.failed_at) if self.failed_at is not None else 0
+            raise KeysNotReady(str(self.failure or f"the key set from {self.url} could not be loaded"),
+                               max(1, math.ceil(left)))
         key = self.keys.get(kid)
-        if key is None:
+        if key is not None:
+            return key
+        if fetched:
             raise TokenError("token_invalid", f"unknown key id {kid!r} (not in the project's JWKS)")
-        return key
+        raise KeysNotReady(f"key id {kid!r} is not in the cached JWKS and a refetch is throttled",
+                           max(1, math.ceil(self._throttle_left() or self.failure_ttl)))
 
     def get(self, kid: str, fetch: Callable[[str], Any]) -> PyJWK:
         """Blocking variant for the CLI: ``fetch(url)`` returns the parsed JWKS document."""
+        fetched = False
         if self.needs_fetch(kid):
-            self._fetch_with(lambda: fetch(self.url))
-        return self.lookup(kid)
+            self._begin_fetch()
+            try:
+                self.store(fetch(self.url))
+                fetched = True
+            except Exception as err:
+                self._remember(err)
+                if not self._usable():
+                    raise self.failure from None  # type: ignore[misc]
+        return self.lookup(kid, fetched)
 
     async def aget(self, kid: str, fetch: Callable[[str], Awaitable[Any]]) -> PyJWK:
-        """Event-loop variant: concurrent misses share one fetch; hits never await."""
-        if self.needs_fetch(kid):
-            if self._lock is None:
-                self._lock = asyncio.Lock()
-            async with self._lock:
-                if self.needs_fetch(kid):
-                    self._begin_fetch()
-                    try:
-                        document = await fetch(self.url)
-                    except Exception as err:
-                        raise self._fetch_failed(err) from None
-                    self.store(document)
-        return self.lookup(kid)
+        """Event-loop variant: hits never await; stale keys are served while a refresh runs in the
+        background; misses share one fetch."""
+        if not self.needs_fetch(kid):
+            return self.lookup(kid)
+        if kid in self.keys and self._usable():
+            self._start(fetch)  # stale but known: answer now, refresh behind
+            return self.lookup(kid)
+        fetched = await asyncio.shield(self._start(fetch))
+        return self.lookup(kid, fetched)
 
-    def _fetch_with(self, call: Callable[[], Any]) -> None:
-        self._begin_fetch()
+    def _start(self, fetch: Callable[[str], Awaitable[Any]]) -> asyncio.Future[bool]:
+        if self._inflight is None:
+            self._begin_fetch()
+            self._inflight = asyncio.ensure_future(self._run(fetch))
+        return self._inflight
+
+    async def _run(self, fetch: Callable[[str], Awaitable[Any]]) -> bool:
         try:
-            document = call()
-        except Exception as err:
-            raise self._fetch_failed(err) from None
-        self.store(document)
+            self.store(await fetch(self.url))
+            return True
+        except Exception as err:  # any failure of the endpoint or the document: remembered, never raised
+            self._remember(err)
+            return False
+        finally:
+            self._inflight = None
 
     def _begin_fetch(self) -> None:
         self.attempted_at = self.clock()
         self.fetch_count += 1
 
-    def _fetch_failed(self, err: Exception) -> KeySourceError:
-        if isinstance(err, KeySourceError):
-            return err
-        return KeySourceError(f"cannot fetch the JWKS from {self.url}: {_short(err)}")
+    def _remember(self, err: Exception) -> None:
+        self.failed_at = self.clock()
+        self.failure = err if isinstance(err, KeySourceError) else KeySourceError(
+            f"cannot fetch the JWKS from {self.url}: {_short(err)}")
 
 
 def _short(err: Exception) -> str:
@@ -306,17 +364,25 @@ def _decode(token: str, key: Any, alg: str, cfg: VerifierConfig, now: float) -> 
         )
     except jwt.PyJWTError as err:
         raise _classify(token, err) from None
+    if issuer and payload.get("iss") != issuer:
+        # PyJWT 2.10.0 matched any substring of the issuer (CVE-2024-53861): compare exactly ourselves too.
+        raise TokenError("token_invalid", f"issuer {payload.get('iss')!r} is not {issuer!r}")
     problem = time_problem(payload, now, cfg.leeway)
     if problem:
         raise TokenError(*problem)
     return payload
 
 
+def is_finite_number(value: Any) -> bool:
+    """A JSON number usable as a NumericDate: int or float, not bool, not NaN or +-Infinity."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def time_problem(payload: dict[str, Any], now: float, leeway: float) -> tuple[str, str] | None:
     """(code, reason) when exp/iat/nbf make the token unusable at ``now``."""
     for name in ("exp", "iat", "nbf"):
-        if name in payload and not isinstance(payload[name], int | float):
-            return "token_invalid", f"claim {name} is not a number"
+        if name in payload and not is_finite_number(payload[name]):
+            return "token_invalid", f"claim {name} is not a finite number"
     if "exp" in payload and payload["exp"] <= now - leeway:
         return "token_expired", f"expired {int(now - payload['exp'])} s ago"
     if "iat" in payload and payload["iat"] > now + leeway:

@@ -108,7 +108,7 @@ def running(box: Path, tmp_path: Path) -> Iterator[tuple[str, ElectricStandin]]:
 
 
 def test_the_bundled_gateway_serves_only_the_callers_rows(running: tuple[str, ElectricStandin]) -> None:
-    url, standin = running
+    url, _ = running
     request = urllib.request.Request(f"{url}/v1/shape/items?offset=-1",
                                      headers={"Authorization": f"Bearer {hs256(user_claims())}"})  # fmt: skip
     with urllib.request.urlopen(request, timeout=10) as response:

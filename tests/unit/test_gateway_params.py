@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,16 +13,19 @@ from postgressor.gateway.params import (
     PINNED,
     ParamError,
     TableRule,
+    check_client_params,
     quote_ident,
     quote_relation,
+    subset_body,
     upstream_params,
+    where_problem,
 )
 
 SECRET = "s3cret"
 idents = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)),
                  min_size=1, max_size=20)
 values = st.text(max_size=30)
-forwarded_keys = st.sampled_from(sorted(FORWARDED)) | st.from_regex(r"subset__[a-z_]{1,12}", fullmatch=True)
+forwarded_keys = st.sampled_from(sorted(FORWARDED))
 
 
 @st.composite
@@ -103,3 +108,108 @@ def test_rule_validation() -> None:
     for bad in (".", "public.", ".items", ""):
         with pytest.raises(ValueError, match="non-empty"):
             TableRule(bad, "user_id")
+
+
+# --- the subset channels (POST body and subset__* query params) ----------------------------------------
+
+
+@pytest.mark.parametrize(("body", "sent"), [
+    ({"subset": {"where": "title = $1", "params": {"1": "x"}, "limit": 10, "order_by": "id"}},
+     {"where": "title = $1", "params": {"1": "x"}, "limit": 10, "order_by": "id"}),
+    # what @electric-sql/client 1.5.28 sends (#buildSubsetBody): the keys at the top level
+    ({"where": "title = $1", "params": {"1": "x"}, "limit": 5, "offset": 0, "order_by": "id DESC"},
+     {"where": "title = $1", "params": {"1": "x"}, "limit": 5, "offset": 0, "order_by": "id DESC"}),
+    ({"where": "a = 1", "where_expr": {"type": "func"}, "order_by": "id", "order_by_expr": []},
+     {"where": "a = 1", "order_by": "id"}),
+    ({"subset": {}}, {}),
+])
+def test_subset_bodies_are_rewritten_to_one_canonical_subset(body, sent) -> None:
+    out = subset_body(json.dumps(body).encode())
+    assert out is not None and json.loads(out) == {"subset": sent}
+
+
+@pytest.mark.parametrize("body", [
+    # the attack from issue #18 and its kind: any key that is not a subset key
+    {"subset": {"limit": 10}, "table": "secrets", "where": "true", "params": {}},
+    {"subset": {"limit": 10, "order_by": "id"}, "table": "secrets"},
+    {"subset": {"where": "true"}, "where": "true"},
+    {"subset": {}, "params": {"1": "someone-else"}},
+    {"subset": {"params": {"1": "x"}}, "columns": "id,secret"},
+    {"where": "true", "table": "secrets"},
+    {"where": "true", "replica": "full"},
+    {"live": "true"},
+    {"handle": "h", "offset": 1},
+    {"subset": {"table": "secrets"}},
+    {"subset": {"where": "true", "secret": "x"}},
+    {"secret": "guess"},
+])
+def test_bodies_with_keys_beyond_the_subset_are_refused(body) -> None:
+    with pytest.raises(ParamError) as err:
+        subset_body(json.dumps(body).encode())
+    assert err.value.code == "param_not_allowed"
+
+
+@pytest.mark.parametrize("raw", [
+    b"[]", b'"where"', b"1", b"null", b"where=1", b"{", b'{"where": "a", "where": "b"}',
+    b'{"limit": NaN}', b'{"subset": []}', b'{"subset": "where=true"}', b"\xff\xfe",
+])
+def test_bodies_that_are_not_one_json_object_are_refused(raw) -> None:
+    with pytest.raises(ParamError) as err:
+        subset_body(raw)
+    assert err.value.code == "body_invalid"
+
+
+@pytest.mark.parametrize("subset", [
+    {"params": {"0": "x"}}, {"params": {"1": "x", "3": "y"}}, {"params": {"one": "x"}},
+    {"params": {"1": {"nested": 1}}}, {"params": {"1": ["x"]}}, {"params": {"1": None}}, {"params": ["x"]},
+    {"limit": 0}, {"limit": -1}, {"limit": True}, {"limit": "ten"}, {"offset": -1}, {"offset": 1.5},
+    {"where": ""}, {"where": 1}, {"where": "a = 1) OR (true"}, {"where": "true; DELETE FROM t"},
+    {"where": "true -- "}, {"order_by": ""}, {"order_by": 3},
+])
+def test_subset_values_of_the_wrong_shape_are_refused(subset) -> None:
+    with pytest.raises(ParamError) as err:
+        subset_body(json.dumps({"subset": subset}).encode())
+    assert err.value.code == "param_not_allowed"
+
+
+def test_empty_body_sends_none() -> None:
+    assert subset_body(b"") is None and subset_body(b"  ") is None
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("subset__where", "a = 1) OR (true"), ("subset__params", '{"2": "x"}'), ("subset__params", "[1]"),
+    ("subset__limit", "0"), ("subset__limit", "-3"), ("subset__offset", "x"), ("subset__table", "secrets"),
+    ("subset__secret", "x"), ("subset[where]", "true"), ("subset__params[1]", "x"), ("subset", "x"),
+])
+def test_query_subset_params_follow_the_body_rules(key, value) -> None:
+    with pytest.raises(ParamError) as err:
+        check_client_params([("offset", "-1"), (key, value)])
+    assert err.value.code == "param_not_allowed"
+
+
+def test_query_subset_params_pass_and_ignored_ones_are_dropped() -> None:
+    given_ = [("subset__where", "title = $1"), ("subset__params", '{"1":"x"}'), ("subset__limit", "5"),
+              ("subset__offset", "0"), ("subset__order_by", "id"), ("subset__where_expr", "{}")]
+    assert check_client_params(given_) == given_[:-1]
+
+
+# --- configured where clauses -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", [
+    "archived = false", "a = 1 OR b = 2", "NOT deleted AND (x IN (1, 2) OR y IS NULL)", "created_at > now()",
+    "title ILIKE '%) OR (true%'", 'lower("Title") = \'x\'',
+])
+def test_one_expression_is_accepted_and_wrapped(where) -> None:
+    assert where_problem(where) is None
+    assert TableRule("t", "user_id", where=where).where_clause == f'"user_id" = $1 AND ({where})'
+
+
+@pytest.mark.parametrize("where", [
+    "archived = false) OR (true", "true) OR (1=1", "a = 1 ORDER BY 1", "true GROUP BY 1", "true LIMIT 1",
+    "true UNION SELECT 1", "true; SELECT 1", "true --", "true /*", "", "a = '\x00'", ")(",
+])
+def test_where_that_is_not_one_expression_is_refused(where) -> None:
+    assert where_problem(where) is not None
+    with pytest.raises(ValueError, match=r"refused|non-empty|NUL"):
+        TableRule("t", "user_id", where=where or " x (")

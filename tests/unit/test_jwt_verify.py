@@ -20,6 +20,7 @@ from werkzeug import Response
 
 from postgressor.jwt_verify import (
     ClaimsCache,
+    KeysNotReady,
     KeySourceError,
     TokenError,
     Verifier,
@@ -74,6 +75,12 @@ def jwks_only(jwks_url: str) -> Verifier:
 
 def refused(verifier: Verifier, token: str) -> TokenError:
     with pytest.raises(TokenError) as info:
+        verifier.verify(token)
+    return info.value
+
+
+def not_ready(verifier: Verifier, token: str) -> KeysNotReady:
+    with pytest.raises(KeysNotReady) as info:
         verifier.verify(token)
     return info.value
 
@@ -267,13 +274,14 @@ def test_unknown_kid_refetches_once_rate_limited_then_finds_rotated_key(httpserv
     verifier.verify(es256(user_claims()))
     assert len(httpserver.log) == 1
     token = es256(user_claims(), kid="ec-key-2", key=rotated)
-    refused(verifier, token)  # the set was fetched just now: no refetch yet
+    # The set was fetched just now: no refetch yet, and not the token's fault (503 + Retry-After, not 401).
+    assert not_ready(verifier, token).retry_after == 30
     assert len(httpserver.log) == 1
     clock.now += 31
-    refused(verifier, token)  # unknown kid: one refetch, still unknown
+    refused(verifier, token)  # unknown kid: one refetch, still unknown -> the token is refused
     assert len(httpserver.log) == 2
-    refused(verifier, token)  # within the rate limit: no refetch
-    refused(verifier, token)
+    clock.now += 10
+    assert not_ready(verifier, token).retry_after == 20  # within the rate limit: no refetch
     assert len(httpserver.log) == 2
     served["doc"] = {"keys": [*keys().jwks()["keys"], new_jwk]}  # the project rotates
     clock.now += 31

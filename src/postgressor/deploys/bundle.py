@@ -20,9 +20,12 @@ from postgressor.errors import PostgressorError
 from postgressor.vm.image import cache_root
 
 ENTRY = "postgressor.gateway.__main__"  # what the unit's ExecStart runs
-# The distributions the gateway imports (yarl directly; cryptography through PyJWT's ES256/RS256);
-# pinned to the versions running here. tests/unit/test_gateway_bundle.py checks this against the imports.
-GATEWAY_REQUIREMENTS = ("aiohttp", "yarl", "PyJWT", "cryptography")
+# The distributions the gateway imports (yarl directly; cryptography through PyJWT's ES256/RS256; pglast
+# when it checks a where clause); pinned to the versions running here. Checked against the imports by
+# tests/unit/test_gateway_runtime.py.
+GATEWAY_REQUIREMENTS = ("aiohttp", "yarl", "PyJWT", "cryptography", "pglast")
+# Imports inside the gateway's modules that the gateway never reaches, with the reason.
+NOT_SHIPPED = {"httpx": "jwt_verify.fetch_jwks_blocking serves the CLI's verify-jwt; the gateway fetches with aiohttp"}
 # (distribution, first fixed release, why): the bundle refuses to ship an older one.
 VULNERABLE_BELOW = (("PyJWT", (2, 10, 1), "CVE-2024-53861: its issuer check accepts any substring"),)
 
@@ -68,20 +71,11 @@ def pinned_requirements(python: str = "3.11") -> tuple[str, ...]:
     return tuple(pins)
 
 
-def _imports(path: Path, module: str, *, eager: bool = False) -> set[str]:
-    """Absolute module names ``path`` imports (relative imports resolved against ``module``); with
-    ``eager``, only those imported when the module loads (not inside functions)."""
+def _imports(path: Path, module: str) -> set[str]:
+    """Absolute module names ``path`` imports anywhere (relative imports resolved against ``module``)."""
     found: set[str] = set()
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    tree = ast.parse(path.read_bytes(), str(path))
-    nodes: list[ast.AST] = [tree]
-    seen: list[ast.AST] = []
-    while nodes:
-        node = nodes.pop()
-        seen.append(node)
-        if not (eager and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)):
-            nodes.extend(ast.iter_child_nodes(node))
-    for node in seen:
+    for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -124,12 +118,12 @@ def gateway_modules(root: Path | None = None) -> dict[str, Path]:
 
 
 def third_party_imports(root: Path | None = None) -> set[str]:
-    """Top-level names of the non-postgressor, non-stdlib modules the gateway's modules import when they
-    load (an import inside a function the gateway never calls, e.g. the CLI's blocking JWKS fetch, is not
-    counted)."""
+    """Top-level names of the non-postgressor, non-stdlib modules the gateway's modules import (at load
+    or inside a function), less NOT_SHIPPED."""
     names: set[str] = set()
     for name, path in gateway_modules(root).items():
-        names.update(i.split(".")[0] for i in _imports(path, name, eager=True))
+        names.update(i.split(".")[0] for i in _imports(path, name))
+    names -= set(NOT_SHIPPED)
     return {n for n in names if n and n != "postgressor" and n not in sys.stdlib_module_names}
 
 

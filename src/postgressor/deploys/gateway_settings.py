@@ -15,7 +15,7 @@ import tomli_w
 from postgressor.config import Settings
 from postgressor.errors import UsageError
 from postgressor.gateway.params import TableRule
-from postgressor.gateway.settings import SECRET_ENV, GatewaySettings, SettingsError, check, to_document
+from postgressor.gateway.settings import SECRET_ENV, GatewaySettings, check, to_document
 from postgressor.jwt_verify import VerifierConfig
 
 BOX_UPSTREAM = "http://127.0.0.1:3000"  # Electric on the box (SyncSpec.electric_port)
@@ -47,6 +47,7 @@ def table_rules(settings: Settings) -> dict[str, TableRule]:
 
 def gateway_settings(settings: Settings, *, upstream: str, host: str, port: int, secret: str) -> GatewaySettings:
     """The gateway's settings from postgressor.toml; UsageError (one line) when they cannot serve."""
+    gw = settings.gateway
     try:
         return check(
             GatewaySettings(
@@ -56,9 +57,14 @@ def gateway_settings(settings: Settings, *, upstream: str, host: str, port: int,
                 verifier=verifier_config(settings),
                 host=host,
                 port=port,
+                cors_origins=tuple(gw.cors_origins),
+                shared_cache=gw.shared_cache,
+                max_requests_per_user=gw.max_requests_per_user,
+                upstream_connect_timeout=gw.upstream_connect_timeout,
+                upstream_read_timeout=gw.upstream_read_timeout,
             )
         )
-    except SettingsError as err:
+    except ValueError as err:  # SettingsError, or a field's own check
         hint = " (or [gateway] electric_secret via POSTGRESSOR_GATEWAY__ELECTRIC_SECRET)" if not secret else ""
         raise UsageError(f"{err}{hint}") from None
 

@@ -10,6 +10,10 @@ File shape (every key is a field of :class:`GatewaySettings`; unknown keys are r
     host = "127.0.0.1"
     port = 3001
     max_body = 65536                     # bytes
+    cors_origins = ["https://app.example.com"]
+    shared_cache = false
+    max_requests_per_user = 64
+    upstream_connect_timeout = 5.0       # seconds; also upstream_read_timeout, jwks_timeout
     [verifier]                           # jwt_secret, jwks_url, issuer, audience, leeway (seconds)
     [[tables]]                           # name, owner_column, columns, where
 
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from postgressor.gateway.params import TableRule
+from postgressor.gateway.params import TableRule, origin_problem
 from postgressor.jwt_verify import VerifierConfig, config_problem
 
 if sys.version_info >= (3, 11):  # noqa: UP036 - the box's Python, not the project's
@@ -59,6 +63,20 @@ class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 3001
     max_body: int = 64 * 1024  # bytes accepted in a POST subset request
+    cors_origins: tuple[str, ...] = ()  # exact browser origins answered with CORS headers
+    shared_cache: bool = False  # keep Electric's public cache-control instead of making it private
+    max_requests_per_user: int = 64  # concurrent requests per token sub; more get 429
+    upstream_connect_timeout: float = 5.0  # seconds to connect to Electric (and to get a pooled connection)
+    upstream_read_timeout: float = 45.0  # seconds without a byte from Electric (its long-poll is ~20 s)
+    jwks_timeout: float = 5.0  # seconds for one JWKS fetch
+
+    def __post_init__(self) -> None:
+        for origin in self.cors_origins:
+            problem = origin_problem(origin)
+            if problem:
+                raise ValueError(problem)
+        if self.max_requests_per_user < 1:
+            raise ValueError("max_requests_per_user must be at least 1")
 
 
 def check_upstream(url: str) -> str:
