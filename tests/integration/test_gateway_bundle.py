@@ -120,3 +120,36 @@ def test_the_bundled_gateway_serves_only_the_callers_rows(running: tuple[str, El
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(anonymous, timeout=10)
     assert err.value.code == 401
+
+
+def test_gateway_serve_still_runs_from_postgressor_toml(tmp_path: Path) -> None:
+    """The CLI path (this machine, postgressor.toml + env) translates to the same gateway settings."""
+    config = tmp_path / "postgressor.toml"
+    config.write_text(f'[supabase]\nissuer = "{ISSUER}"\n\n[gateway]\ncors_origins = ["http://127.0.0.1:5173"]\n\n'
+                      '[[sync.tables]]\nname = "items"\n')  # fmt: skip
+    port = free_port()
+    argv = [sys.executable, "-m", "postgressor", "gateway", "serve", "--config", str(config), "--port", str(port)]
+    env = {"PATH": "/usr/bin:/bin", "POSTGRESSOR_SUPABASE__JWT_SECRET": SECRET}
+    refused = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "ELECTRIC_SECRET" in refused.stderr and "Traceback" not in refused.stderr
+    proc = subprocess.Popen(argv, env={**env, "ELECTRIC_SECRET": ELECTRIC_SECRET}, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/shape/items", method="OPTIONS",
+                                                 headers={"Origin": "http://127.0.0.1:5173",
+                                                          "Access-Control-Request-Method": "GET"})  # fmt: skip
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    assert response.status == 204
+                    assert response.headers["Access-Control-Allow-Origin"] == "http://127.0.0.1:5173"
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    pytest.fail(f"gateway serve did not come up: {proc.communicate()[0][-2000:]}")
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
