@@ -127,6 +127,10 @@ class ElectricStandin:
         table = relation_name(params["table"])
         shape_where = compile_where(params.get("where"), _string_map(params.get("params", {}), "params"))
         columns = parse_columns(params.get("columns"))
+        known = {k for r in self._table(table) for k in _public(r)}
+        missing = sorted(set(columns or ()) - known) if known else []
+        if missing:  # Shape.new checks the columns against the table's schema
+            raise BadRequest(f"columns: unknown column {missing[0]!r}")
         rows = [r for r in self._table(table) if shape_where(r)]
         if "subset" in params:
             return self._subset(params["subset"], rows, columns)
@@ -188,7 +192,8 @@ class ElectricStandin:
         data = [{"key": f'"{r.get("id")}"', "value": _public(r, columns), "headers": {"operation": "insert"}}
                 for r in picked]
         return web.json_response({"metadata": {"snapshot_mark": 1}, "data": data},
-                                 headers={"electric-handle": self.handle, "electric-offset": "0_0"})
+                                 headers={"electric-handle": self.handle, "electric-offset": "0_0",
+                                          "electric-snapshot": "true"})  # response.ex, :subset
 
 
 # --- Plug / ServeShapePlug / Api.Params rules -------------------------------------------------------------

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 import jwt
@@ -373,7 +373,7 @@ def _decode(token: str, key: Any, alg: str, cfg: VerifierConfig, now: float) -> 
     return payload
 
 
-def is_finite_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> TypeGuard[int | float]:
     """A JSON number usable as a NumericDate: int or float, not bool, not NaN or +-Infinity."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 

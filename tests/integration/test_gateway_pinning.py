@@ -25,13 +25,13 @@ SECRET_ROW = "LEAKED-secret-row"
 @pytest.fixture
 def rows() -> Iterator[Stack]:
     with make_stack() as stack:
-        stack.standin.rows["secrets"] = [{"id": "s1", "note": SECRET_ROW, "_version": 1}]
+        stack.standin.rows["secrets"] = [{"id": "LEAKED-s1", "note": SECRET_ROW, "_version": 1}]
         stack.standin.rows["OR"] = [
             {"id": "a1", "Owner": USER, "title": "mine", "archived": False, "_version": 2},
             {"id": "a2", "Owner": USER, "title": "mine, archived", "archived": True, "_version": 3},
-            {"id": "b1", "Owner": OTHER_USER, "title": "LEAKED-other-user", "archived": False, "_version": 4},
+            {"id": "LEAKED-b1", "Owner": OTHER_USER, "title": "other user", "archived": False, "_version": 4},
         ]
-        stack.standin.rows["items"] = [{"id": "i1", "user_id": OTHER_USER, "title": "LEAKED-item", "_version": 5}]
+        stack.standin.rows["items"] = [{"id": "LEAKED-i1", "user_id": OTHER_USER, "title": "x", "_version": 5}]
         yield stack
 
 
@@ -45,6 +45,8 @@ ATTACKS: list[dict[str, Any]] = [
     {"subset": {"limit": 10}, "table": "secrets", "where": "true", "params": {}},
     # the same with order_by: any user reads any table
     {"subset": {"limit": 10, "order_by": "id"}, "table": "secrets", "where": "true", "params": {}},
+    {"subset": {"limit": 10, "order_by": "id"}, "table": "secrets", "where": "true", "params": {},
+     "columns": "id,note"},
     # the shape's where replaced (body wins when it has subset)
     {"subset": {"where": "true"}, "where": "true"},
     # the pinned $1 rebound to another user

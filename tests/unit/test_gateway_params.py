@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -213,3 +215,34 @@ def test_where_that_is_not_one_expression_is_refused(where) -> None:
     assert where_problem(where) is not None
     with pytest.raises(ValueError, match=r"refused|non-empty|NUL"):
         TableRule("t", "user_id", where=where or " x (")
+
+
+# --- the kind: whatever the client sends, Electric's merge (ported in the stand-in) keeps the pinned shape ----
+
+json_scalars = st.none() | st.booleans() | st.integers(-5, 20) | st.text(max_size=12)
+json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+body_keys = st.sampled_from(["subset", "table", "where", "params", "columns", "queryable_columns", "replica",
+                             "secret", "api_secret", "offset", "live", "handle", "limit", "order_by",
+                             "where_expr", "log", "experimental_compaction"]) | st.text(max_size=10)
+subset_values = st.fixed_dictionaries({}, optional={
+    "where": st.sampled_from(["true", "title = $1", "a) OR (b"]), "params": st.just({"1": "x"}),
+    "limit": st.integers(0, 5), "order_by": st.just("id"), "table": st.just("secrets")})
+
+
+@given(st.dictionaries(body_keys, json_values | subset_values, max_size=5))
+def test_no_accepted_body_can_change_the_pinned_shape_under_electrics_merge(body) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from electric_standin import extract_subset, merge_body_params, plug_query
+
+    rule = TableRule("OR", "Owner", ("id", "Owner"), "archived = false")
+    pinned = upstream_params([("offset", "-1")], rule, "user-a", SECRET)
+    try:
+        out = subset_body(json.dumps(body).encode())
+    except ParamError:
+        return
+    query = plug_query(pinned)
+    merged = merge_body_params(extract_subset(query), json.loads(out) if out else {})
+    for key in ("table", "where", "params", "columns", "queryable_columns", "secret", "offset"):
+        assert merged.get(key) == query.get(key), key
+    assert set(merged) <= set(query) | {"subset"}

@@ -331,3 +331,70 @@ def test_claims_cache_drops_expired_entries() -> None:
     for name in ("a", "b", "c"):
         cache.put(name, one)
     assert cache.get("a") is None and cache.get("c") is one
+
+
+# --- issue #18: non-finite times, issuer substrings, JWKS failures --------------------------------------
+
+
+@pytest.mark.parametrize(("claim", "value"), [
+    ("exp", float("nan")), ("exp", float("inf")), ("exp", float("-inf")), ("iat", float("nan")),
+    ("iat", float("inf")), ("nbf", float("nan")), ("nbf", float("-inf")), ("exp", True), ("exp", 1e400),
+])
+def test_time_claims_must_be_finite_numbers(claim: str, value: object) -> None:
+    bad = hs256(user_claims(**{claim: value}))  # PyJWT writes NaN/Infinity as JSON allows them
+    err = refused(secret_only(), bad)
+    assert err.code == "token_invalid"
+    from postgressor.jwt_checks import FAIL, check_token
+
+    rows = {c.name: c for c in check_token(bad, VerifierConfig(jwt_secret=SECRET, issuer=ISSUER))}
+    assert rows[claim].status == FAIL
+
+
+@pytest.mark.parametrize("iss", ["", "https://testref.supabase.co", "auth", "https://testref.supabase.co/auth/v"])
+def test_issuer_must_match_exactly_not_as_a_substring(iss: str) -> None:
+    assert iss in ISSUER  # each is a substring of the expected issuer (CVE-2024-53861 in PyJWT 2.10.0)
+    err = refused(secret_only(), hs256(user_claims(iss=iss)))
+    assert err.code == "token_invalid"
+
+
+def test_a_failed_jwks_fetch_is_remembered_then_retried() -> None:
+    clock = FakeClock()
+    calls: list[str] = []
+
+    def down(url: str) -> object:
+        calls.append(url)
+        raise OSError("connection refused")
+
+    verifier = Verifier(VerifierConfig(jwks_url="https://x.supabase.co/auth/v1/.well-known/jwks.json"),
+                        clock=clock, fetch=down)
+    token = es256(user_claims(iss="https://x.supabase.co/auth/v1"))
+    for _ in range(3):
+        with pytest.raises(KeySourceError):
+            verifier.verify(token)
+    assert len(calls) == 1  # remembered for JWKS_FAILURE_TTL
+    clock.now += 6
+    with pytest.raises(KeySourceError):
+        verifier.verify(token)
+    assert len(calls) == 2
+
+
+def test_stale_keys_serve_for_an_hour_while_the_endpoint_is_down() -> None:
+    clock = FakeClock()
+    state = {"up": True}
+
+    def fetch(_url: str) -> object:
+        if not state["up"]:
+            raise OSError("down")
+        return keys().jwks()
+
+    verifier = Verifier(VerifierConfig(jwks_url="https://x.supabase.co/auth/v1/.well-known/jwks.json"),
+                        clock=clock, fetch=fetch)
+    token = es256(user_claims(iss="https://x.supabase.co/auth/v1"))
+    assert verifier.verify(token).sub == USER
+    state["up"] = False
+    clock.now += 600 + 3000  # past max_age, inside the stale hour
+    assert verifier.verify(token).sub == USER
+    clock.now += 700  # more than an hour past max_age
+    with pytest.raises(KeySourceError):
+        verifier.verify(token)
+

@@ -421,7 +421,7 @@ def _add_vary(response: web.StreamResponse, header: str) -> None:
     response.headers["Vary"] = ", ".join(names)
 
 
-class ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's server logger, replaced: a malformed request (bad request line, NUL, CR, obs-fold, bare LF)
     becomes one line naming the error class, never the request's bytes, headers or a traceback."""
 
@@ -432,15 +432,18 @@ class ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         exc = kwargs.get("exc_info")
         if exc is True:
             exc = sys.exc_info()[1]
-        kind = type(exc).__name__ if isinstance(exc, BaseException) else "error"
-        status = getattr(exc, "code", None) or getattr(exc, "status", None) or 400
-        if not isinstance(status, int) or isinstance(status, bool):
-            status = 400
+        if not isinstance(exc, BaseException):
+            # aiohttp's own notes (e.g. a client that went away): its fixed text only, never the arguments.
+            self.logger.debug("aiohttp: %s", escape(str(msg), 120))
+            return
+        status = getattr(exc, "code", None) or getattr(exc, "status", None)
+        if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status < 600:
+            status = 400 if level < logging.ERROR or "Http" in type(exc).__name__ else 500
         line = "- - %d 0.0ms user=- %s"
-        if level >= logging.ERROR and status >= 500:
-            self.logger.error(line, status, kind)
+        if status >= 500:
+            self.logger.error(line, status, f"internal_error {type(exc).__name__}")
         else:
-            self.logger.info(line, status, f"bad_request {kind}")
+            self.logger.info(line, status, f"bad_request {type(exc).__name__}")
 
 
 async def serve(

@@ -96,12 +96,13 @@ def where_problem(expr: str) -> str | None:
         return f"it is not one SQL expression ({err})"
     if len(bare) != 1 or len(wrapped) != 1:
         return "it is more than one SQL statement"
-    stmt = bare[0].stmt
+    stmt: Any = bare[0].stmt
+    wrapped_stmt: Any = wrapped[0].stmt
     extra = {k for k, v in stmt(skip_none=True).items() if v not in ((), False, 0)} - {
         "@", "targetList", "whereClause", "limitOption", "op"}
     if type(stmt).__name__ != "SelectStmt" or extra:
         return "it carries more than an expression (e.g. ORDER BY, GROUP BY or a set operation)"
-    if _shape(stmt.whereClause) != _shape(wrapped[0].stmt.whereClause):
+    if _shape(stmt.whereClause) != _shape(wrapped_stmt.whereClause):
         return "it does not stand as one expression when wrapped in parentheses"
     return None
 
