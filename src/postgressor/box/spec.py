@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 from dataclasses import dataclass, field
 
 from postgressor.box.layout import ELECTRIC_PORT, PGBACKREST_LOCAL_REPO, PGBACKREST_STANZA, postgres_conf_dir
 from postgressor.box.operations import digest
 from postgressor.config import Settings
+from postgressor.box.gateway_settings import box_gateway_toml
 from postgressor.errors import UsageError
 
 # The PostgreSQL major version each supported distribution ships.
@@ -52,7 +52,7 @@ class SyncSpec:
     bridge_ip: str
     bridge_network: str
     health_timeout: int
-    gateway_config: str  # the gateway's TOML (holds the HS256 secret when configured: 0600 on the box)
+    gateway_config: str  # the gateway's settings file (holds the HS256 secret when configured: 0600 on the box)
     gateway_port: int
     domain: str
     email: str
@@ -223,32 +223,6 @@ def sync_spec(settings: Settings) -> SyncSpec:
     return SyncSpec(
         image=electric.image_ref(), image_archive=archive, bridge_ip=str(bridge.ip),
         bridge_network=str(bridge.network), health_timeout=electric.health_timeout,
-        gateway_config=gateway_toml(settings), gateway_port=settings.gateway.port,
+        gateway_config=box_gateway_toml(settings), gateway_port=settings.gateway.port,
         domain=settings.https.domain, email=settings.https.email,
     )  # fmt: skip
-
-
-def gateway_toml(settings: Settings) -> str:
-    """The box's gateway config: only what the gateway reads ([supabase], [[sync.tables]], [gateway])."""
-    supabase = settings.supabase
-    lines = ["[supabase]"]
-    if supabase.jwt_secret is not None:
-        lines.append(f"jwt_secret = {_toml_str(supabase.jwt_secret.get_secret_value())}")
-    for key in ("jwks_url", "issuer", "audience"):
-        value = getattr(supabase, key)
-        if value:
-            lines.append(f"{key} = {_toml_str(value)}")
-    lines += ["", "[gateway]", f'upstream = "http://127.0.0.1:{ELECTRIC_PORT}"', 'listen = "127.0.0.1"',
-              f"port = {settings.gateway.port}"]  # fmt: skip
-    for table in settings.sync.tables:
-        lines += ["", "[[sync.tables]]", f"name = {_toml_str(table.name)}",
-                  f"owner_column = {_toml_str(table.owner_column)}"]  # fmt: skip
-        if table.columns:
-            lines.append("columns = [" + ", ".join(_toml_str(c) for c in table.columns) + "]")
-        if table.where:
-            lines.append(f"where = {_toml_str(table.where)}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_str(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string

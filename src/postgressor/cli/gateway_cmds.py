@@ -11,8 +11,8 @@ import typer
 
 from postgressor.cli.common import console, global_options
 from postgressor.config import load_settings
+from postgressor.box.gateway_settings import resolve
 from postgressor.gateway.app import serve as serve_gateway
-from postgressor.gateway.settings import resolve
 
 gateway_app = typer.Typer(
     help="The auth gateway that verifies Supabase tokens in front of Electric.", no_args_is_help=True

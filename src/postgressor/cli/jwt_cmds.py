@@ -13,8 +13,8 @@ from postgressor.checks import stack_tokens
 from postgressor.checks.stack_tokens import RemoteCheck
 from postgressor.checks.tokens import FAIL, Check, check_token, mint_hs256
 from postgressor.cli.common import console, emit_json, global_options, settings_for, stack_name
+from postgressor.box.gateway_settings import verifier_config
 from postgressor.errors import UsageError
-from postgressor.gateway.settings import verifier_config
 from postgressor.jwt_verify import VerifierConfig, config_problem, fingerprint
 
 

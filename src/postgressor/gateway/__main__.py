@@ -1,6 +1,8 @@
 """`python -m postgressor.gateway --config FILE`: the gateway as the box runs it under systemd.
 
-It imports only the gateway and its few dependencies (not the CLI), so the box's virtualenv stays small.
+FILE is the gateway's own settings file (see postgressor.gateway.settings), written by the deploy;
+ELECTRIC_SECRET comes from the environment. Imports only the gateway, the verifier and their wheels.
+Exit codes: 0 stopped, 2 unusable settings (one line on stderr).
 """
 
 from __future__ import annotations
@@ -12,22 +14,20 @@ import logging
 import sys
 from pathlib import Path
 
-from postgressor.config import load_settings
-from postgressor.errors import PostgressorError
 from postgressor.gateway.app import serve
-from postgressor.gateway.settings import resolve
+from postgressor.gateway.settings import SettingsError, load
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m postgressor.gateway")
-    parser.add_argument("--config", type=Path, required=True, help="gateway TOML ([supabase], [[sync.tables]])")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    parser.add_argument("--config", type=Path, required=True, help="the gateway's settings file (TOML)")
+    args = parser.parse_args(argv)
     try:
-        settings = resolve(load_settings(args.config))
-    except PostgressorError as err:
+        settings = load(args.config)
+    except SettingsError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings))
     return 0

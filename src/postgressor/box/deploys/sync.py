@@ -34,6 +34,12 @@ from postgressor.box.operations import (
 )
 from postgressor.box.spec import BoxSpec
 
+# Open files for the gateway and for Caddy: sized for LIVE_CONNECTIONS held long-polls (two sockets
+# each, plus listeners, logs and the JWKS client), with room to spare. bench/gateway.py measures it.
+LIVE_CONNECTIONS = 10_000
+NOFILE = 1 << 20  # what Caddy's own unit sets (dist/init/caddy.service); never lower it
+CADDY_DROPIN = "/etc/systemd/system/caddy.service.d/50-postgressor-limits.conf"
+
 
 @deploy("Electric")
 def electric(spec: BoxSpec) -> None:
@@ -96,7 +102,7 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
     files.directory(name="Gateway home", path=GATEWAY_HOME, mode="755")
     files.sync(name="Gateway wheels", src=str(bundle.wheels), dest=f"{GATEWAY_HOME}/wheels", delete=True,
                exclude=[".complete"])  # fmt: skip
-    files.put(name="Gateway code", src=str(bundle.source_tar), dest=f"{GATEWAY_HOME}/postgressor.tar", mode="644")
+    files.put(name="Gateway code", src=str(bundle.source_tar), dest=f"{GATEWAY_HOME}/gateway.tar", mode="644")
     venv = f"{GATEWAY_HOME}/venv"
     requirements = " ".join(f"'{r}'" for r in bundle.requirements)
     applied(
@@ -107,7 +113,7 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
             f"set -e; [ -x {venv}/bin/python ] || python3 -m venv {venv}; "
             f"{venv}/bin/pip install --quiet --no-index --find-links {GATEWAY_HOME}/wheels {requirements}; "
             f"rm -rf {GATEWAY_HOME}/lib.new && mkdir -p {GATEWAY_HOME}/lib.new && "
-            f"tar -xf {GATEWAY_HOME}/postgressor.tar -C {GATEWAY_HOME}/lib.new && "
+            f"tar -xf {GATEWAY_HOME}/gateway.tar -C {GATEWAY_HOME}/lib.new && "
             f"rm -rf {GATEWAY_HOME}/lib && mv {GATEWAY_HOME}/lib.new {GATEWAY_HOME}/lib"
         ),
     )
@@ -117,11 +123,12 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
     env_lines = [f"ELECTRIC_SECRET=$(cat {secret_path('electric_secret')})"]
     composed_file(name="Gateway environment (0600)", path=GATEWAY_ENV, lines=env_lines)
     files.template(name="Gateway unit", src=template("gateway.service.j2"),
-                   dest=f"/etc/systemd/system/{GATEWAY_UNIT}.service", mode="644")  # fmt: skip
+                   dest=f"/etc/systemd/system/{GATEWAY_UNIT}.service", mode="644", nofile=NOFILE)  # fmt: skip
     applied(
         name="Gateway process current",
         marker="gateway",
-        digest=digest(bundle.digest, sync.gateway_config, *env_lines, _template_text("gateway.service.j2")),
+        digest=digest(bundle.digest, sync.gateway_config, *env_lines, _template_text("gateway.service.j2"),
+                      str(NOFILE)),
         command=f"systemctl daemon-reload && systemctl enable {GATEWAY_UNIT} && systemctl restart {GATEWAY_UNIT}",
     )
     systemd.service(name="Gateway running", service=GATEWAY_UNIT, running=True, enabled=True)
@@ -139,6 +146,11 @@ def caddy(spec: BoxSpec, public_address: str) -> None:
         sites=sites, domain=sync.domain, email=sync.email, default_sni=public_address,
         gateway_port=sync.gateway_port,
     )  # fmt: skip
+    limits = files.template(name="Caddy open-file limit", src=template("caddy-limits.conf.j2"), dest=CADDY_DROPIN,
+                            mode="644", nofile=NOFILE)  # fmt: skip
+    # A unit's limits apply only from a (re)start, not a reload.
+    apply_on_change("Caddy limits", "systemctl daemon-reload && systemctl restart caddy", "caddy-limits",
+                    [CADDY_DROPIN], limits)  # fmt: skip
     systemd.service(name="Caddy running", service=CADDY_UNIT, running=True, enabled=True)
     apply_on_change("Caddy", "caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile >/dev/null "
                     "&& systemctl reload caddy", "caddy", ["/etc/caddy/Caddyfile"], caddyfile)  # fmt: skip
