@@ -45,8 +45,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from jwt_keys import ISSUER, SECRET, USER, hs256, user_claims  # noqa: E402
-from postgressor.config import load_settings  # noqa: E402
 from postgressor.box.gateway_settings import gateway_settings, gateway_toml  # noqa: E402
+from postgressor.config import load_settings  # noqa: E402
 
 ELECTRIC_SECRET = "bench-electric-secret-0123456789abcdef"
 STANDIN = """

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from postgressor.config import load_settings
 from postgressor.box.deploys.base import template
 from postgressor.box.gateway_bundle import gateway_bundle
 from postgressor.box.gateway_settings import gateway_settings, gateway_toml
+from postgressor.config import load_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from electric_standin import ElectricStandin, ServerThread

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postgressor.config import load_settings
 from postgressor.box import gateway_bundle as bundle
 from postgressor.box.deploys.base import template
-from postgressor.box.gateway_settings import BOX_UPSTREAM, box_gateway_toml, gateway_settings
 from postgressor.box.deploys.sync import LIVE_CONNECTIONS, NOFILE
+from postgressor.box.gateway_settings import BOX_UPSTREAM, box_gateway_toml, gateway_settings
+from postgressor.config import load_settings
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.gateway.settings import SettingsError, load
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from postgressor.box.gateway_settings import box_gateway_toml
 from postgressor.box.layout import ELECTRIC_PORT, PGBACKREST_LOCAL_REPO, PGBACKREST_STANZA, postgres_conf_dir
 from postgressor.box.operations import digest
 from postgressor.config import Settings
-from postgressor.box.gateway_settings import box_gateway_toml
 from postgressor.errors import UsageError
 
 # The PostgreSQL major version each supported distribution ships.

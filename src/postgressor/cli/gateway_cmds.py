@@ -9,9 +9,9 @@ from typing import Annotated
 
 import typer
 
+from postgressor.box.gateway_settings import resolve
 from postgressor.cli.common import console, global_options
 from postgressor.config import load_settings
-from postgressor.box.gateway_settings import resolve
 from postgressor.gateway.app import serve as serve_gateway
 
 gateway_app = typer.Typer(

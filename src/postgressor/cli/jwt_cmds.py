@@ -9,11 +9,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from postgressor.box.gateway_settings import verifier_config
 from postgressor.checks import stack_tokens
 from postgressor.checks.stack_tokens import RemoteCheck
 from postgressor.checks.tokens import FAIL, Check, check_token, mint_hs256
 from postgressor.cli.common import console, emit_json, global_options, settings_for, stack_name
-from postgressor.box.gateway_settings import verifier_config
 from postgressor.errors import UsageError
 from postgressor.jwt_verify import VerifierConfig, config_problem, fingerprint
 
