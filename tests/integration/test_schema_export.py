@@ -156,7 +156,7 @@ def test_pg_dump_older_than_the_server_is_refused(pg_cluster, dev_db, tmp_path):
 
 def test_missing_pg_dump_is_reported(pg_cluster, dev_db, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("postgressor.schema_export.PG_DUMP_LOCATIONS", ())
+    monkeypatch.setattr("postgressor.migrations.schema_export.PG_DUMP_LOCATIONS", ())
     result = export("--from", pg_cluster.url(dev_db))
     assert result.exit_code == 1
     assert "pg_dump not found" in result.stderr and "postgresql-client-15" in result.stderr

@@ -6,7 +6,7 @@ import pytest
 
 from postgressor.dbconnect import describe, mask_url, split_password
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.schema_export import PgDump, choose_pg_dump, classify, dump_env, filter_dump, pg_dump_command
+from postgressor.migrations.schema_export import PgDump, choose_pg_dump, classify, dump_env, filter_dump, pg_dump_command
 
 DUMP = """\\restrict Zq9
 -- Dumped by pg_dump version 17.6

@@ -14,7 +14,7 @@ from postgressor.cli.common import confirm, console, emit_json, err_console, glo
 from postgressor.config import MigrationsConfig, Settings
 from postgressor.migrations import runner
 from postgressor.migrations.policies import TablePolicies
-from postgressor.schema_export import export_schema
+from postgressor.migrations.schema_export import export_schema
 
 schema_app = typer.Typer(help="Work with database schemas.", no_args_is_help=True)
 
