@@ -1,9 +1,9 @@
 """`schema export`: a schema-only pg_dump of a (Supabase) dev database that applies to vanilla PostgreSQL.
 
-pg_dump is asked for the application's own schemas only, without owners and privileges; the output is
-then filtered statement by statement: Supabase-managed schemas, extensions, event triggers, publications,
-grants, owners, foreign keys into managed schemas and psql meta-commands go; ``extensions.``-qualified
-names are rewritten to where postgressor installs extensions.
+pg_dump is asked for the application's own schemas only, without owners; the output is then filtered
+statement by statement (dump_filter) and prefixed with a preamble that recreates Supabase's ``extensions``
+schema, installs the extensions the schema uses where the dev database had them, and gives the database
+Supabase's search_path (``"$user", public, extensions``) so unqualified calls resolve as they did there.
 """
 
 from __future__ import annotations
@@ -20,14 +20,9 @@ import psycopg
 
 from postgressor.dbconnect import connect, describe, mask_url, split_password
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.migrations import sqltext
+from postgressor.migrations.dump_filter import EXTENSIONS_SCHEMA, MANAGED_SCHEMAS, Source, filter_dump
 
-MANAGED_SCHEMAS = frozenset({
-    "auth", "storage", "realtime", "_realtime", "supabase_functions", "supabase_migrations", "extensions",
-    "graphql", "graphql_public", "pgsodium", "pgsodium_masks", "vault", "net", "pgbouncer", "_analytics",
-    "_supavisor", "cron", "pgtle", "pgmq", "topology", "tiger", "tiger_data", "postgressor",
-})  # fmt: skip
-# Extensions Supabase installs in every project; others are worth telling the user about.
+# Extensions Supabase installs in every project: needed on the box only when the schema uses them.
 SUPABASE_DEFAULT_EXTENSIONS = frozenset({
     "plpgsql", "pg_graphql", "pg_stat_statements", "pgcrypto", "pgjwt", "supabase_vault", "uuid-ossp",
     "pgsodium", "pg_net", "pg_cron",
@@ -36,92 +31,66 @@ PG_DUMP_LOCATIONS = (
     "/usr/lib/postgresql/*/bin/pg_dump", "/usr/pgsql-*/bin/pg_dump", "/opt/homebrew/opt/postgresql@*/bin/pg_dump",
     "/usr/local/opt/postgresql@*/bin/pg_dump", "/Applications/Postgres.app/Contents/Versions/*/bin/pg_dump",
 )  # fmt: skip
-
-NOTED = frozenset({"foreign keys into managed schemas", "triggers calling managed functions"})
-_DROPPED = [(reason, re.compile(pattern, re.IGNORECASE)) for reason, pattern in (
-    ("extensions", r"^(?:CREATE|ALTER|COMMENT\s+ON)\s+EXTENSION\b"),
-    ("event triggers", r"^(?:CREATE|ALTER|COMMENT\s+ON)\s+EVENT\s+TRIGGER\b"),
-    ("publications", r"^(?:(?:CREATE|ALTER|COMMENT\s+ON)\s+PUBLICATION|CREATE\s+SUBSCRIPTION)\b"),
-    ("grants", r"^(?:GRANT|REVOKE|ALTER\s+DEFAULT\s+PRIVILEGES)\b"),
-    ("security labels", r"^SECURITY\s+LABEL\b"),
-    ("settings newer servers only know", r"^SET\s+transaction_timeout\b"),
-    ("comment on schema public", r'^COMMENT\s+ON\s+SCHEMA\s+"?public"?\s'),
-)]  # fmt: skip
-_OWNER = re.compile(r"^ALTER\s+\w+(?:\s+\w+)?\s+.*\sOWNER\s+TO\s", re.IGNORECASE | re.DOTALL)
-_SCHEMA_STATEMENT = re.compile(r'^(CREATE|COMMENT\s+ON)\s+SCHEMA\s+("?)([^\s";]+)\2', re.IGNORECASE)
-_QUALIFIED = r'(?<![\w."$])"?({schemas})"?\.(?=["\w])'
-_SEED_FUNCTION = re.compile(
-    r'^(?:CREATE(?:\s+OR\s+REPLACE)?\s+FUNCTION|COMMENT\s+ON\s+FUNCTION)\s+"?public"?\."?current_user_id"?\(\)',
-    re.IGNORECASE,
-)
+SEARCH_PATH = '"$user", public, extensions'  # Supabase's database default
 
 
 @dataclass
 class Export:
     sql: str
     removed: dict[str, int] = field(default_factory=dict)  # reason -> statements dropped
-    extensions: list[str] = field(default_factory=list)  # non-default extensions the dev database uses
+    extensions: list[str] = field(default_factory=list)  # what the box must install: name (schema)
     schemas: list[str] = field(default_factory=list)
+    rewritten: dict[str, int] = field(default_factory=dict)  # reason -> statements rewritten
 
 
-def _managed_pattern(names: frozenset[str]) -> re.Pattern[str]:
-    return re.compile(_QUALIFIED.format(schemas="|".join(sorted(map(re.escape, names)))))
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
-def classify(statement: str, managed: frozenset[str] = MANAGED_SCHEMAS) -> str | None:
-    """Why a pg_dump statement must go, or None to keep it."""
-    head = statement.lstrip()
-    for reason, pattern in _DROPPED:
-        if pattern.match(head):
-            return reason
-    if _OWNER.match(head):
-        return "owners"
-    schema = _SCHEMA_STATEMENT.match(head)
-    if schema and schema.group(3) in managed:
-        return "managed schemas"
-    if _SEED_FUNCTION.match(head):
-        return "current_user_id() (postgressor provides it)"
-    references = _managed_pattern(managed - {"extensions"})
-    if re.match(r"^ALTER\s+TABLE\b", head, re.I) and re.search(r"\bFOREIGN\s+KEY\b", head, re.I):
-        target = re.search(r"\bREFERENCES\s+(.*)", head, re.I | re.S)
-        if target and references.match(target.group(1)):
-            return "foreign keys into managed schemas"
-    if re.match(r"^CREATE\s+(?:CONSTRAINT\s+)?TRIGGER\b", head, re.I):
-        call = re.search(r"\bEXECUTE\s+(?:FUNCTION|PROCEDURE)\s+(.*)", head, re.I | re.S)
-        if call and references.match(call.group(1)):
-            return "triggers calling managed functions"
-    return None
+def _ident(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
 
 
-def rewrite(statement: str) -> str:
-    """Make kept statements vanilla: schemas idempotent, extension objects found where we install them."""
-    return sqltext.map_code(statement, _rewrite_code)
+def preamble(extensions: dict[str, str]) -> str:
+    """SQL that recreates Supabase's ``extensions`` schema and installs ``extensions`` (name -> schema).
 
-
-def _rewrite_code(statement: str) -> str:
-    statement = re.sub(r"^CREATE\s+SCHEMA\s+(?!IF\s+NOT\s+EXISTS)", "CREATE SCHEMA IF NOT EXISTS ", statement,
-                       flags=re.IGNORECASE)  # fmt: skip
-    statement = re.sub(r'"?extensions"?\."?uuid_generate_v4"?\(\)', "gen_random_uuid()", statement)
-    return _managed_pattern(frozenset({"extensions"})).sub("public.", statement)
-
-
-def filter_dump(dump: str, managed: frozenset[str] = MANAGED_SCHEMAS) -> tuple[str, dict[str, int]]:
-    """The dump without what vanilla PostgreSQL (or postgressor's own migrations) would reject."""
-    kept: list[str] = []
-    removed: dict[str, int] = {}
-    for seg in sqltext.split(dump):
-        if seg.kind == "meta":
-            removed["psql meta-commands"] = removed.get("psql meta-commands", 0) + 1
-            continue
-        reason = classify(seg.statement, managed) if seg.kind == "sql" else None
-        if reason:
-            removed[reason] = removed.get(reason, 0) + 1
-            if reason in NOTED:  # worth seeing in place: the app's own schema lost something
-                kept.append(f"\n-- postgressor removed ({reason}): {' '.join(seg.statement.split())[:160]}\n")
-            continue
-        kept.append(seg.source[seg.start : seg.first] + rewrite(seg.statement) if seg.kind == "sql" else seg.text)
-    text = re.sub(r"\n{3,}", "\n\n", "".join(kept))
-    return text, removed
+    Each extension is created where the dev database had it; one that exists elsewhere is moved when the
+    migrating role owns it, else the statement fails with a hint (a superuser moves it, or the box installs it).
+    """
+    lines = [
+        "-- postgressor: Supabase keeps extensions in schema extensions and has it on the search_path.",
+        f"CREATE SCHEMA IF NOT EXISTS {EXTENSIONS_SCHEMA};",
+        "DO $postgressor$",
+        "BEGIN",
+        f"    GRANT USAGE ON SCHEMA {EXTENSIONS_SCHEMA} TO PUBLIC;",
+        f"    EXECUTE pg_catalog.format('ALTER DATABASE %I SET search_path = {SEARCH_PATH}', current_database());",
+        "EXCEPTION WHEN insufficient_privilege THEN",
+        "    RAISE WARNING 'postgressor: only the database owner can set its search_path (%); set it to "
+        f"{SEARCH_PATH}', SQLERRM;",
+        "END",
+        "$postgressor$;",
+    ]
+    others = sorted(set(extensions.values()) - {EXTENSIONS_SCHEMA})
+    lines += [f"CREATE SCHEMA IF NOT EXISTS {_ident(s)};" for s in others]
+    for name, schema in sorted(extensions.items()):
+        lines += [
+            "DO $postgressor$",
+            "DECLARE",
+            f"    found oid := (SELECT extnamespace FROM pg_catalog.pg_extension WHERE extname = {_literal(name)});",  # noqa: S608 (quoted)
+            "BEGIN",
+            "    IF found IS NULL THEN",
+            f"        CREATE EXTENSION {_ident(name)} WITH SCHEMA {_ident(schema)};",
+            f"    ELSIF found <> (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = {_literal(schema)}) THEN",  # noqa: S608 (quoted)
+            f"        ALTER EXTENSION {_ident(name)} SET SCHEMA {_ident(schema)};",
+            "    END IF;",
+            "EXCEPTION WHEN insufficient_privilege OR undefined_file OR feature_not_supported THEN",
+            f"    RAISE EXCEPTION 'extension {name} is needed in schema {schema}: %', SQLERRM USING HINT = "
+            f"'add \"{name}\" to [postgres] extensions so the box installs it (postgressor up), or as a "
+            f"superuser run: CREATE EXTENSION IF NOT EXISTS \"{name}\" WITH SCHEMA {schema}';",
+            "END",
+            "$postgressor$;",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -177,19 +146,74 @@ WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
                   WHERE d.classid = 'pg_catalog.pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')
 ORDER BY 1
 """
+# Functions and types that belong to an extension, with the schema they live in.
+_EXTENSION_OBJECTS = """
+SELECT n.nspname, p.proname, e.extname
+FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+JOIN pg_catalog.pg_proc p ON p.oid = d.objid
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE d.deptype = 'e' AND d.classid = 'pg_catalog.pg_proc'::regclass
+  AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+UNION
+SELECT n.nspname, t.typname, e.extname
+FROM pg_catalog.pg_depend d
+JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+JOIN pg_catalog.pg_type t ON t.oid = d.objid
+JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+WHERE d.deptype = 'e' AND d.classid = 'pg_catalog.pg_type'::regclass
+  AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+"""
 
 
-def inspect_source(conn: psycopg.Connection) -> tuple[int, list[str], list[str]]:
-    """Server major version, the schemas holding the application's objects, and its extensions."""
+# Triggers on Supabase's tables that call the application's functions: pg_dump leaves them out (they
+# belong to the managed table), so the export says so.
+_MANAGED_TRIGGERS = """
+SELECT pg_catalog.format('trigger %%I ON %%I.%%I calls %%I.%%I()', t.tgname, tn.nspname, c.relname, pn.nspname,
+                         p.proname)
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+JOIN pg_catalog.pg_namespace tn ON tn.oid = c.relnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+WHERE NOT t.tgisinternal AND tn.nspname = ANY(%(managed)s) AND pn.nspname = ANY(%(schemas)s)
+ORDER BY 1
+"""
+
+
+@dataclass
+class SourceInfo:
+    server_major: int
+    schemas: list[str]  # the application's schemas (not Supabase-managed)
+    source: Source
+    managed_triggers: list[str] = field(default_factory=list)
+
+
+def inspect_source(conn: psycopg.Connection) -> SourceInfo:
+    """Server major version, the schemas holding the application's objects, and its extensions' objects."""
     version = conn.info.server_version // 10000
     schemas = [r[0] for r in conn.execute(_SCHEMAS).fetchall() if r[0] not in MANAGED_SCHEMAS]
-    extensions = [r[0] for r in conn.execute("SELECT extname FROM pg_catalog.pg_extension ORDER BY 1").fetchall()]
-    return version, schemas, [e for e in extensions if e not in SUPABASE_DEFAULT_EXTENSIONS]
+    objects = {(r[0], r[1]): r[2] for r in conn.execute(_EXTENSION_OBJECTS).fetchall()}
+    where: dict[str, str] = dict(conn.execute(
+        "SELECT extname, extnamespace::regnamespace::text FROM pg_catalog.pg_extension").fetchall())
+    triggers = [r[0] for r in conn.execute(_MANAGED_TRIGGERS, {"managed": sorted(MANAGED_SCHEMAS),
+                                                                 "schemas": schemas}).fetchall()]
+    return SourceInfo(version, schemas, Source(objects, where), triggers)
+
+
+def needed_extensions(source: Source, used: set[str]) -> dict[str, str]:
+    """name -> schema of what the box must have: what the schema uses, and every non-default extension."""
+    names = set(used) | {e for e in source.extension_schemas if e not in SUPABASE_DEFAULT_EXTENSIONS}
+    names.discard("plpgsql")
+    return {name: source.extension_schemas.get(name, EXTENSIONS_SCHEMA) for name in sorted(names)}
 
 
 def pg_dump_command(tool: str, conninfo: str, schemas: list[str]) -> list[str]:
-    """argv for pg_dump; ``conninfo`` must already be free of the password (it shows in the process list)."""
-    args = [tool, "--schema-only", "--no-owner", "--no-privileges", "--no-security-labels",
+    """argv for pg_dump; ``conninfo`` must already be free of the password (it shows in the process list).
+
+    Privileges are dumped: grants to Supabase's API roles are kept (dump_filter drops the internal roles).
+    """
+    args = [tool, "--schema-only", "--no-owner", "--no-security-labels",
             "--no-publications", "--no-subscriptions", "--no-tablespaces"]
     args += [f"--schema={name}" for name in schemas]
     return [*args, "--dbname", conninfo]
@@ -202,17 +226,36 @@ def dump_env(password: str | None) -> dict[str, str]:
     return env
 
 
+def build_export(dump: str, info: SourceInfo, label: str) -> Export:
+    """The file to write: header, preamble, filtered dump."""
+    filtered = filter_dump(dump, info.source)
+    extensions = needed_extensions(info.source, filtered.extensions_used)
+    listed = [f"{name} (schema {schema})" for name, schema in extensions.items()]
+    header = (
+        f"-- Schema exported by 'postgressor schema export' from {label} (PostgreSQL {info.server_major}).\n"
+        "-- Removed: Supabase-managed schemas, event triggers, publications, owners, grants to Supabase's\n"
+        "-- internal roles, and references to objects a vanilla box lacks (each noted in place).\n"
+    )
+    for trigger in info.managed_triggers:
+        header += f"-- postgressor removed ({trigger}): a vanilla box has no Supabase tables to fire it.\n"
+    if listed:
+        header += (f"-- The box must have the extensions {', '.join(listed)}: list them in [postgres] extensions "
+                   "(this file installs the trusted ones itself).\n")  # fmt: skip
+    return Export(header + preamble(extensions) + filtered.sql, filtered.removed, list(extensions),
+                  info.schemas, filtered.rewritten)  # fmt: skip
+
+
 def export_schema(url: str, pg_dump: str | None = None) -> Export:
     """Dump the application's schema from ``url`` and filter it for vanilla PostgreSQL."""
     conninfo, password = split_password(url)
     label = describe(url)
     with connect(url, label) as conn:
-        server_major, schemas, extensions = inspect_source(conn)
-    if not schemas:
+        info = inspect_source(conn)
+    if not info.schemas:
         raise UsageError(f"{label} has no application schema to export (only Supabase-managed ones)")
-    tool = choose_pg_dump([PgDump(p, pg_dump_version(p)) for p in candidates(pg_dump)], server_major)
+    tool = choose_pg_dump([PgDump(p, pg_dump_version(p)) for p in candidates(pg_dump)], info.server_major)
     try:
-        done = subprocess.run(pg_dump_command(tool.path, conninfo, schemas), capture_output=True, text=True,
+        done = subprocess.run(pg_dump_command(tool.path, conninfo, info.schemas), capture_output=True, text=True,
                               env=dump_env(password), timeout=600)  # fmt: skip
     except subprocess.TimeoutExpired:
         raise PostgressorError(f"pg_dump of {label} took longer than 10 minutes; check the connection") from None
@@ -220,10 +263,4 @@ def export_schema(url: str, pg_dump: str | None = None) -> Export:
         lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
         reason = mask_url(lines[-1] if lines else f"exit {done.returncode}")
         raise PostgressorError(f"pg_dump of {label} failed: {reason}")
-    text, removed = filter_dump(done.stdout)
-    header = (f"-- Schema exported by 'postgressor schema export' from {label} (PostgreSQL {server_major}).\n"
-              "-- Supabase-managed schemas, extensions, event triggers, publications, grants and owners removed.\n")
-    if extensions:
-        header += (f"-- The source uses extensions {', '.join(extensions)}: list them in [postgres] extensions "
-                   "so the box installs them.\n")
-    return Export(header + text, removed, extensions, schemas)
+    return build_export(done.stdout, info, label)
