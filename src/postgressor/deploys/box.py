@@ -22,7 +22,7 @@ from postgressor.deploys.operations import (
     sql_unless,
     swapfile,
 )
-from postgressor.deploys.spec import BoxSpec
+from postgressor.deploys.spec import CONTRIB_EXTENSIONS, BoxSpec
 from postgressor.tuning import MB, tune
 
 SUPABASE_ROLES = ("anon", "authenticated", "service_role")
@@ -145,10 +145,20 @@ def postgresql(spec: BoxSpec) -> None:
         check=f"SELECT has_database_privilege('electric', '{spec.database}', 'CREATE')",
         apply=f'GRANT CREATE, CONNECT ON DATABASE "{spec.database}" TO electric',
     )
+    if spec.extensions:
+        # Supabase's layout: contrib extensions live in schema extensions, where `schema export` output names
+        # them; the owner owns the schema so the export's preamble can grant on it and install trusted ones.
+        sql_unless(
+            name="Schema extensions",
+            check="SELECT to_regnamespace('extensions') IS NOT NULL",
+            apply=f'CREATE SCHEMA IF NOT EXISTS extensions AUTHORIZATION "{spec.owner}"',
+            database=spec.database,
+        )
     for ext in spec.extensions:
+        where = " WITH SCHEMA extensions" if ext in CONTRIB_EXTENSIONS else ""
         sql_unless(
             name=f"Extension {ext}",
             check=f"SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = '{ext}')",  # noqa: S608 (known names)
-            apply=f'CREATE EXTENSION IF NOT EXISTS "{ext}"',
+            apply=f'CREATE EXTENSION IF NOT EXISTS "{ext}"{where}',
             database=spec.database,
         )
