@@ -163,7 +163,8 @@ def exported(supabase_cluster, dev_db, tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "postgressor.toml").write_text(OR_CONFIG)
     target = tmp_path / "migrations" / "0001_initial.sql"
-    result = export("--from", supabase_cluster.url(dev_db), "-o", str(target))
+    result = CliRunner().invoke(app, ["schema", "export", "-o", "migrations/0001_initial.sql"],
+                                env={"POSTGRESSOR_EXPORT_FROM": supabase_cluster.url(dev_db)})
     assert result.exit_code == 0, result.output
     assert "verified: the export and 0 project migration(s) apply" in result.stdout
     assert supabase_cluster.password not in result.output
