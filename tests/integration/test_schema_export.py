@@ -293,6 +293,30 @@ def test_verify_reports_each_failing_statement_with_its_line(supabase_cluster, d
     assert f"({len(failures)} failing statement(s) above)" in result.stderr
 
 
+def test_verify_runs_the_projects_other_migrations_and_sync_tables_after_the_export(supabase_cluster, dev_db,
+                                                                                     tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "postgressor.toml").write_text(OR_CONFIG + '[[sync.tables]]\nname = "contacts"\n')
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "0001_initial.sql").write_text("-- an earlier export: replaced, not applied\nSELECT 1/0;\n")
+    (folder / "0002_more.sql").write_text('ALTER TABLE "OR" ADD COLUMN mood text;\nALTER TABLE nope ADD x int;\n')
+    result = export("--from", supabase_cluster.url(dev_db), "-o", "migrations/0001_initial.sql")
+    assert result.exit_code == 1, result.output
+    assert "verify: after the export: postgressor migrate: migration migrations/0002_more.sql line 2 failed: " \
+           'relation "nope" does not exist' in result.stderr
+    (folder / "0002_more.sql").write_text('ALTER TABLE "OR" ADD COLUMN mood text;\n')
+    result = export("--from", supabase_cluster.url(dev_db), "-o", "migrations/0001_initial.sql")
+    # contacts has no user_id column: the [[sync.tables]] policies fail after the migrations applied
+    assert result.exit_code == 1 and """sync table "public"."contacts" has no column 'user_id'""" in result.stderr
+    (tmp_path / "postgressor.toml").write_text(OR_CONFIG)
+    result = export("--from", supabase_cluster.url(dev_db), "-o", "migrations/0001_initial.sql")
+    assert result.exit_code == 0, result.output
+    assert "verified: the export and 1 project migration(s) apply" in result.stdout
+    skipped = export("--from", supabase_cluster.url(dev_db), "-o", "migrations/0001_initial.sql", "--no-verify")
+    assert skipped.exit_code == 0 and "verified" not in skipped.stdout
+
+
 def test_no_local_postgres_is_said_clearly(supabase_cluster, dev_db, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("postgressor.migrations.verify.available", lambda: None)

@@ -94,6 +94,12 @@ def test_filter_dump_keeps_the_app_and_drops_the_platform():
         ("CREATE TABLE public.t (a text DEFAULT realtime.topic());", "rewritten"),
         ("CREATE TRIGGER t AFTER INSERT ON auth.users FOR EACH ROW EXECUTE FUNCTION public.f();", "noted"),
         ("SELECT pg_catalog.set_config('search_path', '', false);", "rewritten"),
+        ("SET SESSION AUTHORIZATION supabase_admin;", "removed"),
+        ("RESET SESSION AUTHORIZATION;", "removed"),
+        ("ALTER FUNCTION public.f() OWNER TO supabase_admin;", "removed"),
+        ("ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON TABLES TO dashboard_user;",
+         "removed"),
+        ("CREATE VIEW public.v AS SELECT extensions.uuid_generate_v4();", "noted"),  # not an extension's here
         ("CREATE TABLE public.t (a int) WITH (fillfactor=$1);", "kept"),  # not parseable: kept for --verify
     ],
 )

@@ -165,11 +165,10 @@ def _verify_export(settings: Settings, result: Export, output: Path | None, want
         report.print("note: the export was NOT verified: no local PostgreSQL server (initdb/pg_ctl) found; "
                      "install one to check it applies before you ship it", markup=False)  # fmt: skip
         return None
-    own = output.name if output is not None else None
     folder = settings.migrations.directory
     required = folder != MigrationsConfig().directory
-    migrations = [m for m in runner.project_migrations(folder, required)
-                  if m.name != own and not (output is not None and Path(m.origin).resolve() == output.resolve())]
+    own = output.resolve() if output is not None else None  # an earlier export in place is replaced, not applied
+    migrations = [m for m in runner.project_migrations(folder, required) if Path(m.origin).resolve() != own]
     checked = verify.verify(result.sql, migrations, settings.sync.tables, result.extensions, bins)
     for failure in checked.failures:
         where = f"line {failure.line}" if failure.line else "after the export"
