@@ -202,6 +202,19 @@ def test_own_older_auth_functions_are_replaced_by_the_one_identity(pg_cluster, a
         assert conn.execute("SELECT auth.uid()::text").fetchone() == (user,)
 
 
+def test_any_role_may_evaluate_the_owner_policies(pg_cluster, app_db, tmp_path):
+    write(tmp_path, "0001_or.sql", OR_TABLE)
+    migrate(pg_cluster, app_db, tmp_path, OR_SYNC)
+    seed_or(pg_cluster, app_db)
+    pg_cluster.ensure_role("plain_reader", "reader-pw")  # no Supabase role, no membership in the owner
+    with pg_cluster.connect(app_db) as su:
+        su.execute('GRANT SELECT ON "OR" TO plain_reader')
+    with pg_cluster.connect(app_db, "plain_reader", "reader-pw") as conn:
+        as_identity(conn, "electric.user_id", "bob")
+        assert conn.execute('SELECT body FROM "OR"').fetchall() == [("b1",)]
+        conn.execute("ROLLBACK")
+
+
 U, V = "8d0f9a4e-3c57-4a0b-9b7e-2f1c6d5e4a31", "0b7c2e9f-6a14-4d3b-8e25-9c1f7a6b3d42"
 CLAIMS = json.dumps({"sub": U, "role": "authenticated", "email": "u@example.com", "aud": "authenticated"})
 # The README's "Who is the caller" table, one row per case: settings -> uid, role, email (= current_user_id).

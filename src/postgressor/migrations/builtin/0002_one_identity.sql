@@ -89,4 +89,12 @@ BEGIN
 END
 $identity$;
 
-GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
+-- Every role's queries may reach auth.jwt() (postgressor's owner policies call current_user_id()): the schema
+-- holds only these helpers on a postgressor box. Where another role owns it (Supabase), it is left alone.
+DO $usage$
+BEGIN
+    GRANT USAGE ON SCHEMA auth TO PUBLIC;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'postgressor: schema auth belongs to another role; its grants are left as they are';
+END
+$usage$;
