@@ -110,6 +110,15 @@ def test_each_kind_of_reference(statement, verdict):
     assert got == verdict, text
 
 
+def test_what_depends_on_a_removed_type_follows_it():
+    text = filter_dump("CREATE DOMAIN public.level AS auth.aal_level;\n"
+                       "CREATE TYPE public.pair AS (a auth.aal_level, b int);\n"
+                       "CREATE TABLE public.t (l public.level, p public.pair, n int);\n").sql
+    assert "-- postgressor removed (uses auth.aal_level, which a vanilla box lacks): CREATE DOMAIN" in text
+    assert "-- postgressor removed (uses auth.aal_level, which a vanilla box lacks): CREATE TYPE" in text
+    assert "CREATE TABLE public.t (l text, p text, n integer);" in text
+
+
 def test_preamble_recreates_the_extensions_schema_and_search_path():
     sql = preamble({"pgcrypto": "extensions", "vector": "public"})
     assert "CREATE SCHEMA IF NOT EXISTS extensions;" in sql

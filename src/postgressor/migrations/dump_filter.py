@@ -192,6 +192,10 @@ class DumpFilter:
             self.gone.add(_rel(node.relation))
         elif isinstance(node, ast.CreateFunctionStmt):
             self.gone.add(_dotted(node.funcname))
+        elif isinstance(node, ast.CreateDomainStmt):
+            self.gone.add(_dotted(node.domainname))
+        elif isinstance(node, ast.CompositeTypeStmt):
+            self.gone.add(_rel(node.typevar))
 
     # -- kinds removed whole ----------------------------------------------------------------
     def _on_CreateExtensionStmt(self, node: ast.Node, text: str) -> _Removed:
