@@ -65,6 +65,8 @@ CREATE SCHEMA supabase_functions;
 CREATE FUNCTION supabase_functions.http_request() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
 CREATE FUNCTION extensions.grant_pg_cron_access() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;
 CREATE EVENT TRIGGER issue_pg_cron_access ON ddl_command_end EXECUTE FUNCTION extensions.grant_pg_cron_access();
+GRANT USAGE ON SCHEMA public TO postgres, anon, authenticated, service_role;
+GRANT ALL ON SCHEMA public TO supabase_admin;
 ALTER DATABASE {db} SET search_path = "$user", public, extensions;
 """
 
@@ -203,6 +205,7 @@ def test_export_keeps_api_roles_and_drops_internal_ones(exported):
         assert f'GRANT ALL ON TABLE public."OR" TO {role};' in code
         assert f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL PRIVILEGES ON TABLES TO {role};" in code
     assert "GRANT SELECT ON TABLE public.contacts TO authenticated;" in code
+    assert "GRANT USAGE ON SCHEMA public TO anon;" in code and "GRANT ALL ON SCHEMA public TO" not in code
     assert "-- postgressor removed (policy only for Supabase's internal roles supabase_storage_admin)" in dump
 
 
