@@ -7,7 +7,15 @@ import pytest
 from postgressor.dbconnect import describe, mask_url, split_password
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.migrations.dump_filter import Source, filter_dump
-from postgressor.migrations.schema_export import PgDump, choose_pg_dump, dump_env, pg_dump_command, preamble
+from postgressor.migrations.schema_export import (
+    PgDump,
+    SourceInfo,
+    build_export,
+    choose_pg_dump,
+    dump_env,
+    pg_dump_command,
+    preamble,
+)
 
 VECTOR = Source({("extensions", "uuid_generate_v4"): "uuid-ossp", ("extensions", "vector"): "vector"},
                 {"uuid-ossp": "extensions", "vector": "extensions"})
@@ -117,6 +125,16 @@ def test_what_depends_on_a_removed_type_follows_it():
     assert "-- postgressor removed (uses auth.aal_level, which a vanilla box lacks): CREATE DOMAIN" in text
     assert "-- postgressor removed (uses auth.aal_level, which a vanilla box lacks): CREATE TYPE" in text
     assert "CREATE TABLE public.t (l text, p text, n integer);" in text
+
+
+def test_header_names_extensions_the_box_cannot_install():
+    info = SourceInfo(15, ["public"], Source({("extensions", "sign"): "pgjwt", ("extensions", "digest"): "pgcrypto"},
+                                             {"pgjwt": "extensions", "pgcrypto": "extensions"}))
+    export = build_export("CREATE FUNCTION public.t() RETURNS text LANGUAGE sql AS $$ SELECT extensions.sign('{}', "
+                          "'k') $$;\n", info, "dev")
+    assert export.extensions == ["pgjwt"]
+    assert "-- The box must have the extensions pgjwt (schema extensions)" in export.sql
+    assert "-- postgressor cannot install the extension pgjwt on a box" in export.sql
 
 
 def test_preamble_recreates_the_extensions_schema_and_search_path():

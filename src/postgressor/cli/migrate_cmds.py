@@ -16,7 +16,7 @@ from postgressor.config import MigrationsConfig, Settings
 from postgressor.errors import PostgressorError
 from postgressor.migrations import runner, verify
 from postgressor.migrations.policies import TablePolicies
-from postgressor.migrations.schema_export import Export, export_schema
+from postgressor.migrations.schema_export import Export, export_schema, unpackaged
 
 schema_app = typer.Typer(help="Work with database schemas.", no_args_is_help=True)
 
@@ -144,6 +144,10 @@ def export(
     if result.extensions:
         report.print(f"note: the schema needs the extensions {', '.join(result.extensions)}; list them in "
                      "[postgres] extensions so the box installs them", markup=False)  # fmt: skip
+    missing = unpackaged(result.extensions)
+    if missing:
+        report.print(f"note: postgressor cannot install {', '.join(missing)} on a box (no package): replace "
+                     "what uses them before you migrate", markup=False)  # fmt: skip
 
 
 def _rejected_path(output: Path | None) -> Path | None:

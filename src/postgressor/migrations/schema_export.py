@@ -13,12 +13,14 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
 from postgressor.dbconnect import connect, describe, mask_url, split_password
+from postgressor.deploys.spec import CONTRIB_EXTENSIONS, EXTENSION_PACKAGES
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.migrations.dump_filter import EXTENSIONS_SCHEMA, MANAGED_SCHEMAS, Source, filter_dump
 
@@ -226,6 +228,11 @@ def dump_env(password: str | None) -> dict[str, str]:
     return env
 
 
+def unpackaged(extensions: Iterable[str]) -> list[str]:
+    """The extensions ``postgressor up`` has no package for (e.g. Supabase's pgjwt)."""
+    return [e for e in extensions if e not in CONTRIB_EXTENSIONS and e not in EXTENSION_PACKAGES]
+
+
 def build_export(dump: str, info: SourceInfo, label: str) -> Export:
     """The file to write: header, preamble, filtered dump."""
     filtered = filter_dump(dump, info.source)
@@ -241,6 +248,9 @@ def build_export(dump: str, info: SourceInfo, label: str) -> Export:
     if listed:
         header += (f"-- The box must have the extensions {', '.join(listed)}: list them in [postgres] extensions "
                    "(this file installs the trusted ones itself).\n")  # fmt: skip
+    for name in unpackaged(extensions):
+        header += (f"-- postgressor cannot install the extension {name} on a box (no package for it in "
+                   "Debian's or Ubuntu's archive or PGDG): replace what uses it before you migrate.\n")
     return Export(header + preamble(extensions) + filtered.sql, filtered.removed, list(extensions),
                   info.schemas, filtered.rewritten)  # fmt: skip
 
