@@ -15,7 +15,7 @@ from pgcluster import Cluster, bindir, running_cluster
 from typer.testing import CliRunner
 
 from postgressor.cli import app
-from postgressor.migrations import dump_filter, schema_export
+from postgressor.migrations import dump_filter, schema_export, verify
 
 # A dev database as Supabase sets it up: its roles (cluster-wide, so in a cluster of their own), the auth
 # schema and helpers (definitions from supabase/auth migrations/20220224000811_update_auth_functions.up.sql
@@ -318,6 +318,14 @@ def test_verify_runs_the_projects_other_migrations_and_sync_tables_after_the_exp
     assert "verified: the export and 1 project migration(s) apply" in result.stdout
     skipped = export("--from", supabase_cluster.url(dev_db), "-o", "migrations/0001_initial.sql", "--no-verify")
     assert skipped.exit_code == 0 and "verified" not in skipped.stdout
+
+
+def test_verify_on_an_older_local_server_says_so(supabase_cluster, dev_db, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("postgressor.migrations.verify.verify", lambda *a: verify.Verdict("PostgreSQL 14.1", 14))
+    result = export("--from", supabase_cluster.url(dev_db), "-o", "out.sql")
+    assert result.exit_code == 0, result.output
+    assert "note: verified on PostgreSQL 14, older than the dev database's 15" in result.stderr
 
 
 def test_no_local_postgres_is_said_clearly(supabase_cluster, dev_db, tmp_path, monkeypatch):

@@ -174,6 +174,10 @@ def _verify_export(settings: Settings, result: Export, output: Path | None, want
     own = output.resolve() if output is not None else None  # an earlier export in place is replaced, not applied
     migrations = [m for m in runner.project_migrations(folder, required) if Path(m.origin).resolve() != own]
     checked = verify.verify(result.sql, migrations, settings.sync.tables, result.extensions, bins)
+    if checked.major < result.server_major:
+        err_console.print(f"note: verified on PostgreSQL {checked.major}, older than the dev database's "
+                          f"{result.server_major}: a failure may be the older server's; the box's version counts",
+                          markup=False)  # fmt: skip
     for failure in checked.failures:
         where = f"line {failure.line}" if failure.line else "after the export"
         err_console.print(f"verify: {where}: {failure.statement}: {failure.reason}", markup=False, soft_wrap=True)

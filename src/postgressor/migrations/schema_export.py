@@ -43,6 +43,7 @@ class Export:
     extensions: list[str] = field(default_factory=list)  # what the box must install: name (schema)
     schemas: list[str] = field(default_factory=list)
     rewritten: dict[str, int] = field(default_factory=dict)  # reason -> statements rewritten
+    server_major: int = 0  # the dev database's PostgreSQL major version
 
 
 def _literal(text: str) -> str:
@@ -252,7 +253,7 @@ def build_export(dump: str, info: SourceInfo, label: str) -> Export:
         header += (f"-- postgressor cannot install the extension {name} on a box (no package for it in "
                    "Debian's or Ubuntu's archive or PGDG): replace what uses it before you migrate.\n")
     return Export(header + preamble(extensions) + filtered.sql, filtered.removed, list(extensions),
-                  info.schemas, filtered.rewritten)  # fmt: skip
+                  info.schemas, filtered.rewritten, info.server_major)  # fmt: skip
 
 
 def export_schema(url: str, pg_dump: str | None = None) -> Export:

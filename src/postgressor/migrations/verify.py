@@ -35,6 +35,7 @@ class Failure:
 @dataclass
 class Verdict:
     server: str  # e.g. "PostgreSQL 15.8 (/usr/lib/postgresql/15/bin)"
+    major: int = 0  # the throwaway server's major version
     statements: int = 0
     failures: list[Failure] = field(default_factory=list)
 
@@ -59,7 +60,8 @@ def verify(export_sql: str, migrations: list[runner.Migration], tables: list[Syn
         with scratch.running_cluster(bins) as cluster:
             _prepare(cluster, password, extensions)
             with cluster.connect(DATABASE, OWNER, password) as conn:
-                verdict = Verdict(f"PostgreSQL {conn.info.parameter_status('server_version')} ({bins})")
+                verdict = Verdict(f"PostgreSQL {conn.info.parameter_status('server_version')} ({bins})",
+                                  conn.info.server_version // 10000)
                 runner.run(conn, runner.builtin_migrations(), [])
                 _apply_export(conn, export_sql, verdict)
                 if verdict.ok:
