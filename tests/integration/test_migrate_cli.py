@@ -44,7 +44,7 @@ def test_cli_dry_run_then_apply_then_up_to_date(pg_cluster, app_db, project):
     dry = invoke("--json", "migrate", "--database-url", url, "--dry-run")
     assert dry.exit_code == 0, dry.output
     plan = json.loads(dry.stdout)
-    assert plan["pending"] == ["postgressor/0001_supabase_auth.sql", "0001_or.sql"]
+    assert plan["pending"] == ["postgressor/0001_supabase_auth.sql", "postgressor/0002_one_identity.sql", "0001_or.sql"]
     assert plan["tables"][0]["missing"] is True
     assert APP_PASSWORD not in dry.output
     with pg_cluster.connect(app_db) as su:  # the dry run changed nothing
@@ -103,4 +103,4 @@ def test_role_without_createrole_gets_a_clear_message(tmp_path):
             su.execute("CREATE ROLE anon NOLOGIN; CREATE ROLE authenticated NOLOGIN; CREATE ROLE service_role NOLOGIN")
         with pg.connect(db, "weak", "weak-pw") as conn:  # once a superuser made them, it goes through
             assert [a.name for a in runner.run(conn, runner.builtin_migrations(), []).applied] == [
-                "postgressor/0001_supabase_auth.sql"]
+                m.name for m in runner.builtin_migrations()]

@@ -18,6 +18,7 @@ from postgressor.migrations import runner
 
 OR_TABLE = 'CREATE TABLE "OR" (id bigserial PRIMARY KEY, user_id text NOT NULL, body text NOT NULL);\n'
 OR_SYNC = [SyncTable(name="OR", owner_column="user_id")]
+BUILTINS = ["postgressor/0001_supabase_auth.sql", "postgressor/0002_one_identity.sql"]
 
 
 def migrate(pg: Cluster, db: str, folder: Path, tables: list[SyncTable]) -> runner.Result:
@@ -52,11 +53,11 @@ def rows(pg: Cluster, db: str) -> list[tuple[str, str]]:
 def test_first_run_applies_builtins_migrations_and_forces_rls(pg_cluster, app_db, tmp_path):
     write(tmp_path, "0001_or.sql", OR_TABLE)
     result = migrate(pg_cluster, app_db, tmp_path, OR_SYNC)
-    assert [a.name for a in result.applied] == ["postgressor/0001_supabase_auth.sql", "0001_or.sql"]
+    assert [a.name for a in result.applied] == [*BUILTINS, "0001_or.sql"]
     with pg_cluster.connect(app_db) as su:
         recorded = su.execute("SELECT name, checksum, duration >= interval '0' FROM postgressor.schema_migrations "
                               "ORDER BY applied_at, name").fetchall()
-        assert {r[0] for r in recorded} == {"postgressor/0001_supabase_auth.sql", "0001_or.sql"}
+        assert {r[0] for r in recorded} == {*BUILTINS, "0001_or.sql"}
         assert dict((r[0], r[1]) for r in recorded)["0001_or.sql"] == runner.checksum(OR_TABLE)
         assert su.execute("""SELECT relrowsecurity, relforcerowsecurity FROM pg_class
                              WHERE oid = '"OR"'::regclass""").fetchone() == (True, True)
@@ -178,15 +179,72 @@ def test_supabase_written_policy_and_default_work_unchanged(pg_cluster, app_db, 
         conn.execute("ROLLBACK")
 
 
-def test_existing_auth_functions_are_kept(pg_cluster, app_db, tmp_path):
+def test_auth_functions_another_role_owns_are_kept(pg_cluster, app_db, tmp_path):
+    with pg_cluster.connect(app_db, APP_ROLE, APP_PASSWORD) as conn:
+        conn.execute("CREATE SCHEMA auth")
+    with pg_cluster.connect(app_db) as su:  # e.g. supabase_auth_admin's functions in a real Supabase database
+        su.execute("CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql AS $$ SELECT NULL::uuid $$")
+        su.execute("COMMENT ON FUNCTION auth.uid() IS 'the platform''s own'")
+    migrate(pg_cluster, app_db, tmp_path / "none", [])
+    with pg_cluster.connect(app_db) as su:
+        assert su.execute("SELECT obj_description('auth.uid()'::regprocedure)").fetchone() == ("the platform's own",)
+        assert su.execute("SELECT to_regprocedure('auth.email()') IS NOT NULL").fetchone() == (True,)
+
+
+def test_own_older_auth_functions_are_replaced_by_the_one_identity(pg_cluster, app_db, tmp_path):
     with pg_cluster.connect(app_db, APP_ROLE, APP_PASSWORD) as conn:
         conn.execute("CREATE SCHEMA auth")
         conn.execute("CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql AS $$ SELECT NULL::uuid $$")
-        conn.execute("COMMENT ON FUNCTION auth.uid() IS 'the project''s own'")
     migrate(pg_cluster, app_db, tmp_path / "none", [])
+    user = str(uuid.uuid4())
+    with pg_cluster.connect(app_db, APP_ROLE, APP_PASSWORD) as conn:
+        as_identity(conn, "electric.user_id", user)
+        assert conn.execute("SELECT auth.uid()::text").fetchone() == (user,)
+
+
+def test_any_role_may_evaluate_the_owner_policies(pg_cluster, app_db, tmp_path):
+    write(tmp_path, "0001_or.sql", OR_TABLE)
+    migrate(pg_cluster, app_db, tmp_path, OR_SYNC)
+    seed_or(pg_cluster, app_db)
+    pg_cluster.ensure_role("plain_reader", "reader-pw")  # no Supabase role, no membership in the owner
     with pg_cluster.connect(app_db) as su:
-        assert su.execute("SELECT obj_description('auth.uid()'::regprocedure)").fetchone() == ("the project's own",)
-        assert su.execute("SELECT to_regprocedure('auth.jwt()') IS NOT NULL").fetchone() == (True,)
+        su.execute('GRANT SELECT ON "OR" TO plain_reader')
+    with pg_cluster.connect(app_db, "plain_reader", "reader-pw") as conn:
+        as_identity(conn, "electric.user_id", "bob")
+        assert conn.execute('SELECT body FROM "OR"').fetchall() == [("b1",)]
+        conn.execute("ROLLBACK")
+
+
+U, V = "8d0f9a4e-3c57-4a0b-9b7e-2f1c6d5e4a31", "0b7c2e9f-6a14-4d3b-8e25-9c1f7a6b3d42"
+CLAIMS = json.dumps({"sub": U, "role": "authenticated", "email": "u@example.com", "aud": "authenticated"})
+# The README's "Who is the caller" table, one row per case: settings -> uid, role, email (= current_user_id).
+IDENTITY_ROWS = {
+    "request.jwt.claims": ({"request.jwt.claims": CLAIMS}, (U, "authenticated", "u@example.com")),
+    "request.jwt.claim.*": ({"request.jwt.claim.sub": U, "request.jwt.claim.role": "authenticated",
+                             "request.jwt.claim.email": "u@example.com"}, (U, "authenticated", "u@example.com")),
+    "request.jwt.claim.sub only": ({"request.jwt.claim.sub": U}, (U, "authenticated", None)),
+    "electric.user_id": ({"electric.user_id": U}, (U, "authenticated", None)),
+    "electric.user_id over claims of the same user": (
+        {"electric.user_id": U, "request.jwt.claims": CLAIMS}, (U, "authenticated", "u@example.com")),
+    "electric.user_id over claims of another user": (
+        {"electric.user_id": V, "request.jwt.claims": CLAIMS}, (V, "authenticated", None)),
+    "anon key claims (no sub)": ({"request.jwt.claims": json.dumps({"role": "anon"})}, (None, "anon", None)),
+    "nothing set": ({}, (None, None, None)),
+}
+
+
+@pytest.mark.parametrize("case", IDENTITY_ROWS, ids=list(IDENTITY_ROWS))
+def test_every_auth_helper_reads_one_identity(pg_cluster, app_db, tmp_path, case):
+    settings, (uid, role, email) = IDENTITY_ROWS[case]
+    migrate(pg_cluster, app_db, tmp_path / "none", [])
+    with pg_cluster.connect(app_db, APP_ROLE, APP_PASSWORD) as conn:
+        conn.execute("BEGIN")
+        for name, value in settings.items():
+            conn.execute("SELECT set_config(%s, %s, true)", [name, value])
+        got = conn.execute("SELECT auth.uid()::text, auth.role(), auth.email(), current_user_id(), "
+                           "auth.jwt() ->> 'sub', auth.jwt() ->> 'role', auth.jwt() ->> 'email'").fetchone()
+        assert got == (uid, role, email, uid, uid, role, email)
+        conn.execute("ROLLBACK")
 
 
 def test_rerun_is_idempotent_and_replaces_only_changed_policies(pg_cluster, app_db, tmp_path):
@@ -196,7 +254,7 @@ def test_rerun_is_idempotent_and_replaces_only_changed_policies(pg_cluster, app_
     migrate(pg_cluster, app_db, tmp_path, tables)
 
     again = migrate(pg_cluster, app_db, tmp_path, tables)
-    assert again.applied == [] and again.already == 3
+    assert again.applied == [] and again.already == 4
     assert all(not t.has_work for t in again.tables)
 
     changed = migrate(pg_cluster, app_db, tmp_path, [*OR_SYNC, SyncTable(name="tasks", owner_column="assignee")])

@@ -159,12 +159,17 @@ def test_migrations_directory_setting(tmp_path: Path, monkeypatch: pytest.Monkey
     assert settings.sync.tables[0].name == "OR" and settings.sync.tables[0].owner_column == "user_id"
 
 
-def test_builtin_auth_migration_defines_the_supabase_functions():
-    (builtin,) = runner.builtin_migrations()
-    assert builtin.name == "postgressor/0001_supabase_auth.sql"
-    for needle in ("public.current_user_id()", "auth.uid()", "auth.role()", "auth.jwt()", "'electric.user_id'",
-                   "'request.jwt.claims'", "NOLOGIN"):
-        assert needle in builtin.sql
+def test_builtin_auth_migrations_define_the_supabase_functions_over_one_identity():
+    first, identity = runner.builtin_migrations()
+    assert first.name == "postgressor/0001_supabase_auth.sql"  # applied on existing boxes: never edited
+    assert identity.name == "postgressor/0002_one_identity.sql"
+    for needle in ("public.current_user_id()", "auth.uid()", "auth.role()", "auth.jwt()", "auth.email()",
+                   "'electric.user_id'", "'request.jwt.claims'", "'request.jwt.claim.sub'"):
+        assert needle in identity.sql
+    # every helper but auth.jwt() reads auth.jwt(), and only auth.jwt() reads the settings
+    bodies = identity.sql.split("$body$")[1::2]
+    assert len(bodies) == 5
+    assert all("auth.jwt()" in b and "current_setting" not in b for b in bodies[1:])
 
 
 def test_map_code_leaves_strings_and_comments_alone():

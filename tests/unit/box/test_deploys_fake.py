@@ -177,6 +177,13 @@ def test_pgdg_adds_the_repository_and_versioned_packages() -> None:
     assert 'CREATE EXTENSION IF NOT EXISTS "vector"' in joined
 
 
+def test_contrib_extensions_go_to_schema_extensions_as_on_supabase() -> None:
+    commands, _ = run_fake(FRESH_BOX, provider="ssh", ssh={"host": "h"}, postgres={"extensions": ["pgcrypto"]})
+    joined = "\n".join(commands)
+    assert "CREATE SCHEMA IF NOT EXISTS extensions AUTHORIZATION" in joined
+    assert 'CREATE EXTENSION IF NOT EXISTS "pgcrypto" WITH SCHEMA extensions' in joined
+
+
 def test_a_failing_operation_is_reported_with_its_output() -> None:
     from pyinfra.api.deploy import deploy
     from pyinfra.operations import server

@@ -11,7 +11,7 @@ from postgressor.box import facts
 from postgressor.box.deploys.base import template
 from postgressor.box.layout import postgres_unit
 from postgressor.box.operations import apply_config_command, postgres_config_current, role_password, sql_unless
-from postgressor.box.spec import BoxSpec
+from postgressor.box.spec import CONTRIB_EXTENSIONS, BoxSpec
 from postgressor.box.tuning import tune
 
 SUPABASE_ROLES = ("anon", "authenticated", "service_role")
@@ -78,10 +78,20 @@ def postgresql(spec: BoxSpec) -> None:
         check=f"SELECT has_database_privilege('electric', '{spec.database}', 'CREATE')",
         apply=f'GRANT CREATE, CONNECT ON DATABASE "{spec.database}" TO electric',
     )
+    if spec.extensions:
+        # Supabase's layout: contrib extensions live in schema extensions, where `schema export` output names
+        # them; the owner owns the schema so the export's preamble can grant on it and install trusted ones.
+        sql_unless(
+            name="Schema extensions",
+            check="SELECT to_regnamespace('extensions') IS NOT NULL",
+            apply=f'CREATE SCHEMA IF NOT EXISTS extensions AUTHORIZATION "{spec.owner}"',
+            database=spec.database,
+        )
     for ext in spec.extensions:
+        where = " WITH SCHEMA extensions" if ext in CONTRIB_EXTENSIONS else ""
         sql_unless(
             name=f"Extension {ext}",
             check=f"SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = '{ext}')",  # noqa: S608 (known names)
-            apply=f'CREATE EXTENSION IF NOT EXISTS "{ext}"',
+            apply=f'CREATE EXTENSION IF NOT EXISTS "{ext}"{where}',
             database=spec.database,
         )
