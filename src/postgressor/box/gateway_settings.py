@@ -12,13 +12,14 @@ from collections.abc import Mapping
 
 import tomli_w
 
+from postgressor.box.layout import ELECTRIC_PORT
 from postgressor.config import Settings
 from postgressor.errors import UsageError
 from postgressor.gateway.params import TableRule
 from postgressor.gateway.settings import SECRET_ENV, GatewaySettings, check, to_document
 from postgressor.jwt_verify import VerifierConfig
 
-BOX_UPSTREAM = "http://127.0.0.1:3000"  # Electric on the box (SyncSpec.electric_port)
+BOX_UPSTREAM = f"http://127.0.0.1:{ELECTRIC_PORT}"  # Electric on the box
 BOX_LISTEN = "127.0.0.1"  # Caddy is the only client
 
 

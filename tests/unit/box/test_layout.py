@@ -10,13 +10,14 @@ import pytest
 
 from postgressor.box import layout
 from postgressor.box.facts import PostgresScalar
-from postgressor.box.spec import Distro, box_spec, gateway_toml
+from postgressor.box.gateway_settings import box_gateway_toml
+from postgressor.box.spec import Distro, box_spec
 from postgressor.checks.stack_tokens import ELECTRIC_HEALTH_CMD
 from postgressor.config import GatewayConfig, load_settings
 
 SRC = Path(layout.__file__).resolve().parents[1]
 SYNC = {"sync": {"tables": [{"name": "todos", "owner_column": "user_id"}]},
-        "supabase": {"jwt_secret": "x" * 32}}  # fmt: skip
+        "supabase": {"jwt_secret": "x" * 32, "issuer": "https://ref.supabase.co/auth/v1"}}  # fmt: skip
 
 
 def test_psql_quotes_its_arguments_and_reads_stdin_without_sql() -> None:
@@ -37,7 +38,7 @@ def test_electric_port_reaches_every_user_from_one_place(monkeypatch: pytest.Mon
     settings = load_settings(provider="local", **SYNC)
     spec = box_spec(settings, Distro("debian", 12, "bookworm"))
     assert spec.sync is not None and spec.sync.electric_port == layout.ELECTRIC_PORT
-    assert f"127.0.0.1:{layout.ELECTRIC_PORT}" in gateway_toml(settings)
+    assert f"127.0.0.1:{layout.ELECTRIC_PORT}" in box_gateway_toml(settings)
     assert GatewayConfig().upstream.endswith(f":{layout.ELECTRIC_PORT}")
     assert layout.electric_health_url() in ELECTRIC_HEALTH_CMD
 
