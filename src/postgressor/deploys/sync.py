@@ -47,7 +47,6 @@ def electric(spec: BoxSpec) -> None:
         f"ELECTRIC_SECRET=$(cat {secret_path('electric_secret')})",
         "ELECTRIC_STORAGE_DIR=/var/lib/electric",
         f"ELECTRIC_PORT={sync.electric_port}",
-        "ELECTRIC_USAGE_REPORTING=false",
     ]
     composed_file(name="Electric environment (0600)", path="/etc/postgressor/electric.env", lines=env_lines)
     archive = ""
