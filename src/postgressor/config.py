@@ -287,7 +287,14 @@ class Settings(BaseSettings):
     def _provider_needs(self) -> Settings:
         if self.provider == "ssh" and not self.ssh.host:
             raise ValueError("provider 'ssh' needs a host: pass --host or set [ssh] host")
+        if self.region and self.provider_configured() and self.provider in ("local", "ssh"):
+            raise ValueError(f"provider '{self.provider}' has no regions; drop region '{self.region}' (--region "
+                             "picks a cloud provider only when none is configured)")  # fmt: skip
         return self
+
+    def provider_configured(self) -> bool:
+        """True when a flag, the environment, .env or postgressor.toml set ``provider`` (not the default)."""
+        return "provider" in self.model_fields_set
 
     def sync_enabled(self) -> bool:
         """Electric, the gateway and Caddy are deployed when tables are synced (or when asked)."""

@@ -126,7 +126,7 @@ def test_up_targets_hetzner_with_a_region_and_the_state_dir_is_cached() -> None:
 
 
 @pytest.mark.parametrize(("line", "problem"), [
-    ("postgressor --json --stack x up --yes", "has no option --yes"),
+    ("postgressor --json --stack x up --auto-approve", "has no option --auto-approve"),
     ("postgressor --json --stack x destroyy --yes", "has no command 'destroyy'"),
     ("postgressor --json verify-jwt --sub", "needs a value"),
     ("postgressor --json config", "needs a command"),

@@ -152,7 +152,8 @@ def cost(
                       f"{o.egress_eur:,.2f}", f"{o.auth.monthly_eur:,.2f}", f"{o.total_eur:,.2f}", checked)
     console.print(table)
     if any(o.size.free_tier for o in options):
-        console.print("* free tier: home region only, and launches may fail for lack of capacity", markup=False)
+        console.print("* free tier: home region only, launches may fail for lack of capacity, and an Always Free "
+                      "instance idle for 7 days (under ~20 % CPU, network and memory) can be reclaimed", markup=False)
     for line in notes:
         console.print(f"- {line}", markup=False)
 

@@ -1,0 +1,162 @@
+"""`up --region` with no provider configured, and the confirmation before a billed server (issue 14, items 1-2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cloudfakes import oci
+from postgressor.cli import app, common
+from postgressor.config import load_settings
+from postgressor.state import open_state
+
+CREDENTIAL_VARS = (
+    "HCLOUD_TOKEN", "OCI_CONFIG_FILE", "OCI_CLI_PROFILE", "OVH_ENDPOINT", "OVH_APPLICATION_KEY",
+    "OVH_APPLICATION_SECRET", "OVH_CONSUMER_KEY", "POSTGRESSOR_PROVIDER", "POSTGRESSOR_REGION",
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def bare(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No credentials anywhere: an empty HOME, no provider variables, an empty project directory."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in CREDENTIAL_VARS:
+        monkeypatch.delenv(name, raising=False)
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    return home
+
+
+def oci_config(home: Path) -> None:
+    """A complete OCI config at ~/.oci/config (the fake's signing key; nothing here calls the API)."""
+    (home / ".oci").mkdir()
+    path, _ = oci.write_config(home / ".oci")
+    path.rename(home / ".oci" / "config")
+
+
+def ovh_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("OVH_ENDPOINT", "ovh-eu"), ("OVH_APPLICATION_KEY", "ak"),
+                        ("OVH_APPLICATION_SECRET", "as"), ("OVH_CONSUMER_KEY", "ck")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+
+
+def run(*args: str, input: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args), input=input)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_only_an_oci_config_picks_oracle_mumbai(bare: Path) -> None:
+    oci_config(bare)
+    code, _, err = run("up", "--region", "mumbai")
+    lines = err.splitlines()
+    assert lines[0].startswith("provider oracle (ap-mumbai-1, Mumbai)") and "OCI config" in lines[0]
+    assert "region:   ap-mumbai-1" in err
+    assert code == 2 and "needs confirmation; pass --yes" in err  # no terminal, no --yes: refused
+
+
+def test_only_ovh_keys_picks_ovh_mumbai_and_says_why_not_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
+    ovh_keys(monkeypatch)
+    _, _, err = run("plan", "--region", "bombay")
+    first = err.splitlines()[0]
+    assert first.startswith("provider ovh (AP-SOUTH-MUM-1, Mumbai)")
+    assert "oracle ranks higher but has no credentials" in first
+
+
+def test_both_present_takes_the_better_ranked(bare: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    oci_config(bare)
+    ovh_keys(monkeypatch)
+    _, _, err = run("plan", "--region", "Mumbai")
+    assert err.splitlines()[0].startswith("provider oracle (ap-mumbai-1")
+    _, _, err = run("plan", "--region", "AP-SOUTH-MUM-1")  # a provider's own code names that provider
+    assert err.splitlines()[0].startswith("provider ovh (AP-SOUTH-MUM-1")
+
+
+def test_no_credentials_exit_2_naming_each_serving_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HCLOUD_TOKEN", "x")  # Hetzner has no Indian region: it does not count
+    code, out, err = run("up", "--region", "mumbai")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert "oracle (ap-mumbai-1) needs an OCI config file" in err
+    assert "ovh (AP-SOUTH-MUM-1) needs OVH API keys" in err
+    assert "hetzner" not in err
+
+
+def test_same_country_city_goes_to_the_nearest_region(bare: Path) -> None:
+    oci_config(bare)
+    _, _, err = run("plan", "--region", "chennai")
+    assert err.splitlines()[0].startswith("provider oracle (ap-hyderabad-1, Hyderabad)")
+
+
+@pytest.mark.parametrize("provider", ["local", "ssh"])
+def test_regionless_provider_with_region_is_a_usage_error(provider: str) -> None:
+    code, _, err = run("up", "--provider", provider, "--host", "10.0.0.1", "--region", "mumbai")
+    assert code == 2 and f"provider '{provider}' has no regions" in err
+
+
+def test_region_in_the_environment_with_local_in_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    Path("postgressor.toml").write_text('provider = "local"\n')
+    monkeypatch.setenv("POSTGRESSOR_REGION", "mumbai")
+    code, _, err = run("plan")
+    assert code == 2 and "provider 'local' has no regions" in err
+
+
+def test_provider_configured_distinguishes_default_from_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not load_settings().provider_configured()
+    assert load_settings(provider="local").provider_configured()
+    Path("postgressor.toml").write_text('provider = "local"\n')
+    assert load_settings().provider_configured()
+
+
+def test_recorded_stack_keeps_its_provider(bare: Path) -> None:
+    oci_config(bare)
+    state = open_state(Path(".postgressor"), "default", "ovh")
+    state.save()
+    settings = common.with_provider(load_settings(region="mumbai"), "default", lambda line: None)
+    assert settings.provider == "ovh"
+
+
+# ---- item 2: the plan and the question
+
+
+def test_plan_shows_price_traffic_and_caveats_then_asks(bare: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    oci_config(bare)
+    monkeypatch.setattr(common, "interactive", lambda: True)
+    code, _, err = run("up", "--region", "mumbai", input="n\n")
+    assert code == 1
+    assert "price:    $0.00/month excl. VAT (checked " in err and "oracle.com" in err
+    assert "traffic:  10 TB/month included, then $25.00/TB" in err
+    assert "idle" in err  # Always Free reclamation of idle instances
+    assert "Create this billed" in err
+
+
+def test_paid_size_plan_names_its_price(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HCLOUD_TOKEN", "x")
+    code, _, err = run("up", "--provider", "hetzner", "--region", "ash", "--size", "cpx22")
+    assert "size:     cpx22" in err and "price:    €9.49/month" in err
+    assert code == 2 and "pass --yes" in err
+
+
+def test_uncatalogued_size_is_unverified_not_guessed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HCLOUD_TOKEN", "x")
+    _, _, err = run("up", "--provider", "hetzner", "--region", "fsn1", "--size", "ccx63")
+    assert "price:    unverified" in err and "--live" in err
+
+
+def test_no_question_for_local_ssh_or_a_recorded_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HCLOUD_TOKEN", "x")
+    assert common.billing_plan(load_settings(), "default") is None
+    assert common.billing_plan(load_settings(provider="ssh", ssh={"host": "10.0.0.1"}), "default") is None
+    settings = load_settings(provider="hetzner", region="fsn1")
+    assert common.billing_plan(settings, "default") is not None
+    open_state(settings.state_dir, "default", "hetzner").add("server", "42", region="fsn1")
+    assert common.billing_plan(settings, "default") is None
+
+
+def test_missing_credentials_reported_before_the_question() -> None:
+    code, _, err = run("up", "--provider", "hetzner")
+    assert code == 2 and "HCLOUD_TOKEN" in err and "price:" not in err
