@@ -262,6 +262,8 @@ class Settings(BaseSettings):
 
     provider: Literal["local", "ssh", "hetzner", "oracle", "ovh"] = "local"
     region: str = ""
+    project: str = Field("", max_length=63, description="names this project's servers at the cloud provider "
+                         "(labels/tags), so they can be found without the state; default: the directory's name")
     size: str = ""
     state_dir: Path = Path(".postgressor")
     ssh: SSHConfig = SSHConfig()

@@ -11,7 +11,16 @@ import typer
 from typer.core import TyperGroup
 
 from postgressor import __version__
-from postgressor.cli import advisor_cmds, backup_cmds, box, config_cmds, gateway_cmds, jwt_cmds, migrate_cmds
+from postgressor.cli import (
+    advisor_cmds,
+    backup_cmds,
+    box,
+    config_cmds,
+    gateway_cmds,
+    jwt_cmds,
+    migrate_cmds,
+    servers_cmds,
+)
 from postgressor.cli.common import GlobalOptions, emit_json, err_console
 from postgressor.errors import ConfigError, PostgressorError, UsageError
 
@@ -166,6 +175,7 @@ app.command("verify-jwt")(jwt_cmds.verify_jwt)
 app.add_typer(gateway_cmds.gateway_app, name="gateway")
 app.add_typer(backup_cmds.backup_app, name="backup")
 app.command("restore")(backup_cmds.restore)
+app.add_typer(servers_cmds.servers_app, name="servers")
 
 
 def main() -> None:

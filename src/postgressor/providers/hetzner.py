@@ -17,7 +17,15 @@ from hcloud.ssh_keys import SSHKey
 from postgressor.advisor.catalogue import load
 from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.providers.cloud import OPEN_PORTS, CloudProvider, Found, user_data
+from postgressor.providers.cloud import (
+    OPEN_PORTS,
+    PROJECT_LABEL,
+    STACK_LABEL,
+    CloudProvider,
+    Found,
+    LabelledServer,
+    user_data,
+)
 
 TRANSIENT_CODES = {
     "rate_limit_exceeded", "conflict", "bad_gateway", "timeout", "service_error", "server_error", "unavailable",
@@ -128,6 +136,14 @@ class HetznerProvider(CloudProvider):
             return [Found(str(f.id), {"name": f.name}) for f in self.client.firewalls.get_all(label_selector=selector)]
         return [self._server_found(s) for s in self.client.servers.get_all(label_selector=selector)]
 
+    def list_labelled(self) -> list[LabelledServer]:
+        """Servers in every location whose labels name this project (a label selector, one paged call)."""
+        servers = self.client.servers.get_all(label_selector=f"{PROJECT_LABEL}={self.identity}")
+        return [LabelledServer(
+            str(s.id), s.name or "", (s.labels or {}).get(STACK_LABEL, ""), (s.labels or {}).get(PROJECT_LABEL, ""),
+            _location(s), s.status or "", s.created.isoformat() if s.created else "",
+        ) for s in servers]  # fmt: skip
+
     @staticmethod
     def _server_found(server: Any) -> Found:
         ipv4 = server.public_net.ipv4.ip if server.public_net and server.public_net.ipv4 else ""
@@ -186,3 +202,9 @@ class HetznerProvider(CloudProvider):
         if not ipv4:
             raise PostgressorError(f"Hetzner server {found.id} has no public IPv4; postgressor needs one")
         return str(ipv4)
+
+
+def _location(server: Any) -> str:
+    """The server's location name (``location``; older API versions only had ``datacenter.location``)."""
+    location = getattr(server, "location", None) or getattr(getattr(server, "datacenter", None), "location", None)
+    return str(getattr(location, "name", "") or "")
