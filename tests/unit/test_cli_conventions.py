@@ -224,3 +224,28 @@ def test_every_postgressor_variable_the_code_reads_is_known() -> None:
     unknown = {n for n in names if n not in OTHER_VARIABLES
                and n.split("__")[0] not in settings and n != "POSTGRESSOR_"}  # fmt: skip
     assert unknown == set()
+
+
+# ---- Supabase's current keys first (item 4)
+
+
+def test_init_template_leads_with_jwks_and_leaves_the_provider_to_the_region(project: Path) -> None:
+    code, _, err = run("init")
+    assert code == 0, err
+    text = (project / "postgressor.toml").read_text()
+    supabase = text[text.index("[supabase]"):]
+    assert supabase.index("jwks_url") < supabase.index("JWT_SECRET") and "publishable" in supabase
+    assert "Legacy" in supabase and "deprecated" in supabase
+    assert not re.search(r"^provider\s*=", text, re.MULTILINE)
+    assert run("config", "check")[0] == 0
+    code, _, err = run("plan", "--region", "mumbai")  # the template does not pin `local`
+    assert "has no regions" not in err
+
+
+def test_readme_leads_with_jwks_and_marks_hs256_legacy() -> None:
+    readme = (ROOT / "README.md").read_text()
+    sync = readme[readme.index("## Sync"):readme.index("## Commands")]
+    assert sync.index("jwks_url") < sync.index("jwt_secret")
+    assert "legacy" in sync.lower() and "publishable" in sync
+    first_screen = readme[:readme.index("## What `up` builds")]
+    assert "--region mumbai" in first_screen and "--yes" in first_screen
