@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,8 @@ def test_plan_shows_price_traffic_and_caveats_then_asks(bare: Path, monkeypatch:
 def test_paid_size_plan_names_its_price(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HCLOUD_TOKEN", "x")
     code, _, err = run("up", "--provider", "hetzner", "--region", "ash", "--size", "cpx22")
-    assert "size:     cpx22" in err and "price:    €9.49/month" in err
+    assert "size:     cpx22" in err and "price:    unverified: €9.49/month" in err and "--live" in err
+    assert "traffic:  unverified: 1 TB/month included" in err and "per plan" in err
     assert code == 2 and "pass --yes" in err
 
 
@@ -160,3 +162,27 @@ def test_no_question_for_local_ssh_or_a_recorded_server(monkeypatch: pytest.Monk
 def test_missing_credentials_reported_before_the_question() -> None:
     code, _, err = run("up", "--provider", "hetzner")
     assert code == 2 and "HCLOUD_TOKEN" in err and "price:" not in err
+
+
+# ---- item 6: dated facts where they are shown
+
+
+def test_oracle_idle_reclamation_in_regions_cost_and_recommend() -> None:
+    _, out, _ = run("regions", "--provider", "oracle", "--json")
+    assert all("idle" in r["free_tier"] for r in json.loads(out)["regions"])
+    _, out, _ = run("cost", "--users", "1000", "--egress-gb-per-user", "2", "--provider", "oracle",
+                    "--region", "mumbai")
+    assert "idle for 7 days" in " ".join(out.split())
+    _, out, _ = run("recommend", "--near", "mumbai", "--json")
+    oracle = next(o for o in json.loads(out)["options"] if o["provider"] == "oracle")
+    assert "idle" in json.dumps(oracle)
+
+
+def test_hetzner_prices_after_june_2026_are_flagged_unverified_not_invented() -> None:
+    _, out, _ = run("cost", "--users", "1000", "--egress-gb-per-user", "2", "--provider", "hetzner",
+                    "--region", "fsn1", "--json")
+    (option,) = json.loads(out)["options"]
+    assert "15 June 2026" in option["size"]["unverified"] and "--live" in option["size"]["unverified"]
+    _, out, _ = run("regions", "--provider", "hetzner", "--json")
+    by_code = {r["code"]: r for r in json.loads(out)["regions"]}
+    assert "per plan" in by_code["ash"]["unverified"] and by_code["fsn1"]["unverified"] == ""

@@ -37,14 +37,16 @@ class BillPlan:
                        f"check the provider's price list (or 'postgressor regions --live' for Hetzner)")
         else:
             when = "live from the provider's API" if s.live else f"checked {s.checked_on}"
-            out.append(f"price:    {currency}{s.price_in(r.code):,.2f}/month excl. VAT ({when}; {s.source})")
+            figure = f"{currency}{s.price_in(r.code):,.2f}/month excl. VAT ({when}; {s.source})"
+            out.append(f"price:    unverified: {figure}; {s.unverified}" if s.unverified else f"price:    {figure}")
         if math.isinf(r.included_tb):
             out.append("traffic:  egress is not billed")
         else:
             included = s.included_tb_by_region.get(r.code, r.included_tb) if s else r.included_tb
             over = s.overage_by_region.get(r.code, r.overage_per_tb) if s else r.overage_per_tb
-            out.append(f"traffic:  {included:g} TB/month included, then {currency}{over:,.2f}/TB "
-                       f"(checked {r.checked_on}; {r.source})")  # fmt: skip
+            terms = (f"{included:g} TB/month included, then {currency}{over:,.2f}/TB "
+                     f"(checked {r.checked_on}; {r.source})")  # fmt: skip
+            out.append(f"traffic:  unverified: {terms}; {r.unverified}" if r.unverified else f"traffic:  {terms}")
         caveats = [text for text in ((r.free_tier if s and s.free_tier else ""), r.notes,
                                      s.notes if s else "") if text]  # fmt: skip
         out += [f"caveat:   {text}" for text in caveats]
@@ -59,7 +61,8 @@ class BillPlan:
                 "monthly": s.price_in(r.code) if s else None, "currency": self._currency(),
                 "price_checked_on": (None if s is None or s.live else s.checked_on.isoformat()),
                 "price_source": s.source if s else None, "included_tb": r.included_tb,
-                "overage_per_tb": r.overage_per_tb, "free_tier": bool(s and s.free_tier)}  # fmt: skip
+                "overage_per_tb": r.overage_per_tb, "free_tier": bool(s and s.free_tier),
+                "unverified": [t for t in ((s.unverified if s else "unpriced"), r.unverified) if t]}  # fmt: skip
 
 
 def bill_plan(provider: str, region_code: str, size_name: str, image: str, cat: Catalogue | None = None) -> BillPlan:
