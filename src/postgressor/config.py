@@ -408,7 +408,7 @@ def describe_validation_error(err: ValidationError, source: str) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "literal_error" and loc == ("provider",):
         message = f"unknown provider; choose one of {', '.join(PROVIDERS)}"
-    return f"{source}: {where}: {message}{more}"
+    return f"{source}: {message}{more}" if not loc else f"{source}: {where}: {message}{more}"
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
