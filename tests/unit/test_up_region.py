@@ -33,10 +33,10 @@ def bare(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return home
 
 
-def oci_config(home: Path) -> None:
+def oci_config(home: Path, region: str = "ap-mumbai-1") -> None:
     """A complete OCI config at ~/.oci/config (the fake's signing key; nothing here calls the API)."""
     (home / ".oci").mkdir()
-    path, _ = oci.write_config(home / ".oci")
+    path, _ = oci.write_config(home / ".oci", region=region)
     path.rename(home / ".oci" / "config")
 
 
@@ -133,6 +133,14 @@ def test_plan_shows_price_traffic_and_caveats_then_asks(bare: Path, monkeypatch:
     assert "traffic:  10 TB/month included, then $25.00/TB" in err
     assert "idle" in err  # Always Free reclamation of idle instances
     assert "Create this billed" in err
+
+
+def test_oracle_outside_the_home_region_is_priced_pay_as_you_go(bare: Path) -> None:
+    oci_config(bare, region="ap-hyderabad-1")  # home region Hyderabad: Always Free is not in Mumbai
+    _, _, err = run("up", "--region", "mumbai")
+    size = next(line for line in err.splitlines() if line.startswith("size:"))
+    assert size.startswith("size:     A1.Flex 2 OCPU / 12 GB (2 vCPU") and "Always Free" not in size
+    assert "price:    $27.74/month" in err
 
 
 def test_paid_size_plan_names_its_price(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -80,7 +80,8 @@ def billing_plan(settings: Settings, stack: str) -> BillPlan | None:
         cfg = settings.oracle
         image = cfg.image_id or "the newest Canonical Ubuntu 24.04 image for the shape"
         if size == "VM.Standard.A1.Flex":
-            free = cfg.ocpus <= 2 and cfg.memory_gb <= 12  # the A1 Always Free limit (providers/oracle.py)
+            # the A1 Always Free limit (providers/oracle.py), and only in the tenancy's home region
+            free = cfg.ocpus <= 2 and cfg.memory_gb <= 12 and provider.region == provider.region_hint()
             size = f"A1.Flex {cfg.ocpus:g} OCPU / {cfg.memory_gb:g} GB" + (" (Always Free)" if free else "")
     return bill_plan(settings.provider, provider.region, size, image)
 
