@@ -249,3 +249,17 @@ def test_readme_leads_with_jwks_and_marks_hs256_legacy() -> None:
     assert "legacy" in sync.lower() and "publishable" in sync
     first_screen = readme[:readme.index("## What `up` builds")]
     assert "--region mumbai" in first_screen and "--yes" in first_screen
+
+
+def test_a_failure_after_a_json_result_keeps_stdout_one_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    from postgressor.cli import common
+    from postgressor.errors import PostgressorError
+
+    def plan_then_fail(*args: Any, **kwargs: Any) -> None:
+        common.emit_json({"ok": False, "detail": "operation x failed"})
+        raise PostgressorError("operation x failed; fix it and run 'postgressor deploy'")
+
+    monkeypatch.setattr("postgressor.stack.plan", plan_then_fail)
+    code, out, err = run("plan", "--json")
+    assert code == 1 and json.loads(out) == {"ok": False, "detail": "operation x failed"}
+    assert err.startswith("error: operation x failed")

@@ -21,7 +21,7 @@ from postgressor.cli import (
     migrate_cmds,
     servers_cmds,
 )
-from postgressor.cli.common import GlobalOptions, emit_json, err_console
+from postgressor.cli.common import GlobalOptions, emit_json, err_console, json_emitted, reset_output
 from postgressor.errors import ConfigError, PostgressorError, UsageError
 
 
@@ -54,6 +54,7 @@ class PostgressorGroup(TyperGroup):
     ) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         PostgressorGroup.json_errors = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+        reset_output()
         try:
             code = super().main(args=hoist_global_options(self, argv), prog_name=prog_name,
                                 standalone_mode=False, **extra)  # fmt: skip
@@ -120,7 +121,7 @@ ERROR_CODES = ((ConfigError, "config"), (UsageError, "usage"), (PostgressorError
 def _fail(message: str, code: str) -> None:
     """One line on stderr; with --json also {"error": {"code", "message"}} on stdout (exit codes unchanged)."""
     err_console.print(f"error: {message}", markup=False, soft_wrap=True)
-    if PostgressorGroup.json_errors:
+    if PostgressorGroup.json_errors and not json_emitted():  # a result already printed says ok: false
         emit_json({"error": {"code": code, "message": message}})
 
 

@@ -109,5 +109,18 @@ def say(line: str) -> None:
     err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+class _Output:
+    json_emitted = False  # a run prints at most one JSON document on stdout (see cli.PostgressorGroup)
+
+
 def emit_json(data: Any) -> None:
+    _Output.json_emitted = True
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def json_emitted() -> bool:
+    return _Output.json_emitted
+
+
+def reset_output() -> None:
+    _Output.json_emitted = False
