@@ -370,7 +370,7 @@ def _bad_variable(err: SettingsError) -> str:
     broken = [(where, name) for where, name, value in suspects if not _is_json(value)]
     named = ", ".join(f"{name} ({where})" for where, name in (broken or [(w, n) for w, n, _ in suspects]))
     return (f"{named or f'{ENV_PREFIX}{field}'}: not valid JSON for setting '{field.lower()}'; "
-            'quote it as JSON, e.g. POSTGRESSOR_SYNC__TABLES=\'[{"name": "todos"}]\'')
+            "write it as JSON: a list in [...], an object in {...}, strings in double quotes")
 
 
 def _is_json(value: str) -> bool:

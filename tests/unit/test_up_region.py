@@ -194,3 +194,8 @@ def test_hetzner_prices_after_june_2026_are_flagged_unverified_not_invented() ->
     _, out, _ = run("regions", "--provider", "hetzner", "--json")
     by_code = {r["code"]: r for r in json.loads(out)["regions"]}
     assert "per plan" in by_code["ash"]["unverified"] and by_code["fsn1"]["unverified"] == ""
+
+
+def test_unknown_region_suggests_close_names() -> None:
+    code, _, err = run("up", "--region", "mumbay")
+    assert code == 2 and "did you mean mumbai" in err and err.count("\n") == 1

@@ -8,6 +8,7 @@ provider that serves the region and the credential it needs.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -52,10 +53,14 @@ def city_of(cat: Catalogue, wanted: str) -> City:
     for region in cat.regions:
         if region.code.lower() == wanted.strip().lower():
             return City(region.city, region.country, region.lat, region.lon, region.aliases)
-    city = known_cities(cat).get(normalise(wanted))
+    cities = known_cities(cat)
+    city = cities.get(normalise(wanted))
     if city is None:
-        codes = ", ".join(r.code for r in cat.regions)
-        raise UsageError(f"unknown region '{wanted}'; use a city or one of {codes} (see 'postgressor regions')")
+        names = [*cities, *(r.code.lower() for r in cat.regions)]
+        close = difflib.get_close_matches(wanted.strip().lower(), names, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UsageError(f"unknown region '{wanted}'; {hint}use a city or a provider's region code "
+                         "(see 'postgressor regions')")  # fmt: skip
     return city
 
 
