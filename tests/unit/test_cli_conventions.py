@@ -263,3 +263,9 @@ def test_a_failure_after_a_json_result_keeps_stdout_one_document(monkeypatch: py
     code, out, err = run("plan", "--json")
     assert code == 1 and json.loads(out) == {"ok": False, "detail": "operation x failed"}
     assert err.startswith("error: operation x failed")
+
+
+def test_completion_answers_with_verbs() -> None:
+    env = {"_POSTGRESSOR_COMPLETE": "complete_bash", "COMP_WORDS": "postgressor se", "COMP_CWORD": "1"}
+    result = CliRunner().invoke(app, [], env=env, prog_name="postgressor")
+    assert result.exit_code == 0 and result.stdout.split() == ["servers"]
