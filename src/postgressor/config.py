@@ -263,7 +263,8 @@ class Settings(BaseSettings):
     provider: Literal["local", "ssh", "hetzner", "oracle", "ovh"] = "local"
     region: str = ""
     project: str = Field("", max_length=63, description="names this project's servers at the cloud provider "
-                         "(labels/tags), so they can be found without the state; default: the directory's name")
+                         "(labels/tags), so they can be found without the state; default: the name of the "
+                         "directory holding postgressor.toml (else the current one)")
     size: str = ""
     state_dir: Path = Path(".postgressor")
     ssh: SSHConfig = SSHConfig()
@@ -423,7 +424,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     check_variables()
     token = _toml_path.set(toml)
     try:
-        return Settings(**clean)
+        settings = Settings(**clean)
     except SettingsError as err:
         raise ConfigError(_bad_variable(err)) from None
     except ValidationError as err:
@@ -432,6 +433,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"{path}: cannot parse: {err}; check the TOML syntax") from None
     finally:
         _toml_path.reset(token)
+    if not settings.project:  # the project's identity on cloud labels: the config file's directory
+        settings = settings.model_copy(update={"project": (toml or Path("postgressor.toml")).resolve().parent.name})
+    return settings
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

@@ -199,3 +199,12 @@ def test_hetzner_prices_after_june_2026_are_flagged_unverified_not_invented() ->
 def test_unknown_region_suggests_close_names() -> None:
     code, _, err = run("up", "--region", "mumbay")
     assert code == 2 and "did you mean mumbai" in err and err.count("\n") == 1
+
+
+def test_project_identity_is_the_config_files_directory(tmp_path: Path) -> None:
+    app_dir = tmp_path / "my-shop"
+    app_dir.mkdir()
+    (app_dir / "postgressor.toml").write_text("")
+    assert load_settings(app_dir / "postgressor.toml").project == "my-shop"  # from any working directory
+    (app_dir / "postgressor.toml").write_text('project = "acme/shop"\n')
+    assert load_settings(app_dir / "postgressor.toml").project == "acme/shop"
