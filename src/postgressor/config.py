@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import json
+import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
@@ -19,8 +21,10 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -28,6 +32,13 @@ from postgressor.box.layout import ELECTRIC_PORT
 from postgressor.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("postgressor.toml")
+DOTENV_FILE = Path(".env")
+ENV_PREFIX = "POSTGRESSOR_"
+# POSTGRESSOR_* variables that are not settings: read by the CLI or a command, so never "unknown".
+OTHER_VARIABLES = frozenset({
+    "POSTGRESSOR_STACK", "POSTGRESSOR_DEBUG", "POSTGRESSOR_DATABASE_URL", "POSTGRESSOR_TOKEN",
+    "POSTGRESSOR_CACHE_DIR", "POSTGRESSOR_EXPORT_FROM",
+})  # fmt: skip
 PROVIDERS = ("local", "ssh", "hetzner", "oracle", "ovh")
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -279,12 +290,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="POSTGRESSOR_",
         env_nested_delimiter="__",
-        env_file=".env",
+        env_file=DOTENV_FILE,
         extra="forbid",
     )
 
     provider: Literal["local", "ssh", "hetzner", "oracle", "ovh"] = "local"
     region: str = ""
+    project: str = Field("", max_length=63, description="names this project's servers at the cloud provider "
+                         "(labels/tags), so they can be found without the state; default: the name of the "
+                         "directory holding postgressor.toml (else the current one)")
     size: str = ""
     state_dir: Path = Path(".postgressor")
     ssh: SSHConfig = SSHConfig()
@@ -312,7 +326,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = _toml_path.get()
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        dotenv = PrefixedDotEnvSource(settings_cls)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv]
         if toml is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
@@ -321,7 +336,14 @@ class Settings(BaseSettings):
     def _provider_needs(self) -> Settings:
         if self.provider == "ssh" and not self.ssh.host:
             raise ValueError("provider 'ssh' needs a host: pass --host or set [ssh] host")
+        if self.region and self.provider_configured() and self.provider in ("local", "ssh"):
+            raise ValueError(f"provider '{self.provider}' has no regions; drop region '{self.region}' (--region "
+                             "picks a cloud provider only when none is configured)")  # fmt: skip
         return self
+
+    def provider_configured(self) -> bool:
+        """True when a flag, the environment, .env or postgressor.toml set ``provider`` (not the default)."""
+        return "provider" in self.model_fields_set
 
     def sync_enabled(self) -> bool:
         """Electric, the gateway and Caddy are deployed when tables are synced (or when asked)."""
@@ -334,6 +356,66 @@ class Settings(BaseSettings):
         if self.postgres.source:
             return self.postgres.source
         return "distro" if self.provider == "local" else "pgdg"
+
+
+class PrefixedDotEnvSource(DotEnvSettingsSource):
+    """.env holds the application's variables too (DATABASE_URL, ...): only POSTGRESSOR_* keys are ours."""
+
+    def _read_env_files(self) -> dict[str, str | None]:
+        return {k: v for k, v in super()._read_env_files().items()
+                if k.upper().startswith(ENV_PREFIX) and k.upper() not in OTHER_VARIABLES}  # fmt: skip
+
+
+def _dotenv_values() -> dict[str, str]:
+    """The POSTGRESSOR_* entries of ./.env (python-dotenv, as pydantic-settings reads it)."""
+    from dotenv import dotenv_values
+
+    if not DOTENV_FILE.is_file():
+        return {}
+    return {k.upper(): v for k, v in dotenv_values(DOTENV_FILE).items()
+            if v is not None and k.upper().startswith(ENV_PREFIX)}  # fmt: skip
+
+
+def _our_variables() -> list[tuple[str, str, str]]:
+    """(where, NAME, value) of every POSTGRESSOR_* variable: the environment, then .env."""
+    env = [("environment", k.upper(), v) for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)]
+    return env + [(".env", k, v) for k, v in _dotenv_values().items()]
+
+
+def check_variables() -> None:
+    """Refuse a POSTGRESSOR_* variable that names no setting (a typo would otherwise be ignored)."""
+    for where, name, _ in _our_variables():
+        if name in OTHER_VARIABLES:
+            continue
+        top = name.removeprefix(ENV_PREFIX).split("__", 1)[0].lower()
+        if top in Settings.model_fields:
+            continue
+        names = [f"{ENV_PREFIX}{f.upper()}" for f in Settings.model_fields] + sorted(OTHER_VARIABLES)
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]}?" if close else "remove it or see 'postgressor config check'"
+        raise ConfigError(f"{where}: unknown variable {name}; {hint}")
+
+
+def _bad_variable(err: SettingsError) -> str:
+    """The variable(s) behind pydantic-settings' 'error parsing value for field "x"' (values not shown)."""
+    match = re.search(r'field "([^"]+)"', str(err))
+    field = match.group(1).upper() if match else ""
+    suspects = [(where, name, value) for where, name, value in _our_variables()
+                if name == f"{ENV_PREFIX}{field}" or name.startswith(f"{ENV_PREFIX}{field}__")]
+    broken = [(where, name) for where, name, value in suspects if not _is_json(value)]
+    named = ", ".join(f"{name} ({where})" for where, name in (broken or [(w, n) for w, n, _ in suspects]))
+    return (f"{named or f'{ENV_PREFIX}{field}'}: not valid JSON for setting '{field.lower()}'; "
+            "write it as JSON: a list in [...], an object in {...}, strings in double quotes")
+
+
+def _is_json(value: str) -> bool:
+    if not value.lstrip().startswith(("[", "{")):
+        return True  # a scalar: pydantic-settings takes it as is
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -361,7 +443,7 @@ def describe_validation_error(err: ValidationError, source: str) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "literal_error" and loc == ("provider",):
         message = f"unknown provider; choose one of {', '.join(PROVIDERS)}"
-    return f"{source}: {where}: {message}{more}"
+    return f"{source}: {message}{more}" if not loc else f"{source}: {where}: {message}{more}"
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -373,15 +455,21 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"config file {path} not found; create one with 'postgressor init' or fix --config")
     toml = path if path.is_file() else None
     clean = {k: v for k, v in overrides.items() if v is not None}
+    check_variables()
     token = _toml_path.set(toml)
     try:
-        return Settings(**clean)
+        settings = Settings(**clean)
+    except SettingsError as err:
+        raise ConfigError(_bad_variable(err)) from None
     except ValidationError as err:
         raise ConfigError(describe_validation_error(err, str(toml or "configuration"))) from None
     except ValueError as err:  # TOML syntax errors surface as ValueError subclasses
         raise ConfigError(f"{path}: cannot parse: {err}; check the TOML syntax") from None
     finally:
         _toml_path.reset(token)
+    if not settings.project:  # the project's identity on cloud labels: the config file's directory
+        settings = settings.model_copy(update={"project": (toml or Path("postgressor.toml")).resolve().parent.name})
+    return settings
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

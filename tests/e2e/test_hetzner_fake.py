@@ -85,7 +85,7 @@ def hetzner_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[St
         mp.setenv("HCLOUD_TOKEN", TOKEN)
         stack = Stack(project, {})
         try:
-            stack.up_result = stack.cli_json("up", "--provider", "hetzner", "--region", "nuremberg")
+            stack.up_result = stack.cli_json("up", "--provider", "hetzner", "--region", "nuremberg", "--yes")
             yield stack, api, vms
         finally:
             stack.cli("destroy", "--yes", check=False, timeout=300)
@@ -120,7 +120,7 @@ def test_status_reaches_postgres_on_the_server(hetzner_stack: tuple[Stack, FakeH
 
 def test_second_up_reuses_the_server(hetzner_stack: tuple[Stack, FakeHetzner, VMServers]) -> None:
     stack, api, _ = hetzner_stack
-    again = stack.cli_json("up", "--provider", "hetzner", "--region", "nuremberg")
+    again = stack.cli_json("up", "--provider", "hetzner", "--region", "nuremberg", "--yes")
     assert again["deploy"]["failed"] == 0
     assert api.created_servers == 1 and len(api.servers) == 1
     assert api.calls("POST", "/v1/servers") == 1

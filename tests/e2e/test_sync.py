@@ -98,6 +98,8 @@ def test_secrets_stay_on_the_box(sync_stack: Stack) -> None:
     state = (sync_stack.project / ".postgressor" / "default.json").read_text()
     assert SECRET not in state
     assert "electric_secret" not in state
+    env_names = sync_stack.sh("cut -d= -f1 /etc/postgressor/electric.env").stdout.split()
+    assert "ELECTRIC_USAGE_REPORTING" not in env_names  # removed in Electric 1.7.11 (REFERENCE section 9)
 
 
 def test_migrate_through_the_ssh_tunnel_protects_the_synced_table(sync_stack: Stack) -> None:

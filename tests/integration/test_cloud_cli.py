@@ -40,7 +40,7 @@ def test_unknown_region_exits_2_with_one_line(api: FakeHetzner) -> None:
 
 def test_missing_token_exits_2(api: FakeHetzner, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HCLOUD_TOKEN")
-    code, out = run("up", "--provider", "hetzner")
+    code, out = run("up", "--provider", "hetzner", "--yes")
     assert code == 2 and "HCLOUD_TOKEN" in out and api.log == []
 
 
@@ -58,7 +58,7 @@ def test_ctrl_c_during_up_then_destroy_removes_everything(api: FakeHetzner, monk
             raise KeyboardInterrupt
 
     monkeypatch.setattr(cloud, "on_created", interrupt)
-    code, out = run("up", "--provider", "hetzner")
+    code, out = run("up", "--provider", "hetzner", "--yes")
     assert code == 130 and "interrupted" in out
     state = load_state(tmp_path / ".postgressor", "default")
     assert state is not None and state.find("server") is None and len(api.servers) == 1
@@ -72,7 +72,7 @@ def test_ctrl_c_during_up_then_destroy_removes_everything(api: FakeHetzner, monk
 
 def test_api_error_is_one_line_exit_1(api: FakeHetzner) -> None:
     api.fail("POST", "/v1/ssh_keys", 403, {"error": {"code": "forbidden", "message": "read-only token"}})
-    code, out = run("up", "--provider", "hetzner")
+    code, out = run("up", "--provider", "hetzner", "--yes")
     assert code == 1
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Read & Write" in errors[0] and "Traceback" not in out

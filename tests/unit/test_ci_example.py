@@ -4,8 +4,12 @@ may wait on stdin in CI."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from postgressor import __version__
 from postgressor.cli import app, common
 from postgressor.config import Settings
 from postgressor.errors import UsageError
@@ -112,7 +117,8 @@ def test_every_command_is_machine_readable_and_never_asks() -> None:
             command = command.commands[name]
         if "--yes" in _options(command):
             assert "--yes" in used, f"{' '.join(argv)}: add --yes (it would ask otherwise)"
-        assert "--stack" in used, f"{' '.join(argv)}: name the PR's stack"
+        if path[1:] != ["servers", "list"]:  # the reaper's listing covers every stack
+            assert "--stack" in used, f"{' '.join(argv)}: name the PR's stack"
 
 
 def test_up_targets_hetzner_with_a_region_and_the_state_dir_is_cached() -> None:
@@ -126,7 +132,7 @@ def test_up_targets_hetzner_with_a_region_and_the_state_dir_is_cached() -> None:
 
 
 @pytest.mark.parametrize(("line", "problem"), [
-    ("postgressor --json --stack x up --yes", "has no option --yes"),
+    ("postgressor --json --stack x up --auto-approve", "has no option --auto-approve"),
     ("postgressor --json --stack x destroyy --yes", "has no command 'destroyy'"),
     ("postgressor --json verify-jwt --sub", "needs a value"),
     ("postgressor --json config", "needs a command"),
@@ -181,3 +187,91 @@ def test_destroy_without_yes_in_ci_exits_2_without_waiting(tmp_path: Path, monke
     monkeypatch.setenv("CI", "true")
     result = CliRunner().invoke(app, ["--stack", "pr-1", "destroy"], input=None)
     assert result.exit_code == 2 and "pass --yes" in result.stderr
+
+
+# --- supply chain, secrets, environments, the summary and the reaper ---------------------------------
+
+# Node 24 majors (REFERENCE §9: runners dropped Node 20 in September 2026); `using: node24` in their action.yml
+NODE24_MAJORS = {"actions/checkout": 5, "actions/setup-python": 6, "actions/cache": 5}
+PINNED = re.compile(r"^\s*(?:-\s*)?uses:\s*([\w.-]+/[\w.-]+)(?:/[\w./-]+)?@([0-9a-f]{40})\s+#\s*v(\d+)\.\d+\.\d+\s*$")
+
+
+def test_every_action_is_pinned_by_sha_to_a_node24_major() -> None:
+    lines = [ln for ln in EXAMPLE.read_text().splitlines() if re.match(r"^\s*(-\s*)?uses:", ln)]
+    assert lines
+    for line in lines:
+        match = PINNED.match(line)
+        assert match, f"not pinned by a 40-hex commit SHA with a '# vX.Y.Z' comment: {line.strip()}"
+        action, _, major = match.groups()
+        assert int(major) >= NODE24_MAJORS[action], f"{action} v{major} predates Node 24"
+    assert "rev-list" in EXAMPLE.read_text()  # says where the SHAs come from
+
+
+def test_postgressor_is_pinned_to_this_release() -> None:
+    installs = [s for s in scripts(workflow()) if "pip install" in s]
+    assert installs and all(f'"postgressor=={__version__}"' in s for s in installs), installs
+
+
+def test_secrets_reach_only_the_steps_that_use_them_inside_an_environment() -> None:
+    doc = workflow()
+    assert "secrets." not in json.dumps(doc.get("env", {}))
+    for name, job in doc["jobs"].items():
+        assert "secrets." not in json.dumps(job.get("env", {})), name
+        uses_secrets = "secrets." in json.dumps(job["steps"])
+        assert not uses_secrets or job.get("environment"), f"job {name} uses secrets without an environment"
+        for step in job["steps"]:
+            if "run" in step or "secrets." not in json.dumps(step):
+                continue
+            raise AssertionError(f"{name}: action step {step.get('uses')} gets a secret")
+        for step in job["steps"]:
+            for var, value in (step.get("env") or {}).items():
+                if "secrets." in str(value) and var != "POSTGRESSOR_SUPABASE__JWT_SECRET":
+                    assert f"${var}" in step["run"] or var in {"HCLOUD_TOKEN"}, (name, var)
+
+
+def test_the_hetzner_token_is_only_where_postgressor_talks_to_hetzner() -> None:
+    cloud_verbs = {"up", "destroy", "list"}  # list/destroy of `servers` too
+    for job in workflow()["jobs"].values():
+        for step in job["steps"]:
+            if "run" not in step:
+                continue
+            verbs = {resolve(a)[0][-1] for a in commands_in(step["run"])}
+            has_token = "HCLOUD_TOKEN" in (step.get("env") or {})
+            assert has_token == bool(verbs & cloud_verbs), (step.get("name"), verbs)
+
+
+def _report_script() -> str:
+    (step,) = [s for s in workflow()["jobs"]["staging"]["steps"] if s.get("name") == "Report"]
+    return str(step["run"])
+
+
+@pytest.mark.skipif(shutil.which("jq") is None or shutil.which("bash") is None, reason="needs jq and bash")
+def test_the_summary_shows_the_error_when_up_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the Report step on what `up --json` prints when it fails (the CLI's own output)."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["--json", "--stack", "pr-1", "up", "--provider", "hetzner", "--region",
+                                      "mumbai", "--yes"])  # fmt: skip
+    assert result.exit_code == 2
+    (tmp_path / "up.json").write_text(result.stdout)
+    (tmp_path / "migrate.json").write_text("")  # a step that died before printing
+    summary = tmp_path / "summary.md"
+    subprocess.run(["bash", "-e", "-c", _report_script()], cwd=tmp_path, check=True,
+                   env={**os.environ, "GITHUB_STEP_SUMMARY": str(summary)})  # fmt: skip
+    text = summary.read_text()
+    message = json.loads(result.stdout)["error"]["message"]
+    assert f"- error (usage): {message}" in text or f"- error (config): {message}" in text
+    assert "### migrate" in text and "no JSON result" in text
+
+
+def test_a_scheduled_reaper_lists_labelled_servers_and_destroys_closed_prs() -> None:
+    doc = workflow()
+    triggers = doc.get("on") or doc.get(True)  # YAML 1.1 reads a bare `on` as True
+    assert triggers["schedule"] and "pull_request" in triggers
+    reaper = doc["jobs"]["reaper"]
+    assert "schedule" in reaper["if"] and reaper.get("environment")
+    commands = [resolve(a)[0][1:] for s in (st["run"] for st in reaper["steps"] if "run" in st)
+                for a in commands_in(s)]  # fmt: skip
+    assert ["servers", "list"] in commands and ["servers", "destroy"] in commands
+    script = "\n".join(st.get("run", "") for st in reaper["steps"])
+    assert "gh pr view" in script and "OPEN" in script
+    assert doc["env"]["POSTGRESSOR_PROJECT"]  # the label the reaper finds servers by, the same in every job

@@ -40,6 +40,7 @@ class Region:
     checked_on: dt.date
     source: str
     live: bool = False  # traffic terms refreshed from the provider's API
+    unverified: str = ""  # why the traffic terms are not confirmed (and how to check them); "" = confirmed
 
     @property
     def unmetered(self) -> bool:
@@ -64,6 +65,7 @@ class Size:
     included_tb_by_region: dict[str, float] = field(default_factory=dict)  # from --live only
     overage_by_region: dict[str, float] = field(default_factory=dict)  # from --live only
     live: bool = False
+    unverified: str = ""  # why the price is not confirmed (and how to check it); "" = confirmed
 
     def offered_in(self, code: str) -> bool:
         return "*" in self.regions or code in self.regions

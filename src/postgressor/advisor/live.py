@@ -140,6 +140,6 @@ def apply_hetzner_prices(
         if here:  # region-level terms: those of the cheapest type offered there
             cheapest = min(here, key=lambda p: (p.monthly_net, p.server_type))
             region = replace(region, included_tb=cheapest.included_tb, overage_per_tb=cheapest.overage_per_tb,
-                             checked_on=today, source=source, live=True)
+                             checked_on=today, source=source, live=True, unverified="")
         regions.append(region)
     return cat.with_changes(tuple(regions), tuple(sizes))

@@ -75,6 +75,7 @@ def _explain(cat: Catalogue, city: City, o: CostOption, lat: Latency, band: str,
             reasons.append(f"if the free box cannot be had, {fallback.size.name} here costs about "
                            f"€{fallback.total_eur:,.2f}/month in all")
     caveats = [text for text in (r.notes, size.notes) if text]
+    caveats += [f"unverified: {text}" for text in (size.unverified, r.unverified) if text]
     stale = min(r.checked_on, size.checked_on)
     if not (r.live and size.live):
         caveats.append(f"catalogue figures checked {stale}: confirm the price before buying")

@@ -63,7 +63,8 @@ def _region_json(r: Region, currency: str) -> dict[str, Any]:
     return {"provider": r.provider, "code": r.code, "city": r.city, "country": r.country,
             "included_tb": _tb(r.included_tb), "unmetered": r.unmetered, "overage_per_tb": r.overage_per_tb,
             "currency": currency, "free_tier": r.free_tier, "notes": r.notes,
-            "checked_on": r.checked_on.isoformat(), "source": r.source, "live": r.live}
+            "checked_on": r.checked_on.isoformat(), "source": r.source, "live": r.live,
+            "unverified": r.unverified}
 
 
 def _city_json(city: City | None) -> dict[str, Any] | None:
@@ -75,7 +76,7 @@ def _option_json(o: CostOption) -> dict[str, Any]:
         "provider": o.provider, "region": o.region.code, "city": o.region.city,
         "size": {"name": o.size.name, "vcpus": o.size.vcpus, "ram_gb": o.size.ram_gb, "arch": o.size.arch,
                  "free_tier": o.size.free_tier, "checked_on": o.size.checked_on.isoformat(),
-                 "source": o.size.source, "live": o.size.live},
+                 "source": o.size.source, "live": o.size.live, "unverified": o.size.unverified},
         "currency": o.currency, "box": round(o.box, 2), "egress_tb": round(o.egress_tb, 3),
         "included_tb": _tb(o.included_tb), "over_tb": round(o.over_tb, 3),
         "overage_per_tb": o.overage_per_tb, "egress": round(o.egress, 2),
@@ -112,7 +113,8 @@ def regions(
         included, overage = _traffic(r.included_tb, r.overage_per_tb, row.currency)
         rtt = (f"{lat.distance_km:,.0f}", f"{lat.floor_ms:.0f} ms", f"~{lat.estimate_ms:.0f} ms") if lat else ()
         table.add_row(r.provider, r.code, f"{r.city}, {r.country}", *rtt, included, overage,
-                      r.free_tier or "-", r.notes or "-", "live" if r.live else str(r.checked_on))
+                      r.free_tier or "-", r.notes or "-",
+                      "live" if r.live else ("unverified" if r.unverified else str(r.checked_on)))
     console.print(table)
     if city:
         console.print(basis, markup=False)
@@ -147,14 +149,18 @@ def cost(
         included, _ = _traffic(o.included_tb, o.overage_per_tb, o.currency)
         egress = "free" if math.isinf(o.included_tb) else f"{o.over_tb:,.2f} TB over {included}"
         checked = "live" if o.size.live else str(min(o.size.checked_on, o.region.checked_on))
+        checked = "unverified" if (o.size.unverified or o.region.unverified) else checked
         table.add_row(o.provider, f"{o.region.code} ({o.region.city})",
                       o.size.name + (" *" if o.size.free_tier else ""), f"{o.box_eur:,.2f}", egress,
                       f"{o.egress_eur:,.2f}", f"{o.auth.monthly_eur:,.2f}", f"{o.total_eur:,.2f}", checked)
     console.print(table)
     if any(o.size.free_tier for o in options):
-        console.print("* free tier: home region only, and launches may fail for lack of capacity", markup=False)
+        console.print("* free tier: home region only, launches may fail for lack of capacity, and an Always Free "
+                      "instance idle for 7 days (under ~20 % CPU, network and memory) can be reclaimed", markup=False)
     for line in notes:
         console.print(f"- {line}", markup=False)
+    for text in sorted({t for o in options for t in (o.size.unverified, o.region.unverified) if t}):
+        console.print(f"- unverified: {text}", markup=False)
 
 
 def recommend(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,12 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from postgressor.advisor.bill import BillPlan, bill_plan
+from postgressor.advisor.choose import choose
 from postgressor.config import Settings, load_settings
 from postgressor.errors import UsageError
-from postgressor.state import check_stack_name
+from postgressor.providers.credentials import credential
+from postgressor.state import check_stack_name, load_state, open_state
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -38,6 +42,50 @@ def settings_for(ctx: typer.Context, **overrides: Any) -> Settings:
     return load_settings(opts.config, **overrides)
 
 
+def with_provider(settings: Settings, stack: str, say: Callable[[str], None]) -> Settings:
+    """Settings whose provider is settled: configured, else the stack's recorded one, else chosen by region.
+
+    With no provider configured and a region given, the region picks the provider (advisor.choose) and
+    ``say`` gets one line saying which and why. Without a region the default (``local``) stays.
+    """
+    if settings.provider_configured() or not settings.region:
+        return settings
+    state = load_state(settings.state_dir, stack)
+    if state is not None:
+        return settings.model_copy(update={"provider": state.provider})
+    choice = choose(settings.region, lambda name: credential(name, settings))
+    say(choice.reason)
+    return settings.model_copy(update={"provider": choice.provider, "region": choice.region})
+
+
+def billing_plan(settings: Settings, stack: str) -> BillPlan | None:
+    """What ``up`` would start paying for: None for local/ssh and when the stack's server is recorded."""
+    if settings.provider in ("local", "ssh"):
+        return None
+    from postgressor.providers import get_provider
+    from postgressor.providers.cloud import CloudProvider
+
+    state = open_state(settings.state_dir, stack, settings.provider)
+    if state.find("server") is not None:
+        return None
+    provider = get_provider(settings, state, lambda message: None)
+    assert isinstance(provider, CloudProvider)
+    provider.validate()  # missing credentials or a bad region are reported before the question
+    size, image = provider.size, ""
+    if settings.provider == "hetzner":
+        image = settings.hetzner.image
+    elif settings.provider == "ovh":
+        image = settings.ovh.image
+    else:
+        cfg = settings.oracle
+        image = cfg.image_id or "the newest Canonical Ubuntu 24.04 image for the shape"
+        if size == "VM.Standard.A1.Flex":
+            # the A1 Always Free limit (providers/oracle.py), and only in the tenancy's home region
+            free = cfg.ocpus <= 2 and cfg.memory_gb <= 12 and provider.region == provider.region_hint()
+            size = f"A1.Flex {cfg.ocpus:g} OCPU / {cfg.memory_gb:g} GB" + (" (Always Free)" if free else "")
+    return bill_plan(settings.provider, provider.region, size, image)
+
+
 def stack_name(ctx: typer.Context, override: str | None = None) -> str:
     return check_stack_name(override or global_options(ctx).stack)
 
@@ -52,9 +100,27 @@ def confirm(question: str, yes: bool) -> None:
         return
     if not interactive():
         raise UsageError(f"{question.rstrip('?')} needs confirmation; pass --yes (no terminal to ask on)")
-    if not typer.confirm(question, default=False):
+    if not typer.confirm(question, default=False, err=True):  # stdout stays for results (--json)
         raise typer.Exit(1)
 
 
+def say(line: str) -> None:
+    """One line of plain text on stderr (stdout stays for results), never wrapped or read as markup."""
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+class _Output:
+    json_emitted = False  # a run prints at most one JSON document on stdout (see cli.PostgressorGroup)
+
+
 def emit_json(data: Any) -> None:
+    _Output.json_emitted = True
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def json_emitted() -> bool:
+    return _Output.json_emitted
+
+
+def reset_output() -> None:
+    _Output.json_emitted = False

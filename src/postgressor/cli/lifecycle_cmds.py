@@ -15,13 +15,16 @@ from postgressor.box.converge import OpReport
 from postgressor.checks import status as status_check
 from postgressor.cli.backup_cmds import render_status as render_backup_status
 from postgressor.cli.common import (
+    billing_plan,
     confirm,
     console,
     emit_json,
     err_console,
     global_options,
+    say,
     settings_for,
     stack_name,
+    with_provider,
 )
 from postgressor.errors import PostgressorError
 from postgressor.remote.ssh import known_hosts_path
@@ -90,15 +93,29 @@ def up(
     user: str | None = typer.Option(None, "--user", help="ssh provider: login user (root or NOPASSWD sudo)."),
     port: int | None = typer.Option(None, "--port", help="ssh provider: SSH port."),
     key: Path | None = typer.Option(None, "--key", help="ssh provider: private key file."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Create billed resources without asking "
+                             "(required without a terminal)."),
 ) -> None:
-    """Create (or find) the stack's server, harden it and install PostgreSQL. Safe to re-run."""
+    """Create (or find) the stack's server, harden it and install PostgreSQL. Safe to re-run.
+
+    With no provider configured, --region picks the best-ranked cloud provider serving it whose
+    credentials are present. Before a billed server is created the plan and its price are shown and
+    confirmed (--yes skips the question).
+    """
     ssh = {
         k: v for k, v in {"host": host, "user": user, "port": port, "key_path": key}.items() if v is not None
     }
+    name = stack_name(ctx)
     settings = settings_for(ctx, provider=provider, region=region, size=size, ssh=ssh or None)
+    settings = with_provider(settings, name, say)
+    bill = billing_plan(settings, name)
+    if bill is not None:
+        for line in bill.lines():
+            say(line)
+        confirm(f"Create this billed {bill.title} server?", yes)
     reporter = Reporter(global_options(ctx).json)
     try:
-        result = stacks.up(settings, stack_name(ctx), reporter.log, reporter.op)
+        result = stacks.up(settings, name, reporter.log, reporter.op)
     finally:
         reporter.close()
     _finish(ctx, result, "up")
@@ -122,6 +139,7 @@ def plan(
 ) -> None:
     """Show what 'up' or 'deploy' would change, changing nothing."""
     settings = settings_for(ctx, provider=provider, region=region, ssh={"host": host} if host else None)
+    settings = with_provider(settings, stack_name(ctx), say)
     result = stacks.plan(settings, stack_name(ctx), lambda message: None)
     if global_options(ctx).json:
         emit_json(result.__dict__)

@@ -1,14 +1,20 @@
 """What the three cloud providers share: labels, record-before-next-call, resume, sweep-by-label destroy.
 
-Order of every ``up``: save the state file (with the stack's random tag) before the first API call; then
+Order of every ``up``: save the state file (with the stack's tag) before the first API call; then
 for each resource kind, find it by label/tag, else create it at most once and record it at once. An
 interrupted ``up`` is resumed by the next ``up``; ``destroy`` deletes what the state recorded and whatever
 else carries the stack's labels (the window between a create returning and the state being saved).
+
+Labels are stable: the stack's name, the project's identity (``project`` setting, default the directory's
+name) and a tag derived from it. So a stack whose state was lost can still be listed (``servers list``)
+and removed (``servers destroy``), and ``up`` refuses to adopt a server no state records. States written
+before labels were stable keep their random tag and are matched by it alone.
 """
 
 from __future__ import annotations
 
-import secrets
+import hashlib
+import re
 import shutil
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
@@ -23,12 +29,14 @@ from postgressor.errors import PostgressorError
 from postgressor.providers import retry
 from postgressor.providers.base import Log, Provider
 from postgressor.remote.ssh import generate_keypair, wait_for_ssh
-from postgressor.state import HostRecord, StackState
+from postgressor.state import HostRecord, Resource, StackState
 
 T = TypeVar("T")
 Hook = Callable[[str], None]
 STACK_LABEL = "postgressor-stack"
 TAG_LABEL = "postgressor-id"
+PROJECT_LABEL = "postgressor-project"
+NAME_PREFIX = "postgressor-"
 META = "cloud"  # the state record holding the stack's tag and region, written before any API call
 OPEN_PORTS = (22, 80, 443)
 
@@ -44,6 +52,38 @@ on_created: Hook = _no_hook  # replaced in tests
 class Found:
     id: str
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LabelledServer:
+    """A server at the provider that carries postgressor's labels (whatever the local state says)."""
+
+    id: str
+    name: str
+    stack: str
+    project: str  # the project's label; "" when the provider keeps only the tag (OVH: names only)
+    region: str
+    status: str
+    created: str  # ISO 8601 as the provider reports it
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+def project_identity(settings: Settings) -> str:
+    """The project's label value: ``project`` or the current directory's name, as a Hetzner-valid label
+    value (letters, digits, '-', '_', '.', starting and ending alphanumeric, at most 63)."""
+    raw = settings.project or Path.cwd().resolve().name
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", raw.lower())[:63].strip("-_.")
+    if not slug:
+        raise PostgressorError(f"cannot label servers with project '{raw}'; set 'project' in postgressor.toml "
+                               "(letters, digits, '-', '_' or '.')")  # fmt: skip
+    return slug
+
+
+def stable_tag(project: str, stack: str) -> str:
+    """8 hex digits naming the project's stack in resource names (``postgressor-<stack>-<tag>``)."""
+    return hashlib.sha256(f"{project}\0{stack}".encode()).hexdigest()[:8]
 
 
 def user_data() -> str:
@@ -90,6 +130,10 @@ class CloudProvider(Provider):
     @abstractmethod
     def create_server(self, public_key: str) -> str:
         """Ensure every resource up to a running server; return its public IPv4."""
+
+    @abstractmethod
+    def list_labelled(self) -> list[LabelledServer]:
+        """Every server of this project carrying postgressor's labels, in the region(s) the API lists."""
 
     @abstractmethod
     def default_size(self) -> str: ...
@@ -144,15 +188,34 @@ class CloudProvider(Provider):
         return self.state.stack_dir / "id_ed25519"
 
     @property
+    def identity(self) -> str:
+        """The project's label value (not OVH's cloud project id)."""
+        return project_identity(self.settings)
+
+    def _meta(self) -> Resource:
+        """The stack's tag record as a fresh ``up`` writes it (stable tag, region)."""
+        return Resource(META, stable_tag(self.identity, self.state.stack), "", {"region": self.region})
+
+    @property
+    def creation_token(self) -> str:
+        """Differs for every state (a re-created stack of the same name): idempotency tokens use it, since a
+        provider answers a reused token with the old, perhaps terminated, resource."""
+        meta = self.state.find(META)
+        return hashlib.sha256(f"{self.tag}{meta.created_at if meta else ''}".encode()).hexdigest()[:12]
+
+    @property
     def tag(self) -> str:
         meta = self.state.find(META)
         return meta.id if meta else ""
 
     def labels(self) -> dict[str, str]:
-        return {STACK_LABEL: self.state.stack, TAG_LABEL: self.tag}
+        labels = {STACK_LABEL: self.state.stack, TAG_LABEL: self.tag}
+        if self.tag == stable_tag(self.identity, self.state.stack):
+            labels[PROJECT_LABEL] = self.identity  # states from before stable labels have a random tag
+        return labels
 
     def resource_name(self) -> str:
-        return f"postgressor-{self.state.stack}-{self.tag}"
+        return f"{NAME_PREFIX}{self.state.stack}-{self.tag}"
 
     def validate(self) -> None:
         _ = self.region  # refuses an unknown region before any API call
@@ -165,9 +228,33 @@ class CloudProvider(Provider):
         return steps
 
     def begin(self) -> None:
-        """Save the state file with a fresh tag before the first API call, so destroy can always sweep."""
-        if self.state.find(META) is None:
-            self.state.add(META, secrets.token_hex(4), region=self.region)
+        """Save the state file with the stack's tag before the first API call, so destroy can always sweep.
+
+        A fresh state whose labels already name a server means the state was lost: refuse to adopt it
+        (its SSH key is gone with the state) and say how to remove it.
+        """
+        if self.state.find(META) is not None:
+            return
+        self.state.resources.append(self._meta())
+        try:
+            orphans = self.api("look up servers labelled for this stack", lambda: self.find_all("server"))
+        finally:
+            self.state.resources = [r for r in self.state.resources if r.kind != META]
+        if orphans:
+            raise PostgressorError(
+                f"{self.title} already has server {orphans[0].id} labelled for stack '{self.state.stack}' of "
+                f"project '{self.identity}', but no state records it (was {self.state.path.parent} lost?); "
+                f"restore that directory, or remove the server with 'postgressor --stack {self.state.stack} "
+                f"servers destroy --provider {self.name}'"
+            )
+        self.state.add(META, stable_tag(self.identity, self.state.stack), region=self.region)
+
+    def sweep(self) -> list[str]:
+        """Delete every resource labelled for this stack, with no state: ``servers destroy``."""
+        self.state.resources = [self._meta()]
+        with self.translated("deleting the stack's labelled resources"):
+            removed = [line for kind in reversed(self.kinds) for line in self._destroy_kind(kind)]
+        return removed
 
     def api(self, what: str, fn: Callable[[], T]) -> T:
         return retry.call(what, fn, self.transient, self.backoff, self.log)

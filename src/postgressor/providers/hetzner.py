@@ -18,7 +18,16 @@ from hcloud.ssh_keys import SSHKey
 from postgressor.advisor.catalogue import load
 from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.providers.cloud import OPEN_PORTS, CloudProvider, Found, ResourceKind, user_data
+from postgressor.providers.cloud import (
+    OPEN_PORTS,
+    PROJECT_LABEL,
+    STACK_LABEL,
+    CloudProvider,
+    Found,
+    LabelledServer,
+    ResourceKind,
+    user_data,
+)
 
 TRANSIENT_CODES = {
     "rate_limit_exceeded", "conflict", "bad_gateway", "timeout", "service_error", "server_error", "unavailable",
@@ -144,6 +153,14 @@ class HetznerProvider(CloudProvider):
             if err.code != "not_found":
                 raise
 
+    def list_labelled(self) -> list[LabelledServer]:
+        """Servers in every location whose labels name this project (a label selector, one paged call)."""
+        servers = self.client.servers.get_all(label_selector=f"{PROJECT_LABEL}={self.identity}")
+        return [LabelledServer(
+            str(s.id), s.name or "", (s.labels or {}).get(STACK_LABEL, ""), (s.labels or {}).get(PROJECT_LABEL, ""),
+            _location(s), s.status or "", s.created.isoformat() if s.created else "",
+        ) for s in servers]  # fmt: skip
+
     @staticmethod
     def _server_found(server: Any) -> Found:
         ipv4 = server.public_net.ipv4.ip if server.public_net and server.public_net.ipv4 else ""
@@ -198,3 +215,9 @@ class HetznerProvider(CloudProvider):
         if not ipv4:
             raise PostgressorError(f"Hetzner server {found.id} has no public IPv4; postgressor needs one")
         return str(ipv4)
+
+
+def _location(server: Any) -> str:
+    """The server's location name (``location``; older API versions only had ``datacenter.location``)."""
+    location = getattr(server, "location", None) or getattr(getattr(server, "datacenter", None), "location", None)
+    return str(getattr(location, "name", "") or "")

@@ -21,7 +21,16 @@ from oci.exceptions import ClientError, ServiceError
 from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.providers import retry
-from postgressor.providers.cloud import OPEN_PORTS, CloudProvider, Found, ResourceKind, user_data
+from postgressor.providers.cloud import (
+    OPEN_PORTS,
+    PROJECT_LABEL,
+    STACK_LABEL,
+    CloudProvider,
+    Found,
+    LabelledServer,
+    ResourceKind,
+    user_data,
+)
 
 DEFAULT_SHAPE = "VM.Standard.A1.Flex"
 FREE_OCPUS, FREE_MEMORY_GB = 2, 12
@@ -219,6 +228,18 @@ class OracleProvider(CloudProvider):
 
         return delete
 
+    def list_labelled(self) -> list[LabelledServer]:
+        """Live instances of the compartment, in the provider's region, whose freeform tags name this project."""
+        compute, _, _ = self.clients
+        found = []
+        for i in self._all(compute.list_instances, self.compartment):
+            tags = i.freeform_tags or {}
+            if i.lifecycle_state in DEAD or tags.get(PROJECT_LABEL) != self.identity or STACK_LABEL not in tags:
+                continue
+            found.append(LabelledServer(i.id, i.display_name or "", tags[STACK_LABEL], tags[PROJECT_LABEL],
+                                        self.region, str(i.lifecycle_state), str(i.time_created or "")))  # fmt: skip
+        return found
+
     def _getter(self, kind: str) -> Any:
         compute, network, _ = self.clients
         return {"vcn": network.get_vcn, "internet_gateway": network.get_internet_gateway,
@@ -326,7 +347,8 @@ class OracleProvider(CloudProvider):
                     **common,
                 )  # fmt: skip
                 try:
-                    instance = compute.launch_instance(details, opc_retry_token=f"pgsr-{self.tag}-{round_no}-{n}").data
+                    token = f"pgsr-{self.creation_token}-{round_no}-{n}"
+                    instance = compute.launch_instance(details, opc_retry_token=token).data
                     return Found(instance.id, {"availability_domain": ad})
                 except ServiceError as err:
                     if not (is_capacity(err) or err.code == "NotAuthorizedOrNotFound"):

@@ -14,7 +14,7 @@ from ovh import exceptions as ovherr
 
 from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.providers.cloud import CloudProvider, Found, ResourceKind, user_data
+from postgressor.providers.cloud import NAME_PREFIX, CloudProvider, Found, LabelledServer, ResourceKind, stable_tag, user_data
 
 DEFAULT_FLAVOR = "d2-4"
 CREDENTIAL_SOURCES = ("[ovh] in postgressor.toml, OVH_ENDPOINT / OVH_APPLICATION_KEY / OVH_APPLICATION_SECRET / "
@@ -118,6 +118,20 @@ class OVHProvider(CloudProvider):
         name = self.resource_name()
         return [self._found(i) for i in self.client.get(self.path("instance"), region=self.region)
                 if i.get("name") == name and i.get("status") != "DELETED"]  # fmt: skip
+
+    def list_labelled(self) -> list[LabelledServer]:
+        """Instances in every region named ``postgressor-<stack>-<tag>`` whose tag is this project's for that
+        stack (OVH instances carry no labels: the name is the label)."""
+        found = []
+        for i in self.client.get(self.path("instance")):
+            name = str(i.get("name", ""))
+            stack, _, tag = name.removeprefix(NAME_PREFIX).rpartition("-")
+            if not name.startswith(NAME_PREFIX) or tag != stable_tag(self.identity, stack) or \
+                    i.get("status") == "DELETED":
+                continue
+            found.append(LabelledServer(str(i["id"]), name, stack, self.identity, str(i.get("region", "")),
+                                        str(i.get("status", "")), str(i.get("created", ""))))  # fmt: skip
+        return found
 
     @staticmethod
     def _found(instance: dict[str, Any]) -> Found:

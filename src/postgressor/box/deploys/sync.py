@@ -64,7 +64,6 @@ def electric(spec: BoxSpec) -> None:
         f"ELECTRIC_SECRET=$(cat {secret_path('electric_secret')})",
         f"ELECTRIC_STORAGE_DIR={ELECTRIC_STORAGE}",
         f"ELECTRIC_PORT={sync.electric_port}",
-        "ELECTRIC_USAGE_REPORTING=false",
     ]
     composed_file(name="Electric environment (0600)", path=ELECTRIC_ENV, lines=env_lines)
     archive = ""
