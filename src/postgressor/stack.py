@@ -18,6 +18,8 @@ from postgressor.deploys.spec import BoxSpec, Distro, box_spec, distro_from_fact
 from postgressor.deploys.sync import caddy, electric, gateway
 from postgressor.engine import DeployResult, OpListener, run_deploys, ssh_inventory
 from postgressor.errors import PostgressorError
+from postgressor.preflight import carried_keys, check_drops
+from postgressor.preflight import check as preflight
 from postgressor.providers import get_provider
 from postgressor.providers.base import Log, Provider
 from postgressor.sshconn import HostKeyMismatch, known_hosts_path, run
@@ -107,35 +109,52 @@ def deploys_for(
 
 
 def deploy_host(
-    settings: Settings, state: StackState, host: HostRecord, listener: OpListener, dry_run: bool = False
+    settings: Settings,
+    state: StackState,
+    host: HostRecord,
+    listener: OpListener,
+    dry_run: bool = False,
+    drop: frozenset[str] = frozenset(),
 ) -> tuple[BoxSpec, DeployResult]:
+    check_drops(settings, state.deployed_keys, state.stack, drop)
     facts = read_box(host)
     spec = box_spec(settings, facts.distro)
     inventory = ssh_inventory(host, known_hosts_path(state))
     result = run_deploys(inventory, deploys_for(spec, facts, host, settings), listener, dry_run=dry_run)
     if not dry_run and not result.failed:
         state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
+        state.deployed_keys = carried_keys(settings)
         state.save()
     return spec, result
 
 
 def up(settings: Settings, stack: str, log: Log, listener: OpListener) -> UpResult:
+    preflight(settings)
+    existing = load_state(settings.state_dir, stack)
+    if existing is not None and existing.host is not None:
+        check_drops(settings, existing.deployed_keys, stack)  # before the provider starts anything
     state, provider = _provider(settings, stack, log)
     host = provider.provision()
     spec, result = deploy_host(settings, state, host, listener)
     return UpResult(stack, host, result, spec)
 
 
-def deploy(settings: Settings, stack: str, log: Log, listener: OpListener) -> UpResult:
+def deploy(
+    settings: Settings, stack: str, log: Log, listener: OpListener, drop: frozenset[str] = frozenset()
+) -> UpResult:
+    """Re-run the deploys on the stack's box; ``drop`` names carried settings to remove on purpose."""
+    preflight(settings)
     state = require_state(settings.state_dir, stack)
+    check_drops(settings, state.deployed_keys, stack, drop)
     settings = settings.model_copy(update={"provider": state.provider})
     provider = get_provider(settings, state, log)
     host = provider.ensure_running()
-    spec, result = deploy_host(settings, state, host, listener)
+    spec, result = deploy_host(settings, state, host, listener, drop=drop)
     return UpResult(stack, host, result, spec)
 
 
 def plan(settings: Settings, stack: str, log: Log) -> PlanResult:
+    preflight(settings)
     state, provider = _provider(settings, stack, log)
     steps = provider.plan()
     result = PlanResult(stack, steps)

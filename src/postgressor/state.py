@@ -53,6 +53,7 @@ class StackState:
     resources: list[Resource] = field(default_factory=list)
     host: HostRecord | None = None
     deployed_at: str = ""
+    deployed_keys: list[str] = field(default_factory=list)  # names of secrets/key sources on the box, no values
 
     @property
     def stack_dir(self) -> Path:
@@ -86,6 +87,7 @@ class StackState:
             "resources": [asdict(r) for r in self.resources],
             "host": self._portable(asdict(self.host)) if self.host else None,
             "deployed_at": self.deployed_at,
+            "deployed_keys": self.deployed_keys,
         }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.stack}.", suffix=".tmp")
         try:
@@ -138,6 +140,7 @@ def load_state(state_dir: Path, stack: str) -> StackState | None:
             resources=[Resource(**r) for r in data.get("resources", [])],
             host=_absolute_key(HostRecord(**host), path.parent) if host else None,
             deployed_at=data.get("deployed_at", ""),
+            deployed_keys=list(data.get("deployed_keys", [])),
         )
     except (ValueError, KeyError, TypeError) as err:
         raise PostgressorError(

@@ -103,11 +103,19 @@ def up(
     _finish(ctx, result, "up")
 
 
-def deploy(ctx: typer.Context) -> None:
+def deploy(
+    ctx: typer.Context,
+    drop: list[str] = typer.Option(
+        [],
+        "--drop",
+        metavar="KEY",
+        help="Remove this secret or key source from the box on purpose (e.g. supabase.jwt_secret); repeatable.",
+    ),
+) -> None:
     """Re-run the deploys on the stack's existing server."""
     reporter = Reporter(global_options(ctx).json)
     try:
-        result = stacks.deploy(settings_for(ctx), stack_name(ctx), reporter.log, reporter.op)
+        result = stacks.deploy(settings_for(ctx), stack_name(ctx), reporter.log, reporter.op, frozenset(drop))
     finally:
         reporter.close()
     _finish(ctx, result, "deploy")
