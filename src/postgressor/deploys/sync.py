@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from io import StringIO
+from typing import Any
 
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
 from postgressor.deploys.box import apply_on_change, template
 from postgressor.deploys.bundle import GatewayBundle
+from postgressor.deploys.gated import gated_apply, gateway_probe, keep_last_good
 from postgressor.deploys.operations import (
     SECRETS_DIR,
     applied,
@@ -22,6 +24,11 @@ from postgressor.deploys.operations import (
 from postgressor.deploys.spec import BoxSpec
 
 GATEWAY_HOME = "/opt/postgressor/gateway"
+ELECTRIC_FILES = ["/etc/postgressor/electric.env", "/etc/systemd/system/electric.service"]
+GATEWAY_CONFIG = "/etc/postgressor/gateway.toml"
+GATEWAY_ENV = "/etc/postgressor/gateway.env"
+GATEWAY_FILES = [GATEWAY_CONFIG, GATEWAY_ENV, "/etc/systemd/system/postgressor-gateway.service"]
+CADDYFILE = "/etc/caddy/Caddyfile"
 
 
 @deploy("Electric")
@@ -49,6 +56,8 @@ def electric(spec: BoxSpec) -> None:
         f"ELECTRIC_PORT={sync.electric_port}",
         "ELECTRIC_USAGE_REPORTING=false",
     ]
+    health = f"http://127.0.0.1:{sync.electric_port}/v1/health"
+    keep_last_good(name="Electric: keep the working configuration", files=ELECTRIC_FILES, url=health)
     composed_file(name="Electric environment (0600)", path="/etc/postgressor/electric.env", lines=env_lines)
     archive = ""
     if sync.image_archive:
@@ -58,12 +67,17 @@ def electric(spec: BoxSpec) -> None:
     files.template(name="Electric unit", src=template("electric.service.j2"),
                    dest="/etc/systemd/system/electric.service", mode="644", image=sync.image,
                    port=sync.electric_port)  # fmt: skip
-    # A changed version, unit or environment recreates the container; nothing else does.
-    applied(
+    # A changed version, unit or environment recreates the container (health-gated); nothing else does.
+    gated_apply(
         name="Electric container current",
+        label="Electric",
+        unit="electric",
+        files=ELECTRIC_FILES,
+        apply="systemctl daemon-reload && systemctl enable electric && systemctl restart electric",
+        url=health,
+        timeout=sync.health_timeout,
         marker="electric",
         digest=digest(sync.image, str(sync.electric_port), *env_lines),
-        command="systemctl daemon-reload && systemctl enable electric && systemctl restart electric",
     )
     systemd.service(name="Electric running", service="electric", running=True, enabled=True)
     http_ready(
@@ -101,21 +115,30 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
         ),
     )
 
-    files.put(name="Gateway config (0600)", src=StringIO(sync.gateway_config), dest="/etc/postgressor/gateway.toml",
+    gateway_health = f"http://127.0.0.1:{sync.gateway_port}/health"
+    keep_last_good(name="Gateway: keep the working configuration", files=GATEWAY_FILES, url=gateway_health)
+    files.put(name="Gateway config (0600)", src=StringIO(sync.gateway_config), dest=GATEWAY_CONFIG,
               user="postgressor-gw", group="postgressor-gw", mode="600")  # fmt: skip
     env_lines = [f"ELECTRIC_SECRET=$(cat {SECRETS_DIR}/electric_secret)"]
-    composed_file(name="Gateway environment (0600)", path="/etc/postgressor/gateway.env", lines=env_lines)
+    composed_file(name="Gateway environment (0600)", path=GATEWAY_ENV, lines=env_lines)
     files.template(name="Gateway unit", src=template("gateway.service.j2"),
                    dest="/etc/systemd/system/postgressor-gateway.service", mode="644")  # fmt: skip
-    applied(
+    # The new settings first run beside the live gateway (the probe); only then is the live one restarted.
+    gated_apply(
         name="Gateway process current",
+        label="the gateway",
+        unit="postgressor-gateway",
+        files=GATEWAY_FILES,
+        apply="systemctl daemon-reload && systemctl enable postgressor-gateway "
+        "&& systemctl restart postgressor-gateway",
+        url=gateway_health,
+        timeout=60,
         marker="gateway",
         digest=digest(bundle.digest, sync.gateway_config, *env_lines, _template_text("gateway.service.j2")),
-        command="systemctl daemon-reload && systemctl enable postgressor-gateway "
-        "&& systemctl restart postgressor-gateway",
+        probe=gateway_probe(GATEWAY_CONFIG, GATEWAY_ENV, GATEWAY_HOME),
     )
     systemd.service(name="Gateway running", service="postgressor-gateway", running=True, enabled=True)
-    http_ready(name="Gateway healthy", url=f"http://127.0.0.1:{sync.gateway_port}/health", timeout=60,
+    http_ready(name="Gateway healthy", url=gateway_health, timeout=60,
                hint="see journalctl -u postgressor-gateway on the box")  # fmt: skip
 
 
@@ -124,14 +147,26 @@ def caddy(spec: BoxSpec, public_address: str) -> None:
     sync = spec.sync
     assert sync is not None
     sites = f"{sync.domain}" if sync.domain else f"https://{public_address}, https://localhost, https://127.0.0.1"
-    caddyfile = files.template(
-        name="Caddyfile", src=template("Caddyfile.j2"), dest="/etc/caddy/Caddyfile", mode="644",
-        sites=sites, domain=sync.domain, email=sync.email, default_sni=public_address,
-        gateway_port=sync.gateway_port,
-    )  # fmt: skip
+    # With a domain the certificate may take a while: Caddy's admin API says it runs on a loaded config.
+    # Without one, a request through Caddy to the gateway's /health must answer 200.
+    health, curl_args = ("http://127.0.0.1:2019/config/", "") if sync.domain else ("https://127.0.0.1/health", "-k")
+    keep_last_good(name="Caddy: keep the working configuration", files=[CADDYFILE], url=health)
+    params: dict[str, Any] = {"sites": sites, "domain": sync.domain, "email": sync.email, "default_sni": public_address,
+              "gateway_port": sync.gateway_port}  # fmt: skip
+    files.template(name="Caddyfile", src=template("Caddyfile.j2"), dest=CADDYFILE, mode="644", **params)
     systemd.service(name="Caddy running", service="caddy", running=True, enabled=True)
-    apply_on_change("Caddy", "caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile >/dev/null "
-                    "&& systemctl reload caddy", "caddy", ["/etc/caddy/Caddyfile"], caddyfile)  # fmt: skip
+    gated_apply(
+        name="Apply Caddy config",
+        label="Caddy",
+        unit="caddy",
+        files=[CADDYFILE],
+        apply=f"caddy validate --config {CADDYFILE} --adapter caddyfile >/dev/null && systemctl reload caddy",
+        url=health,
+        timeout=60,
+        marker="caddy-config",
+        digest=digest(_template_text("Caddyfile.j2"), *(f"{k}={v}" for k, v in sorted(params.items()))),
+        curl_args=curl_args,
+    )
 
 
 def _template_text(name: str) -> str:
