@@ -150,7 +150,7 @@ def caddy(spec: BoxSpec, public_address: str) -> None:
     # With a domain the certificate may take a while: Caddy's admin API says it runs on a loaded config.
     # Without one, a request through Caddy to the gateway's /health must answer 200.
     health, curl_args = ("http://127.0.0.1:2019/config/", "") if sync.domain else ("https://127.0.0.1/health", "-k")
-    keep_last_good(name="Caddy: keep the working configuration", files=[CADDYFILE], url=health)
+    keep_last_good(name="Caddy: keep the working configuration", files=[CADDYFILE], url="http://127.0.0.1:2019/config/")
     params: dict[str, Any] = {"sites": sites, "domain": sync.domain, "email": sync.email, "default_sni": public_address,
               "gateway_port": sync.gateway_port}  # fmt: skip
     files.template(name="Caddyfile", src=template("Caddyfile.j2"), dest=CADDYFILE, mode="644", **params)
