@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 
 from postgressor.cli import advisor_cmds, backup_cmds, box, config_cmds, gateway_cmds, jwt_cmds, migrate_cmds
 from postgressor.cli.common import GlobalOptions, err_console
+from postgressor.cli.help_format import hide_flag_types
 from postgressor.errors import PostgressorError
 
 
@@ -66,6 +67,7 @@ def _fail(message: str) -> None:
     err_console.print(f"error: {message}", markup=False, soft_wrap=True)
 
 
+hide_flag_types()
 app = typer.Typer(
     name="postgressor",
     help="Provision a hardened PostgreSQL + ElectricSQL box that trusts your Supabase JWTs.",
