@@ -18,6 +18,7 @@ from postgressor.deploys.spec import BoxSpec, Distro, box_spec, distro_from_fact
 from postgressor.deploys.sync import caddy, electric, gateway
 from postgressor.engine import DeployResult, OpListener, run_deploys, ssh_inventory
 from postgressor.errors import PostgressorError
+from postgressor.opwatch import DetailListener, OpWatch
 from postgressor.preflight import carried_keys, check_drops
 from postgressor.preflight import check as preflight
 from postgressor.providers import get_provider
@@ -115,12 +116,17 @@ def deploy_host(
     listener: OpListener,
     dry_run: bool = False,
     drop: frozenset[str] = frozenset(),
+    detail: DetailListener | None = None,
 ) -> tuple[BoxSpec, DeployResult]:
     check_drops(settings, state.deployed_keys, state.stack, drop)
     facts = read_box(host)
     spec = box_spec(settings, facts.distro)
     inventory = ssh_inventory(host, known_hosts_path(state))
-    result = run_deploys(inventory, deploys_for(spec, facts, host, settings), listener, dry_run=dry_run)
+    watch = OpWatch(host, listener, detail)
+    try:
+        result = run_deploys(inventory, deploys_for(spec, facts, host, settings), watch, dry_run=dry_run)
+    finally:
+        watch.close()
     if not dry_run and not result.failed:
         state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
         state.deployed_keys = carried_keys(settings)
@@ -128,19 +134,26 @@ def deploy_host(
     return spec, result
 
 
-def up(settings: Settings, stack: str, log: Log, listener: OpListener) -> UpResult:
+def up(
+    settings: Settings, stack: str, log: Log, listener: OpListener, detail: DetailListener | None = None
+) -> UpResult:
     preflight(settings)
     existing = load_state(settings.state_dir, stack)
     if existing is not None and existing.host is not None:
         check_drops(settings, existing.deployed_keys, stack)  # before the provider starts anything
     state, provider = _provider(settings, stack, log)
     host = provider.provision()
-    spec, result = deploy_host(settings, state, host, listener)
+    spec, result = deploy_host(settings, state, host, listener, detail=detail)
     return UpResult(stack, host, result, spec)
 
 
 def deploy(
-    settings: Settings, stack: str, log: Log, listener: OpListener, drop: frozenset[str] = frozenset()
+    settings: Settings,
+    stack: str,
+    log: Log,
+    listener: OpListener,
+    drop: frozenset[str] = frozenset(),
+    detail: DetailListener | None = None,
 ) -> UpResult:
     """Re-run the deploys on the stack's box; ``drop`` names carried settings to remove on purpose."""
     preflight(settings)
@@ -149,7 +162,7 @@ def deploy(
     settings = settings.model_copy(update={"provider": state.provider})
     provider = get_provider(settings, state, log)
     host = provider.ensure_running()
-    spec, result = deploy_host(settings, state, host, listener, drop=drop)
+    spec, result = deploy_host(settings, state, host, listener, drop=drop, detail=detail)
     return UpResult(stack, host, result, spec)
 
 

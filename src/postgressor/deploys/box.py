@@ -23,10 +23,14 @@ from postgressor.deploys.operations import (
     swapfile,
 )
 from postgressor.deploys.spec import BoxSpec
+from postgressor.opwatch import APT_STATUS_ARGS
 from postgressor.tuning import MB, tune
 
 SUPABASE_ROLES = ("anon", "authenticated", "service_role")
-APT_ARGS = "-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+APT_ARGS = (
+    "-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
+    + APT_STATUS_ARGS  # apt's progress, read by postgressor.opwatch while the install runs
+)
 BASE_PACKAGES = ["unattended-upgrades", "fail2ban", "python3-systemd", "ufw"]
 PGDG_KEY = "/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc"
 
