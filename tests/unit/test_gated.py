@@ -105,3 +105,51 @@ def test_a_passing_probe_goes_on_to_the_gated_restart(box: Path) -> None:
     proc = run(box, probe="true")
     assert proc.returncode == 0, proc.stderr
     assert (box / "calls").read_text().count("restart app") == 1
+
+
+def sync_commands(tmp_path: Path, responses: dict[str, str]) -> list[str]:
+    from pyinfra.api import Inventory
+
+    from postgressor.config import load_settings
+    from postgressor.deploys.bundle import GatewayBundle
+    from postgressor.deploys.spec import Distro, box_spec
+    from postgressor.deploys.sync import caddy, electric, gateway
+    from postgressor.engine import run_deploys
+
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "src.tar").write_bytes(b"")
+    (tmp_path / "p.toml").write_text(
+        '[supabase]\njwt_secret = "' + "s" * 40 + '"\nissuer = "https://abc.supabase.co/auth/v1"\n'
+        '[[sync.tables]]\nname = "notes"\nowner_column = "user_id"\n'
+    )
+    spec = box_spec(load_settings(tmp_path / "p.toml"), Distro("debian", 12, "bookworm"))
+    bundle = GatewayBundle(tmp_path / "src.tar", tmp_path / "wheels", ("aiohttp==3.11.0",))
+    data = {"fake_responses": {"uname -s": "Linux", "useradd": "/usr/sbin/useradd", **responses},
+            "fake_delay": 0, "fake_delay_jitter": 0}  # fmt: skip
+    inventory = Inventory(([("@fake/box", data)], {}))
+    deploys = [(electric, {"spec": spec}), (gateway, {"spec": spec, "bundle": bundle}),
+               (caddy, {"spec": spec, "public_address": "192.0.2.1"})]  # fmt: skip
+    run_deploys(inventory, deploys, lambda name, report: None)
+    return [str(c) for c in next(iter(inventory)).connector.executed_commands]
+
+
+def test_sync_deploys_gate_each_service_and_probe_the_gateway(tmp_path: Path) -> None:
+    commands = sync_commands(tmp_path, {})
+    assert not any('cp -p "$f" "$f.good"; done; true' in c for c in commands)  # nothing healthy to keep yet
+    gated = [c for c in commands if "restore()" in c]
+    assert len(gated) == 3, commands
+    electric_cmd, gateway_cmd, caddy_cmd = gated
+    assert "systemctl restart electric" in electric_cmd and "/etc/postgressor/electric.env" in electric_cmd
+    assert "http://127.0.0.1:3000/v1/health" in electric_cmd
+    assert "systemd-run" in gateway_cmd and "postgressor-gateway-probe" in gateway_cmd
+    assert "/etc/postgressor/gateway.toml" in gateway_cmd and "systemctl restart postgressor-gateway" in gateway_cmd
+    assert "caddy validate" in caddy_cmd and "https://127.0.0.1/health" in caddy_cmd and "-k" in caddy_cmd
+    assert "s" * 40 not in "\n".join(gated)  # the secret travels in the uploaded file only
+
+
+def test_a_box_deployed_before_gating_keeps_its_working_files_first(tmp_path: Path) -> None:
+    commands = sync_commands(tmp_path, {'.good" ] || n=': "2", "curl -s -o /dev/null": "200"})
+    keeps = [c for c in commands if 'cp -p "$f" "$f.good"; done; true' in c]
+    assert len(keeps) == 3
+    assert "/etc/postgressor/gateway.toml" in keeps[1] and "/etc/caddy/Caddyfile" in keeps[2]
+    assert commands.index(keeps[1]) < next(i for i, c in enumerate(commands) if "restore()" in c and "gateway" in c)
