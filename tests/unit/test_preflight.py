@@ -119,6 +119,15 @@ def test_rule_owner_columns(tmp_path: Path) -> None:
     assert twice == ["sync.tables[1].name: 'notes' is listed twice; keep one [[sync.tables]] entry"]
 
 
+def test_rule_https_site(tmp_path: Path) -> None:
+    found = problems(tmp_path, GOOD_SYNC + '\n[https]\ndomain = "https://sync.example.com/"\nemail = "ops"\n')
+    assert len(found) == 2
+    assert found[0].startswith("https.domain: 'https://sync.example.com/' is not a host name")
+    assert found[1].startswith("https.email: 'ops' is not an email address")
+    fine = GOOD_SYNC + '\n[https]\ndomain = "sync.example.com"\nemail = "ops@example.com"\n'
+    assert problems(tmp_path, fine) == []
+
+
 def test_rule_docker_bridge(tmp_path: Path) -> None:
     found = problems(tmp_path, GOOD_SYNC + '\n[electric]\ndocker_bridge = "bridge"\n')
     assert len(found) == 1 and found[0].startswith("electric.docker_bridge:")
