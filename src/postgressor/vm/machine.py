@@ -192,7 +192,7 @@ def boot(spec: VMSpec, ports: dict[int, int] | None, log: Callable[[str], None])
     if why_not_kvm:
         log(f"using TCG (slow emulation), not KVM: {why_not_kvm}")
     if accel == "kvm" and spec.accel == "auto":
-        reason = f"the guest did not reach systemd within {KVM_BOOT_TIMEOUT} s (see {spec.console_log})"
+        reason = f"the guest did not reach systemd within {KVM_BOOT_TIMEOUT} s (see {spec.console_log.resolve()})"
         try:
             pid = _launch(spec, ports, accel)
             works = _booted(spec, KVM_BOOT_TIMEOUT)
