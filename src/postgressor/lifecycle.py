@@ -22,6 +22,9 @@ from postgressor.box.gateway_bundle import gateway_bundle
 from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact
 from postgressor.config import Settings
 from postgressor.errors import PostgressorError
+from postgressor.opwatch import DetailListener, OpWatch
+from postgressor.preflight import carried_keys, check_drops
+from postgressor.preflight import check as preflight
 from postgressor.providers import get_provider
 from postgressor.providers.base import Log, Provider
 from postgressor.remote.ssh import known_hosts_path
@@ -96,9 +99,16 @@ def deploys_for(spec: BoxSpec, facts: BoxFacts, host: HostRecord) -> Deploys:
 
 
 def deploy_host(
-    settings: Settings, state: StackState, host: HostRecord, listener: OpListener, dry_run: bool = False
+    settings: Settings,
+    state: StackState,
+    host: HostRecord,
+    listener: OpListener,
+    dry_run: bool = False,
+    drop: frozenset[str] = frozenset(),
+    detail: DetailListener | None = None,
 ) -> tuple[BoxSpec, DeployResult]:
     """One SSH connection: read the box's facts, build its spec, add the deploys and run them."""
+    check_drops(settings, state.deployed_keys, state.stack, drop)
     specs: list[BoxSpec] = []
 
     def deploys_for_box(box: Host) -> Deploys:
@@ -110,30 +120,52 @@ def deploy_host(
             state.save()
         return deploys_for(spec, found, host)
 
-    result = run_deploys(ssh_inventory(host, known_hosts_path(state)), deploys_for_box, listener, dry_run=dry_run)
+    watch = OpWatch(host, listener, detail)
+    try:
+        result = run_deploys(ssh_inventory(host, known_hosts_path(state)), deploys_for_box, watch, dry_run=dry_run)
+    finally:
+        watch.close()
     if not dry_run and not result.failed:
         state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
+        state.deployed_keys = carried_keys(settings)
         state.save()
     return specs[0], result
 
 
-def up(settings: Settings, stack: str, log: Log, listener: OpListener) -> UpResult:
+def up(
+    settings: Settings, stack: str, log: Log, listener: OpListener, detail: DetailListener | None = None
+) -> UpResult:
+    preflight(settings)
+    existing = load_state(settings.state_dir, stack)
+    if existing is not None and existing.host is not None:
+        check_drops(settings, existing.deployed_keys, stack)  # before the provider starts anything
     state, provider = _provider(settings, stack, log)
     host = provider.provision()
-    spec, result = deploy_host(settings, state, host, listener)
+    spec, result = deploy_host(settings, state, host, listener, detail=detail)
     return UpResult(stack, host, result, spec)
 
 
-def deploy(settings: Settings, stack: str, log: Log, listener: OpListener) -> UpResult:
+def deploy(
+    settings: Settings,
+    stack: str,
+    log: Log,
+    listener: OpListener,
+    drop: frozenset[str] = frozenset(),
+    detail: DetailListener | None = None,
+) -> UpResult:
+    """Re-run the deploys on the stack's box; ``drop`` names carried settings to remove on purpose."""
+    preflight(settings)
     state = require_state(settings.state_dir, stack)
+    check_drops(settings, state.deployed_keys, stack, drop)
     settings = settings.model_copy(update={"provider": state.provider})
     provider = get_provider(settings, state, log)
     host = provider.ensure_running()
-    spec, result = deploy_host(settings, state, host, listener)
+    spec, result = deploy_host(settings, state, host, listener, drop=drop, detail=detail)
     return UpResult(stack, host, result, spec)
 
 
 def plan(settings: Settings, stack: str, log: Log) -> PlanResult:
+    preflight(settings)
     state, provider = _provider(settings, stack, log)
     steps = provider.plan()
     result = PlanResult(stack, steps)

@@ -54,6 +54,7 @@ class StackState:
     host: HostRecord | None = None
     deployed_at: str = ""
     pg_version: int | None = None  # the PostgreSQL major version the last deploy installed
+    deployed_keys: list[str] = field(default_factory=list)  # names of secrets/key sources on the box, no values
 
     @property
     def stack_dir(self) -> Path:
@@ -88,6 +89,7 @@ class StackState:
             "host": self._portable(asdict(self.host)) if self.host else None,
             "deployed_at": self.deployed_at,
             "pg_version": self.pg_version,
+            "deployed_keys": self.deployed_keys,
         }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.stack}.", suffix=".tmp")
         try:
@@ -143,6 +145,7 @@ def load_state(state_dir: Path, stack: str) -> StackState | None:
             host=_absolute_key(HostRecord(**host), path.parent) if host else None,
             deployed_at=data.get("deployed_at", ""),
             pg_version=data.get("pg_version"),
+            deployed_keys=list(data.get("deployed_keys", [])),
         )
     except (ValueError, KeyError, TypeError) as err:
         raise PostgressorError(

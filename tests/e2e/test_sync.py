@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -192,3 +193,45 @@ def test_unpullable_image_stops_with_one_line_and_rerun_resumes(sync_stack: Stac
     again = json.loads(sync_stack.cli("--json", "deploy").stdout)
     assert again["deploy"]["failed"] == 0
     assert sync_stack.sh("systemctl is-active electric").stdout.strip() == "active"
+
+
+def test_broken_gateway_setting_is_rolled_back_while_clients_keep_getting_200(sync_stack: Stack) -> None:
+    # gateway.port = 5432 passes the pre-flight check, but PostgreSQL holds that port on the box: the new
+    # gateway cannot start. The probe runs it beside the live gateway, so Caddy's upstream never goes away.
+    broken = sync_stack.project / "broken-gateway.toml"
+    broken.write_text((sync_stack.project / "postgressor.toml").read_text() + "\n[gateway]\nport = 5432\n")
+    statuses: list[int | str] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        with https(sync_stack) as client:
+            while not stop.is_set():
+                try:
+                    statuses.append(client.get("/health").status_code)
+                    shape = client.get("/v1/shape/items", params={"offset": "-1"},
+                                       headers={"Authorization": f"Bearer {token()}"})  # fmt: skip
+                    statuses.append(shape.status_code)
+                except httpx.HTTPError as err:
+                    statuses.append(f"{type(err).__name__}: {err}")
+                time.sleep(0.2)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        proc = sync_stack.cli("--config", str(broken), "deploy", check=False)
+    finally:
+        stop.set()
+        poller.join(timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "the gateway" in errors[0] and "previous configuration" in errors[0], errors[0]
+    assert "address already in use" in errors[0], errors[0]  # the gateway's own last journal line
+    assert len(statuses) > 10 and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
+    assert "port = 3001" in sync_stack.sh("cat /etc/postgressor/gateway.toml").stdout
+    # A later good deploy works and finds nothing left to change.
+    again = sync_stack.cli_json("deploy")
+    assert again["deploy"]["failed"] == 0
+    assert [op["name"] for op in again["deploy"]["operations"] if op["status"] == "changed"] == []
+    with https(sync_stack) as client:
+        assert client.get("/health").status_code == 200

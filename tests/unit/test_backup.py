@@ -436,8 +436,10 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (["restore"], "pass exactly one of --to-time TIME or --latest"),
         (["restore", "--latest", "--to-time", "2026-01-01"], "pass exactly one of"),
         (["restore", "--to-time", "soon", "--yes"], "is not a time"),
-        (["restore", "--latest"], "needs confirmation; pass --yes"),
-        (["backup", "passphrase"], "needs confirmation; pass --yes"),
+        (["restore", "--latest"], "error: confirmation needed: Restore stack 'default' to the latest archived state, "
+         "losing everything written after it? (no terminal to ask on; pass --yes to confirm)"),
+        (["backup", "passphrase"], "error: confirmation needed: Print the backup encryption passphrase on this "
+         "terminal? (no terminal to ask on; pass --yes to confirm)"),
     ],
 )
 def test_restore_refusals_exit_2_with_one_line(project: Path, args: list[str], expected: str) -> None:

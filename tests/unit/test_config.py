@@ -68,10 +68,10 @@ def test_ssh_provider_needs_host(tmp_path: Path) -> None:
 
 def test_config_check_masks_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("POSTGRESSOR_SUPABASE__JWT_SECRET", "super-secret-value-123")
+    monkeypatch.setenv("POSTGRESSOR_SUPABASE__JWT_SECRET", "super-secret-value-123-long-enough-for-supabase")
     result = CliRunner().invoke(app, ["--json", "config", "check"])
     assert result.exit_code == 0, result.output
-    assert "super-secret-value-123" not in result.output
+    assert "super-secret-value-123-long-enough-for-supabase" not in result.output
     assert '"jwt_secret": "**********"' in result.output
 
 

@@ -33,7 +33,9 @@ def test_config_check_refuses_a_where_that_is_not_one_expression(tmp_path: Path,
 
 def test_config_check_accepts_one_expression(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code, output = check(tmp_path, monkeypatch,
-                         '[[sync.tables]]\nname = "todos"\nwhere = "archived = false OR pinned"\n')
+                         '[supabase]\njwks_url = "https://ref.supabase.co/auth/v1/.well-known/jwks.json"\n\n'
+                         '[[sync.tables]]\nname = "todos"\nowner_column = "user_id"\n'
+                         'where = "archived = false OR pinned"\n')
     assert code == 0, output
 
 

@@ -190,3 +190,39 @@ def test_a_cloud_image_needs_neither_root_nor_debootstrap(tmp_path: Path, monkey
     local.provision()
     assert started and started[0].startswith("ssh-ed25519 ")
     assert not (tmp_path / "empty-cache").exists()
+
+
+def test_kvm_fallback_says_why_and_remembers_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine, "cache_root", lambda: tmp_path / "cache")
+    monkeypatch.setattr(machine, "create_disk", lambda spec: None)
+    monkeypatch.setattr(machine.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(machine.os.path, "exists", lambda path: True)
+    monkeypatch.setattr(machine.os, "access", lambda path, mode: True)
+    launches: list[str] = []
+
+    def launch(spec: machine.VMSpec, ports: dict[int, int], accel: str) -> int:
+        launches.append(accel)
+        if accel == "kvm":
+            raise machine.PostgressorError("QEMU failed to start (kvm): Could not access KVM kernel module")
+        return 4242
+
+    monkeypatch.setattr(machine, "_launch", launch)
+    monkeypatch.setattr(machine, "stop", lambda pid_file: False)
+    lines: list[str] = []
+    vm = machine.boot(spec_for(tmp_path, BaseImage(tmp_path / "img")), PORTS, lines.append)
+    assert vm.accel == "tcg" and launches == ["kvm", "tcg"]
+    assert lines[-1] == ("KVM did not boot the guest: QEMU failed to start (kvm): Could not access KVM kernel module; "
+                         "falling back to TCG (remembered for this kernel)")  # fmt: skip
+    # The next boot goes straight to TCG and repeats the remembered reason.
+    lines.clear()
+    machine.boot(spec_for(tmp_path, BaseImage(tmp_path / "img")), PORTS, lines.append)
+    assert launches[-1] == "tcg" and len(launches) == 3
+    assert "Could not access KVM kernel module on an earlier run" in lines[-1]
+    assert "local.accel = 'kvm'" in lines[-1]
+
+
+def test_tcg_without_kvm_device_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine.os.path, "exists", lambda path: False)
+    assert machine._choose_accel("auto") == ("tcg", machine._choose_accel("auto")[1])
+    assert "/dev/kvm does not exist" in machine._choose_accel("auto")[1]
+    assert machine._choose_accel("kvm") == ("kvm", "")

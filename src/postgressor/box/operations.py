@@ -138,8 +138,8 @@ def docker_image(image: str, archive: str = "") -> Generator[str, None, None]:
     if archive:
         yield f"docker load -q -i {shlex.quote(archive)} && docker image inspect {q} >/dev/null"
     else:
-        hint = (f"cannot pull {image} ($why): set electric.image to a reachable mirror, "
-                "or electric.image_archive to a docker save tarball to load instead")  # fmt: skip
+        hint = (f"cannot pull {image} ($why): set electric.image to a reachable mirror of it, or set "
+                f"electric.image_archive to a 'docker save' tarball of {image} (its tag must match)")  # fmt: skip
         # The hint is the last line on stderr, so it is what the one-line error shows.
         yield (
             f'out=$(docker pull -q {q} 2>&1) || {{ why=$(printf "%s" "$out" | tail -n 1 | cut -c1-160); '

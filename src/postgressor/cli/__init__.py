@@ -22,6 +22,7 @@ from postgressor.cli import (
     servers_cmds,
 )
 from postgressor.cli.common import GlobalOptions, emit_json, err_console, json_emitted, reset_output
+from postgressor.cli.help_format import hide_flag_types
 from postgressor.errors import ConfigError, PostgressorError, UsageError
 
 
@@ -129,6 +130,7 @@ def _code_of(err: PostgressorError) -> str:
     return next(code for kind, code in ERROR_CODES if isinstance(err, kind))
 
 
+hide_flag_types()
 app = typer.Typer(
     name="postgressor",
     help="Provision a hardened PostgreSQL + ElectricSQL box that trusts your Supabase JWTs.",

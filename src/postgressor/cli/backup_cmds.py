@@ -118,7 +118,7 @@ def restore(
     target = backups.parse_target(to_time) if to_time is not None else None
     name = stack_name(ctx)
     when = backups.pg_time(target) if target else "the latest archived state"
-    confirm(f"Restore stack '{name}' to {when}? Everything written after it is lost", yes)
+    confirm(f"Restore stack '{name}' to {when}, losing everything written after it?", yes)
     host, state = _connection(ctx)
     version = recorded_version(state)
     quiet = global_options(ctx).json

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from postgressor.advisor.bill import BillPlan, bill_plan
 from postgressor.advisor.choose import choose
@@ -20,8 +20,29 @@ from postgressor.errors import UsageError
 from postgressor.providers.credentials import credential
 from postgressor.state import check_stack_name, load_state, open_state
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+PIPE_WIDTH = 4096  # columns assumed for pipes and CI logs: long enough that no value wraps or is cut
+
+
+class OutputConsole(Console):
+    """A rich console that, writing to a pipe or file, neither wraps lines nor cuts table cells.
+
+    A terminal keeps its own width; so does an explicit COLUMNS. Elsewhere rich would assume 80 columns.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and not self.is_terminal:
+            return ConsoleDimensions(PIPE_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+console = OutputConsole(highlight=False)
+err_console = OutputConsole(stderr=True, highlight=False)
 
 
 @dataclass
@@ -99,7 +120,7 @@ def confirm(question: str, yes: bool) -> None:
     if yes:
         return
     if not interactive():
-        raise UsageError(f"{question.rstrip('?')} needs confirmation; pass --yes (no terminal to ask on)")
+        raise UsageError(f"confirmation needed: {question} (no terminal to ask on; pass --yes to confirm)")
     if not typer.confirm(question, default=False, err=True):  # stdout stays for results (--json)
         raise typer.Exit(1)
 

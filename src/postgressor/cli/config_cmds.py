@@ -10,6 +10,7 @@ import typer
 from postgressor.cli.common import console, emit_json, global_options, settings_for
 from postgressor.config import DEFAULT_CONFIG_FILE, masked_dump
 from postgressor.errors import UsageError
+from postgressor.preflight import check as preflight
 
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 
@@ -33,8 +34,9 @@ def init(
 
 @config_app.command("check")
 def check(ctx: typer.Context) -> None:
-    """Validate the configuration and print it, secrets masked."""
+    """Validate the configuration (and what each enabled feature needs), then print it, secrets masked."""
     settings = settings_for(ctx)
+    preflight(settings)
     data = masked_dump(settings)
     if global_options(ctx).json:
         emit_json({"ok": True, "config": data})

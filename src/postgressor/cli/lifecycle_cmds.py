@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,49 +37,142 @@ STATUS_STYLE = {"changed": "yellow", "unchanged": "dim", "failed": "red", "skipp
 
 
 class Reporter:
-    """Rich progress for humans; silence (then one JSON object) for --json."""
+    """What a long run is doing, on stderr, with the seconds since the command started (image build and boot
+    included): a live line on a terminal, plain lines in a pipe, one JSON object per line with --json
+    (``{"step", "status", "elapsed"}`` plus ``detail``/``error``/``seconds`` when known).
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
+    Inside a long step (apt, a health wait, a boot) it repeats the step and its elapsed time every
+    ``heartbeat`` seconds in a pipe or JSON, and every second on a terminal.
+    """
+
+    HEARTBEAT = 15.0  # seconds between repeats of a long step in a pipe or JSON
+
+    def __init__(self, json_lines: bool, heartbeat: float | None = None) -> None:
+        self.json = json_lines
+        self.heartbeat = self.HEARTBEAT if heartbeat is None else heartbeat
+        self.started = time.monotonic()
         self.count = 0
+        self.step = ""
+        self.step_started = self.started
+        self.detail_text = ""
+        self._last_beat = self.started
+        self._lock = threading.Lock()
         self._status: Any = None
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
+        self._ticker.start()
+
+    def elapsed(self) -> float:
+        """Seconds since this run started."""
+        return time.monotonic() - self.started
+
+    def _live(self) -> bool:
+        return not self.json and err_console.is_terminal
+
+    def _event(self, step: str, status: str, **extra: Any) -> None:
+        record = {"step": step, "status": status, "elapsed": round(self.elapsed(), 1)}
+        record.update({k: v for k, v in extra.items() if v not in (None, "")})
+        sys.stderr.write(json.dumps(record) + "\n")
+        sys.stderr.flush()
+
+    def _begin(self, step: str) -> None:
+        self.step, self.step_started, self.detail_text = step, time.monotonic(), ""
+        self._last_beat = self.step_started
 
     def log(self, message: str) -> None:
-        if not self.quiet:
-            err_console.print(f"[cyan]→[/] {message}", highlight=False)
+        with self._lock:
+            self._begin(message)
+            if self.json:
+                self._event(message, "running")
+                return
+            err_console.print(f"[cyan]→[/] {escape(message)} [dim]({self.elapsed():.0f} s)[/]", highlight=False)
+            self._show()
 
     def op(self, name: str, report: OpReport | None) -> None:
-        if self.quiet:
-            return
-        if report is None:
-            self.count += 1
-            if not err_console.is_terminal:
-                err_console.print(f"  {'started':>9} {name}", highlight=False)
+        with self._lock:
+            if report is None:
+                self.count += 1
+                self._begin(name)
+                if self.json:
+                    self._event(name, "started")
+                elif not err_console.is_terminal:
+                    err_console.print(f"  {'started':>9} {escape(name)} ({self.elapsed():.0f} s)", highlight=False)
+                else:
+                    self._show()
                 return
-            if self._status is None:
-                self._status = err_console.status("")
-                self._status.start()
-            self._status.update(f"[{self.count}] {name}")
+            seconds = round(time.monotonic() - self.step_started, 1) if name == self.step else None
+            if self.json:
+                self._event(name, report.status, seconds=seconds, error=report.error)
+            else:
+                style = STATUS_STYLE.get(report.status, "")
+                took = f" [dim]({seconds:.0f} s)[/]" if seconds is not None and seconds >= 1 else ""
+                detail = f": {escape(report.error)}" if report.error else ""
+                err_console.print(f"  [{style}]{report.status:>9}[/] {escape(name)}{took}{detail}", highlight=False)
+            if name == self.step:
+                self.step = ""
+
+    def detail(self, name: str, text: str) -> None:
+        """What the running step is doing now (apt's progress line)."""
+        with self._lock:
+            if name != self.step:
+                return
+            self.detail_text = text
+            if self.json:
+                self._event(name, "running", detail=text)
+            self._show()
+
+    def _line(self) -> str:
+        inside = f": {self.detail_text}" if self.detail_text else ""
+        return f"{self.step}{inside} ({time.monotonic() - self.step_started:.0f} s, total {self.elapsed():.0f} s)"
+
+    def _show(self) -> None:
+        if not self._live() or not self.step:
             return
-        style = STATUS_STYLE.get(report.status, "")
-        detail = f": {report.error}" if report.error else ""
-        err_console.print(f"  [{style}]{report.status:>9}[/] {name}{detail}", highlight=False)
+        if self._status is None:
+            self._status = err_console.status("")
+            self._status.start()
+        self._status.update(escape(f"[{self.count}] " + self._line()))
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            self._tick_once()
+
+    def _tick_once(self) -> None:
+        with self._lock:
+            if not self.step:
+                return
+            if self._live():
+                self._show()
+                return
+            now = time.monotonic()
+            if now - self._last_beat < self.heartbeat:
+                return
+            self._last_beat = now
+            if self.json:
+                self._event(self.step, "running", detail=self.detail_text, seconds=round(now - self.step_started, 1))
+            else:
+                err_console.print(f"  {'…':>9} {escape(self._line())}", highlight=False)
 
     def close(self) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
+        self._stop.set()
+        self._ticker.join(timeout=5)
+        with self._lock:
+            if self._status is not None:
+                self._status.stop()
+                self._status = None
 
 
-def _finish(ctx: typer.Context, result: stacks.UpResult, verb: str) -> None:
+def _finish(ctx: typer.Context, result: stacks.UpResult, verb: str, reporter: Reporter) -> None:
     deploy = result.deploy
+    total = reporter.elapsed()
     if global_options(ctx).json:
-        emit_json({"ok": not deploy.failed, **result.as_dict()})
+        emit_json({"ok": not deploy.failed, **result.as_dict(), "seconds": round(total, 1)})
     else:
         console.print(
             f"[bold]{verb}[/] stack '{result.stack}' at {result.host.address}:{result.host.port}: "
             f"{deploy.changed} changed, {len(deploy.operations) - deploy.changed - len(deploy.failed)} unchanged, "
-            f"{len(deploy.failed)} failed in {deploy.seconds:.0f} s ({deploy.remote_commands} remote commands)"
+            f"{len(deploy.failed)} failed in {total:.0f} s (deploys {deploy.seconds:.0f} s, "
+            f"{deploy.remote_commands} remote commands)"
         )
     if deploy.failed:
         first = deploy.failed[0]
@@ -115,20 +212,29 @@ def up(
         confirm(f"Create this billed {bill.title} server?", yes)
     reporter = Reporter(global_options(ctx).json)
     try:
-        result = stacks.up(settings, name, reporter.log, reporter.op)
+        result = stacks.up(settings, name, reporter.log, reporter.op, reporter.detail)
     finally:
         reporter.close()
-    _finish(ctx, result, "up")
+    _finish(ctx, result, "up", reporter)
 
 
-def deploy(ctx: typer.Context) -> None:
+def deploy(
+    ctx: typer.Context,
+    drop: list[str] = typer.Option(
+        [],
+        "--drop",
+        metavar="KEY",
+        help="Remove this secret or key source from the box on purpose (e.g. supabase.jwt_secret); repeatable.",
+    ),
+) -> None:
     """Re-run the deploys on the stack's existing server."""
     reporter = Reporter(global_options(ctx).json)
     try:
-        result = stacks.deploy(settings_for(ctx), stack_name(ctx), reporter.log, reporter.op)
+        result = stacks.deploy(settings_for(ctx), stack_name(ctx), reporter.log, reporter.op, frozenset(drop),
+                               reporter.detail)  # fmt: skip
     finally:
         reporter.close()
-    _finish(ctx, result, "deploy")
+    _finish(ctx, result, "deploy", reporter)
 
 
 def plan(

@@ -61,8 +61,9 @@ def migrate(
     for applied in result.applied:
         console.print(f"applied {applied.name} ({applied.seconds:.2f} s)", markup=False)
     _show_tables(result.tables, done=True)
-    console.print(f"[green]{target.label} is up to date[/] ({len(result.applied)} applied, "
-                  f"{result.already} already applied)")
+    count = len(result.applied)
+    console.print(f"[green]{target.label} is up to date[/]: applied {count} migration{'s' if count != 1 else ''} now, "
+                  f"{result.already} were applied before")
 
 
 def _show_plan(plan: runner.Plan, label: str, dry_run: bool, as_json: bool) -> None:

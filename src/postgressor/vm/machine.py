@@ -95,25 +95,35 @@ def create_disk(spec: VMSpec) -> None:
         raise PostgressorError(f"cannot create the VM disk: {proc.stderr.strip()}")
 
 
+KVM_BOOT_TIMEOUT = 60  # seconds for a KVM guest to reach systemd before TCG is used instead
+
+
 def _kvm_verdict_file() -> Path:
     return cache_root() / f"kvm-verdict-{os.uname().release}.json"
 
 
-def _choose_accel(accel: str) -> str:
+def _choose_accel(accel: str) -> tuple[str, str]:
+    """The accelerator to boot with and, when it is TCG on 'auto', why KVM is not used."""
     if accel != "auto":
-        return accel
+        return accel, ""
+    if not os.path.exists("/dev/kvm"):
+        return "tcg", "/dev/kvm does not exist (no hardware virtualisation, or the kvm module is not loaded)"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "tcg"
+        return "tcg", "/dev/kvm is not readable and writable by this user (add it to the 'kvm' group)"
     try:
-        return str(json.loads(_kvm_verdict_file().read_text())["accel"])
-    except (OSError, ValueError, KeyError):
-        return "kvm"
+        verdict = json.loads(_kvm_verdict_file().read_text())
+    except (OSError, ValueError):
+        return "kvm", ""
+    if verdict.get("accel") == "tcg":
+        why = verdict.get("reason") or "KVM did not boot the guest"
+        return "tcg", f"{why} on an earlier run with this kernel (set local.accel = 'kvm' to try again)"
+    return "kvm", ""
 
 
-def _record_accel(accel: str) -> None:
+def _record_accel(accel: str, reason: str = "") -> None:
     path = _kvm_verdict_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"accel": accel}))
+    path.write_text(json.dumps({"accel": accel, "reason": reason}))
 
 
 def _boot_args(spec: VMSpec) -> list[str]:
@@ -177,18 +187,21 @@ def boot(spec: VMSpec, ports: dict[int, int] | None, log: Callable[[str], None])
     create_disk(spec)
     wanted = [*GUEST_PORTS, *spec.extra_ports]
     ports = {g: (ports or {}).get(g) or free_port() for g in wanted}
-    accel = _choose_accel(spec.accel)
+    accel, why_not_kvm = _choose_accel(spec.accel)
     log(f"booting the VM ({accel.upper()}, {spec.cpus} CPU, {spec.memory_mb} MB)")
+    if why_not_kvm:
+        log(f"using TCG (slow emulation), not KVM: {why_not_kvm}")
     if accel == "kvm" and spec.accel == "auto":
+        reason = f"the guest did not reach systemd within {KVM_BOOT_TIMEOUT} s (see {spec.console_log.resolve()})"
         try:
             pid = _launch(spec, ports, accel)
-            works = _booted(spec, 60)
-        except PostgressorError:
-            works = False
-        _record_accel("kvm" if works else "tcg")
+            works = _booted(spec, KVM_BOOT_TIMEOUT)
+        except PostgressorError as err:
+            works, reason = False, str(err)
+        _record_accel("kvm" if works else "tcg", "" if works else reason)
         if works:
             return RunningVM(pid=pid, ports=ports, accel=accel)
-        log("KVM did not boot the guest; falling back to TCG (remembered for this host)")
+        log(f"KVM did not boot the guest: {reason}; falling back to TCG (remembered for this kernel)")
         stop(spec.pid_file)
         accel = "tcg"
     pid = _launch(spec, ports, accel)

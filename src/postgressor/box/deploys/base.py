@@ -22,8 +22,12 @@ from postgressor.box.operations import (
 )
 from postgressor.box.spec import BoxSpec
 from postgressor.box.tuning import MB
+from postgressor.opwatch import APT_STATUS_ARGS
 
-APT_ARGS = "-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+APT_ARGS = (
+    "-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
+    + APT_STATUS_ARGS  # apt's progress, read by postgressor.opwatch while the install runs
+)
 BASE_PACKAGES = ["unattended-upgrades", "fail2ban", "python3-systemd", "ufw"]
 PGDG_KEY = "/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc"
 

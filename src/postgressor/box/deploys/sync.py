@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from io import StringIO
+from typing import Any
 
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
 from postgressor.box.deploys.base import apply_on_change, template
+from postgressor.box.gated import gated_apply, gateway_probe, keep_last_good
 from postgressor.box.gateway_bundle import GatewayBundle
 from postgressor.box.layout import (
     CADDY_UNIT,
@@ -39,6 +41,10 @@ from postgressor.box.spec import BoxSpec
 LIVE_CONNECTIONS = 10_000
 NOFILE = 1 << 20  # what Caddy's own unit sets (dist/init/caddy.service); never lower it
 CADDY_DROPIN = "/etc/systemd/system/caddy.service.d/50-postgressor-limits.conf"
+CADDYFILE = "/etc/caddy/Caddyfile"
+CADDY_ADMIN = "http://127.0.0.1:2019/config/"  # Caddy's admin API: answers once a config is loaded
+ELECTRIC_FILES = [ELECTRIC_ENV, f"/etc/systemd/system/{ELECTRIC_UNIT}.service"]
+GATEWAY_FILES = [GATEWAY_CONFIG, GATEWAY_ENV, f"/etc/systemd/system/{GATEWAY_UNIT}.service"]
 
 
 @deploy("Electric")
@@ -65,6 +71,8 @@ def electric(spec: BoxSpec) -> None:
         f"ELECTRIC_STORAGE_DIR={ELECTRIC_STORAGE}",
         f"ELECTRIC_PORT={sync.electric_port}",
     ]
+    health = electric_health_url(sync.electric_port)
+    keep_last_good(name="Electric: keep the working configuration", files=ELECTRIC_FILES, url=health)
     composed_file(name="Electric environment (0600)", path=ELECTRIC_ENV, lines=env_lines)
     archive = ""
     if sync.image_archive:
@@ -74,17 +82,22 @@ def electric(spec: BoxSpec) -> None:
     files.template(name="Electric unit", src=template("electric.service.j2"),
                    dest=f"/etc/systemd/system/{ELECTRIC_UNIT}.service", mode="644", image=sync.image,
                    port=sync.electric_port, env_file=ELECTRIC_ENV)  # fmt: skip
-    # A changed version, unit or environment recreates the container; nothing else does.
-    applied(
+    # A changed version, unit or environment recreates the container (health-gated); nothing else does.
+    gated_apply(
         name="Electric container current",
+        label="Electric",
+        unit=ELECTRIC_UNIT,
+        files=ELECTRIC_FILES,
+        apply=f"systemctl daemon-reload && systemctl enable {ELECTRIC_UNIT} && systemctl restart {ELECTRIC_UNIT}",
+        url=health,
+        timeout=sync.health_timeout,
         marker="electric",
         digest=digest(sync.image, str(sync.electric_port), *env_lines),
-        command=f"systemctl daemon-reload && systemctl enable {ELECTRIC_UNIT} && systemctl restart {ELECTRIC_UNIT}",
     )
     systemd.service(name="Electric running", service=ELECTRIC_UNIT, running=True, enabled=True)
     http_ready(
         name="Electric healthy (/v1/health = 200)",
-        url=electric_health_url(sync.electric_port),
+        url=health,
         timeout=sync.health_timeout,
         hint=f"see journalctl -u {ELECTRIC_UNIT} on the box",
     )
@@ -117,21 +130,30 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
         ),
     )
 
+    gateway_health = f"http://127.0.0.1:{sync.gateway_port}/health"
+    keep_last_good(name="Gateway: keep the working configuration", files=GATEWAY_FILES, url=gateway_health)
     files.put(name="Gateway config (0600)", src=StringIO(sync.gateway_config), dest=GATEWAY_CONFIG,
               user=GATEWAY_USER, group=GATEWAY_USER, mode="600")  # fmt: skip
     env_lines = [f"ELECTRIC_SECRET=$(cat {secret_path('electric_secret')})"]
     composed_file(name="Gateway environment (0600)", path=GATEWAY_ENV, lines=env_lines)
     files.template(name="Gateway unit", src=template("gateway.service.j2"),
                    dest=f"/etc/systemd/system/{GATEWAY_UNIT}.service", mode="644", nofile=NOFILE)  # fmt: skip
-    applied(
+    # The new settings first run beside the live gateway (the probe); only then is the live one restarted.
+    gated_apply(
         name="Gateway process current",
+        label="the gateway",
+        unit=GATEWAY_UNIT,
+        files=GATEWAY_FILES,
+        apply=f"systemctl daemon-reload && systemctl enable {GATEWAY_UNIT} && systemctl restart {GATEWAY_UNIT}",
+        url=gateway_health,
+        timeout=60,
         marker="gateway",
         digest=digest(bundle.digest, sync.gateway_config, *env_lines, _template_text("gateway.service.j2"),
                       str(NOFILE)),
-        command=f"systemctl daemon-reload && systemctl enable {GATEWAY_UNIT} && systemctl restart {GATEWAY_UNIT}",
+        probe=gateway_probe(GATEWAY_CONFIG, GATEWAY_ENV, GATEWAY_HOME),
     )
     systemd.service(name="Gateway running", service=GATEWAY_UNIT, running=True, enabled=True)
-    http_ready(name="Gateway healthy", url=f"http://127.0.0.1:{sync.gateway_port}/health", timeout=60,
+    http_ready(name="Gateway healthy", url=gateway_health, timeout=60,
                hint=f"see journalctl -u {GATEWAY_UNIT} on the box")  # fmt: skip
 
 
@@ -140,19 +162,31 @@ def caddy(spec: BoxSpec, public_address: str) -> None:
     sync = spec.sync
     assert sync is not None
     sites = f"{sync.domain}" if sync.domain else f"https://{public_address}, https://localhost, https://127.0.0.1"
-    caddyfile = files.template(
-        name="Caddyfile", src=template("Caddyfile.j2"), dest="/etc/caddy/Caddyfile", mode="644",
-        sites=sites, domain=sync.domain, email=sync.email, default_sni=public_address,
-        gateway_port=sync.gateway_port,
-    )  # fmt: skip
+    # With a domain the certificate may take a while: Caddy's admin API says it runs on a loaded config.
+    # Without one, a request through Caddy to the gateway's /health must answer 200.
+    health, curl_args = (CADDY_ADMIN, "") if sync.domain else ("https://127.0.0.1/health", "-k")
+    keep_last_good(name="Caddy: keep the working configuration", files=[CADDYFILE], url=CADDY_ADMIN)
+    params: dict[str, Any] = {"sites": sites, "domain": sync.domain, "email": sync.email, "default_sni": public_address,
+              "gateway_port": sync.gateway_port}  # fmt: skip
+    files.template(name="Caddyfile", src=template("Caddyfile.j2"), dest=CADDYFILE, mode="644", **params)
     limits = files.template(name="Caddy open-file limit", src=template("caddy-limits.conf.j2"), dest=CADDY_DROPIN,
                             mode="644", nofile=NOFILE)  # fmt: skip
     # A unit's limits apply only from a (re)start, not a reload.
     apply_on_change("Caddy limits", "systemctl daemon-reload && systemctl restart caddy", "caddy-limits",
                     [CADDY_DROPIN], limits)  # fmt: skip
     systemd.service(name="Caddy running", service=CADDY_UNIT, running=True, enabled=True)
-    apply_on_change("Caddy", "caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile >/dev/null "
-                    "&& systemctl reload caddy", "caddy", ["/etc/caddy/Caddyfile"], caddyfile)  # fmt: skip
+    gated_apply(
+        name="Apply Caddy config",
+        label="Caddy",
+        unit=CADDY_UNIT,
+        files=[CADDYFILE],
+        apply=f"caddy validate --config {CADDYFILE} --adapter caddyfile >/dev/null && systemctl reload {CADDY_UNIT}",
+        url=health,
+        timeout=60,
+        marker="caddy-config",
+        digest=digest(_template_text("Caddyfile.j2"), *(f"{k}={v}" for k, v in sorted(params.items()))),
+        curl_args=curl_args,
+    )
 
 
 def _template_text(name: str) -> str:
