@@ -73,6 +73,16 @@ class BoxFacts:
     distro: Distro
     python: str  # "3.11"
     machine: str  # "x86_64" | "aarch64"
+    carried: tuple[str, ...] = ()  # carried settings (preflight.CARRIED) the box's files hold now, by name
+
+
+# Which carried settings the box holds, read from the files the deploys write (names only, never values).
+CARRIED_ON_BOX = (
+    ("supabase.jwt_secret", "^jwt_secret *=", "/etc/postgressor/gateway.toml"),
+    ("supabase.jwks_url", "^jwks_url *=", "/etc/postgressor/gateway.toml"),
+    ("backup.s3_key", "^repo1-s3-key=", "/etc/pgbackrest/pgbackrest.conf"),
+    ("backup.s3_key_secret", "^repo1-s3-key-secret=", "/etc/pgbackrest/pgbackrest.conf"),
+)
 
 
 def read_box(host: HostRecord) -> BoxFacts:
@@ -81,17 +91,21 @@ def read_box(host: HostRecord) -> BoxFacts:
         "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null 2>&1; fi; "
         "echo \"MACHINE=$(uname -m)\"; "
         "echo \"PYTHON=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null)\"; "
-        "cat /etc/os-release"
+        + "".join(f"grep -qs '{pattern}' {path} && echo CARRIED={key}; " for key, pattern, path in CARRIED_ON_BOX)
+        + "cat /etc/os-release"
     )
     result = run(host, script, timeout=900)
     if not result.ok:
         raise PostgressorError(f"cannot read /etc/os-release on {host.address}: {result.stderr.strip()}")
-    fields = dict(shlex.split(line)[0].split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    lines = result.stdout.splitlines()
+    carried = tuple(line.split("=", 1)[1] for line in lines if line.startswith("CARRIED="))
+    pairs = [line for line in lines if "=" in line and not line.startswith("CARRIED=")]
+    fields = dict(shlex.split(line)[0].split("=", 1) for line in pairs)
     major = fields.get("VERSION_ID", "0").split(".")[0]
     distro = distro_from_fact(
         {"name": fields.get("ID", ""), "major": int(major) if major.isdigit() else 0, "release_meta": fields}
     )
-    return BoxFacts(distro, fields.get("PYTHON", ""), fields.get("MACHINE", ""))
+    return BoxFacts(distro, fields.get("PYTHON", ""), fields.get("MACHINE", ""), carried)
 
 
 def deploys_for(
@@ -120,6 +134,8 @@ def deploy_host(
 ) -> tuple[BoxSpec, DeployResult]:
     check_drops(settings, state.deployed_keys, state.stack, drop)
     facts = read_box(host)
+    # Also what the box's own files hold: a box deployed before names were recorded, or from elsewhere.
+    check_drops(settings, sorted({*state.deployed_keys, *facts.carried}), state.stack, drop)
     spec = box_spec(settings, facts.distro)
     inventory = ssh_inventory(host, known_hosts_path(state))
     watch = OpWatch(host, listener, detail)

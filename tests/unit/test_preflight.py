@@ -216,3 +216,35 @@ def test_deploy_refuses_before_connecting_and_records_names_only(tmp_path: Path)
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 2
     assert "POSTGRESSOR_SUPABASE__JWT_SECRET" in lines[0] and "POSTGRESSOR_BACKUP__S3_KEY" in lines[1]
+
+
+def test_the_box_files_count_too_when_the_state_recorded_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from postgressor import stack as stacks
+    from postgressor.sshconn import CommandResult
+
+    seen: list[str] = []
+
+    def fake_run(host: HostRecord, script: str, timeout: float = 120) -> CommandResult:
+        seen.append(script)
+        out = "MACHINE=x86_64\nPYTHON=3.11\nCARRIED=supabase.jwt_secret\nID=debian\nVERSION_ID=\"12\"\n"
+        return CommandResult(0, out, "")
+
+    monkeypatch.setattr(stacks, "run", fake_run)
+    facts = stacks.read_box(HostRecord("192.0.2.1", 22, "root", "k"))
+    assert facts.carried == ("supabase.jwt_secret",) and facts.distro.major == 12 and facts.python == "3.11"
+    assert "grep -qs '^jwt_secret *=' /etc/postgressor/gateway.toml" in seen[0]
+    (tmp_path / "postgressor.toml").write_text(GOOD_SYNC)
+    state = open_state(tmp_path / ".postgressor", "default", "ssh")  # deployed_keys: nothing recorded
+    jwks = f'jwks_url = "{ISSUER}/.well-known/jwks.json"'
+    without = settings_from(tmp_path, GOOD_SYNC.replace(f'jwt_secret = "{SECRET}"', jwks))
+    with pytest.raises(ConfigError, match="POSTGRESSOR_SUPABASE__JWT_SECRET"):
+        stacks.deploy_host(without, state, HostRecord("192.0.2.1", 22, "root", "k"), lambda n, r: None)
+
+
+def test_turning_a_feature_off_is_not_dropping_its_values(tmp_path: Path) -> None:
+    off = settings_from(tmp_path, GOOD_SYNC.replace(f'jwt_secret = "{SECRET}"', "") + "\n[electric]\nenabled = false\n")
+    preflight.check_drops(off, ["supabase.jwt_secret", "supabase.jwks_url"], "default")
+    no_backup = settings_from(tmp_path, GOOD_SYNC + "\n[backup]\nenabled = false\n")
+    preflight.check_drops(no_backup, ["backup.s3_key", "backup.s3_key_secret"], "default")
