@@ -86,7 +86,8 @@ CARRIED_ON_BOX = (
 
 
 def read_box(host: HostRecord) -> BoxFacts:
-    """Wait for cloud-init (it holds the apt lock on fresh boxes), then read the OS, Python and CPU."""
+    """Wait for cloud-init (it holds the apt lock on fresh boxes), then read the OS, Python and CPU, and which
+    carried settings the box's files hold (names only)."""
     script = (
         "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null 2>&1; fi; "
         "echo \"MACHINE=$(uname -m)\"; "
