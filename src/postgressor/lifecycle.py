@@ -17,7 +17,7 @@ from postgressor.box.deploys.backup import backup
 from postgressor.box.deploys.base import base
 from postgressor.box.deploys.postgres import postgresql
 from postgressor.box.deploys.sync import caddy, electric, gateway
-from postgressor.box.facts import CloudInitDone, PythonVersion
+from postgressor.box.facts import CarriedSettings, CloudInitDone, PythonVersion
 from postgressor.box.gateway_bundle import gateway_bundle
 from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact
 from postgressor.config import Settings
@@ -73,6 +73,7 @@ class BoxFacts:
     distro: Distro
     python: str  # "3.11"
     machine: str  # "x86_64" | "aarch64"
+    carried: tuple[str, ...] = ()  # carried settings (preflight.CARRIED) the box's files hold now, by name
 
 
 def read_box(box: Host) -> BoxFacts:
@@ -81,7 +82,8 @@ def read_box(box: Host) -> BoxFacts:
     box.get_fact(CloudInitDone, _timeout=CLOUD_INIT_TIMEOUT)
     release = box.get_fact(LinuxDistribution)
     distro = distro_from_fact(dict(release))
-    return BoxFacts(distro, box.get_fact(PythonVersion), box.get_fact(Arch))
+    carried: list[str] = box.get_fact(CarriedSettings)
+    return BoxFacts(distro, box.get_fact(PythonVersion), box.get_fact(Arch), tuple(carried))
 
 
 def deploys_for(spec: BoxSpec, facts: BoxFacts, host: HostRecord) -> Deploys:
@@ -113,6 +115,8 @@ def deploy_host(
 
     def deploys_for_box(box: Host) -> Deploys:
         found = read_box(box)
+        # Also what the box's own files hold: a box deployed before names were recorded, or from elsewhere.
+        check_drops(settings, sorted({*state.deployed_keys, *found.carried}), state.stack, drop)
         spec = box_spec(settings, found.distro)
         specs.append(spec)
         if not dry_run:  # recorded first: a cut-off run may already have installed this version

@@ -225,27 +225,31 @@ def check(settings: Settings) -> None:
 
 # Settings that reach the box and that the box cannot keep on its own: a deploy without them would
 # rewrite the box's files without them. Only their names are recorded in the state, never values.
-CARRIED: tuple[tuple[str, Callable[[Settings], bool]], ...] = (
-    ("supabase.jwt_secret", lambda s: s.sync_enabled() and s.supabase.jwt_secret is not None),
-    ("supabase.jwks_url", lambda s: s.sync_enabled() and bool(s.supabase.jwks_url)),
-    ("backup.s3_key", lambda s: s.backup.enabled and s.backup.s3_key is not None),
-    ("backup.s3_key_secret", lambda s: s.backup.enabled and s.backup.s3_key_secret is not None),
+CARRIED: tuple[tuple[str, Callable[[Settings], bool], Callable[[Settings], bool]], ...] = (
+    # (key, its feature is deployed now, the value is given now)
+    ("supabase.jwt_secret", Settings.sync_enabled, lambda s: s.supabase.jwt_secret is not None),
+    ("supabase.jwks_url", Settings.sync_enabled, lambda s: bool(s.supabase.jwks_url)),
+    ("backup.s3_key", lambda s: s.backup.enabled, lambda s: s.backup.s3_key is not None),
+    ("backup.s3_key_secret", lambda s: s.backup.enabled, lambda s: s.backup.s3_key_secret is not None),
 )
 
 
 def carried_keys(settings: Settings) -> list[str]:
     """The names of the carried settings this configuration deploys (recorded after a deploy)."""
-    return [key for key, present in CARRIED if present(settings)]
+    return [key for key, enabled, given in CARRIED if enabled(settings) and given(settings)]
 
 
 def check_drops(settings: Settings, deployed: list[str], stack: str, allowed: frozenset[str] = frozenset()) -> None:
-    """Refuse (exit 2) a deploy that would replace a value the box has with nothing, unless ``allowed``."""
+    """Refuse (exit 2) a deploy that would replace a value the box has with nothing, unless ``allowed``.
+
+    A key counts only while its feature is deployed: turning sync or backups off leaves their files alone."""
     now = set(carried_keys(settings))
-    known = {key for key, _ in CARRIED}
-    unknown = sorted(allowed - known)
+    known = {key for key, enabled, _ in CARRIED if enabled(settings)}
+    every = {key for key, _, _ in CARRIED}
+    unknown = sorted(allowed - every)
     if unknown:
         raise ConfigError(f"--drop {unknown[0]}: not a setting postgressor carries to the box; use one of "
-                          f"{', '.join(sorted(known))}")  # fmt: skip
+                          f"{', '.join(sorted(every))}")  # fmt: skip
     missing = [key for key in deployed if key in known and key not in now and key not in allowed]
     if missing:
         raise PreflightError([

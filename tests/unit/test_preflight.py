@@ -216,3 +216,44 @@ def test_deploy_refuses_before_connecting_and_records_names_only(tmp_path: Path)
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 2
     assert "POSTGRESSOR_SUPABASE__JWT_SECRET" in lines[0] and "POSTGRESSOR_BACKUP__S3_KEY" in lines[1]
+
+
+def test_the_box_files_count_too_when_the_state_recorded_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A box whose gateway.toml holds jwt_secret (read as a fact, names only) refuses a deploy without it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "box"))
+    from fake_host import FakeHost
+
+    from postgressor import lifecycle as stacks
+    from postgressor.box.facts import CarriedSettings
+
+    box = FakeHost({
+        "CloudInitDone": True,
+        "LinuxDistribution": {"name": "Debian", "major": 12, "release_meta": {"VERSION_CODENAME": "bookworm"}},
+        "PythonVersion": "3.11", "Arch": "x86_64", "CarriedSettings": ["supabase.jwt_secret"],
+    })  # fmt: skip
+    facts = stacks.read_box(box)  # type: ignore[arg-type]
+    assert facts.carried == ("supabase.jwt_secret",) and facts.distro.major == 12 and facts.python == "3.11"
+    assert "grep -qs '^jwt_secret *=' /etc/postgressor/gateway.toml" in CarriedSettings().command()
+    (tmp_path / "postgressor.toml").write_text(GOOD_SYNC)
+    state = open_state(tmp_path / ".postgressor", "default", "ssh")  # deployed_keys: nothing recorded
+    jwks = f'jwks_url = "{ISSUER}/.well-known/jwks.json"'
+    without = settings_from(tmp_path, GOOD_SYNC.replace(f'jwt_secret = "{SECRET}"', jwks))
+
+    def run_deploys(inventory: object, deploys: object, listener: object, dry_run: bool = False) -> object:
+        return deploys(box)  # type: ignore[operator]
+
+    monkeypatch.setattr(stacks, "run_deploys", run_deploys)
+    monkeypatch.setattr(stacks, "OpWatch", lambda *a: type("W", (), {"close": lambda self: None})())
+    with pytest.raises(ConfigError, match="POSTGRESSOR_SUPABASE__JWT_SECRET"):
+        stacks.deploy_host(without, state, HostRecord("192.0.2.1", 22, "root", "k"), lambda n, r: None)
+
+
+def test_turning_a_feature_off_is_not_dropping_its_values(tmp_path: Path) -> None:
+    off = settings_from(tmp_path, GOOD_SYNC.replace(f'jwt_secret = "{SECRET}"', "") + "\n[electric]\nenabled = false\n")
+    preflight.check_drops(off, ["supabase.jwt_secret", "supabase.jwks_url"], "default")
+    no_backup = settings_from(tmp_path, GOOD_SYNC + "\n[backup]\nenabled = false\n")
+    preflight.check_drops(no_backup, ["backup.s3_key", "backup.s3_key_secret"], "default")

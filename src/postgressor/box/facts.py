@@ -6,7 +6,7 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from postgressor.box.layout import psql
+from postgressor.box.layout import GATEWAY_CONFIG, PGBACKREST_CONF, psql
 from postgressor.box.tuning import Machine
 
 
@@ -181,3 +181,29 @@ class PythonVersion(FactBase[str]):
     @staticmethod
     def default() -> str:
         return ""
+
+
+class CarriedSettings(FactBase[list[str]]):
+    """Names of the carried settings (secrets and key sources, ``preflight.CARRIED``) that the box's own files
+    hold now, e.g. ``["supabase.jwt_secret"]``: read with grep -q, so no value ever leaves the box."""
+
+    def command(self) -> str:
+        checks = (f"grep -qs {shlex.quote(pattern)} {shlex.quote(path)} && echo {key}; "
+                  for key, pattern, path in CARRIED_ON_BOX)  # fmt: skip
+        return "".join(checks) + "true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+
+# (setting, the line that holds it, the file the deploys write it to)
+CARRIED_ON_BOX = (
+    ("supabase.jwt_secret", "^jwt_secret *=", GATEWAY_CONFIG),
+    ("supabase.jwks_url", "^jwks_url *=", GATEWAY_CONFIG),
+    ("backup.s3_key", "^repo1-s3-key=", PGBACKREST_CONF),
+    ("backup.s3_key_secret", "^repo1-s3-key-secret=", PGBACKREST_CONF),
+)
