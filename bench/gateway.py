@@ -193,6 +193,12 @@ def rss_mb(pid: int) -> float:
     raise SystemExit(f"no VmRSS for process {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time ``pid`` has used (it is what a proxy costs, whatever else the machine runs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -315,7 +321,7 @@ def main() -> None:
             wait_http(f"http://127.0.0.1:{gw_port}/health")
             wait_http(f"http://127.0.0.1:{caddy_port}/v1/health")
             if args.only != "held":
-                throughput(args, upstream, gw_port, caddy_port)
+                throughput(args, upstream, gw_port, caddy_port, gateway_proc.pid, caddy_proc.pid)
             if args.only != "throughput":
                 held(args, upstream, gw_port, caddy_port, gateway_proc.pid, caddy_proc.pid)
 
@@ -327,7 +333,8 @@ def pinned_query(user: str, *extra: tuple[str, str]) -> str:
     return urlencode(pinned, quote_via=quote)
 
 
-def throughput(args: argparse.Namespace, upstream: str, gw_port: int, caddy_port: int) -> None:
+def throughput(args: argparse.Namespace, upstream: str, gw_port: int, caddy_port: int, gw_pid: int,
+               caddy_pid: int) -> None:  # fmt: skip
     query = pinned_query(USER, ("offset", "-1"))
     token = hs256(user_claims())
     targets = {
@@ -337,16 +344,22 @@ def throughput(args: argparse.Namespace, upstream: str, gw_port: int, caddy_port
     }
     # Several interleaved rounds, median per figure: fairer on a machine that is doing other work.
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+    proxies = {"caddy": caddy_pid, "gateway": gw_pid}
     for n in range(args.rounds):
         for name, (url, headers) in targets.items():
             print(f"round {n + 1}/{args.rounds}: {name} ...", file=sys.stderr, flush=True)
-            rounds[name].append(asyncio.run(measure(url, headers, args.requests, args.concurrency)))
+            before = cpu_seconds(proxies[name]) if name in proxies else 0.0
+            figures = asyncio.run(measure(url, headers, args.requests, args.concurrency))
+            used = cpu_seconds(proxies[name]) - before if name in proxies else 0.0
+            figures["cpu_us"] = 1e6 * used / (50 + 2 * args.requests)  # warm-up, sequential, concurrent
+            rounds[name].append(figures)
     results = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in rounds.items()}
     print(f"{args.requests} requests per path and round, median of {args.rounds} rounds; latency sequential, "
           f"throughput at concurrency {args.concurrency}; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'path':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'path':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17}")
     for name, r in results.items():
-        print(f"{name:<8} {r['rps']:>8.0f} {r['p50']:>8.3f} {r['p99']:>8.3f}")
+        cpu = f"{r['cpu_us']:>17.0f}" if name in proxies else f"{'-':>17}"
+        print(f"{name:<8} {r['rps']:>8.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {cpu}")
     added = results["gateway"]["p50"] - results["direct"]["p50"]
     ratio = results["gateway"]["rps"] / results["caddy"]["rps"]
     caddy_added = results["caddy"]["p50"] - results["direct"]["p50"]
@@ -354,6 +367,9 @@ def throughput(args: argparse.Namespace, upstream: str, gw_port: int, caddy_port
           f"{'met' if added < 1 else 'NOT met'}")
     print(f"gateway throughput = {100 * ratio:.0f} % of caddy's; target >= 50 %: "
           f"{'met' if ratio >= 0.5 else 'NOT met'}")
+    cpu_ratio = results["gateway"]["cpu_us"] / results["caddy"]["cpu_us"]
+    print(f"gateway CPU time per request = {cpu_ratio:.2f}x caddy's (unlike req/s and latency, this does not "
+          f"depend on what else the machine is running)")
 
 
 def held(args: argparse.Namespace, upstream: str, gw_port: int, caddy_port: int, gw_pid: int, caddy_pid: int) -> None:

@@ -227,3 +227,21 @@ def test_units_hold_enough_files_for_the_live_connections(name: str) -> None:
     (limit,) = re.findall(r"^LimitNOFILE=(\d+)$", rendered, re.MULTILINE)
     assert "[Service]" in rendered
     assert int(limit) >= 2 * LIVE_CONNECTIONS + 1024
+
+
+def test_every_gateway_option_reaches_the_box(tmp_path: Path) -> None:
+    """Each [gateway] option the gateway has a field for is translated and survives the file (non-defaults)."""
+    import dataclasses
+
+    from postgressor.config import GatewayConfig
+    from postgressor.gateway.settings import GatewaySettings
+
+    chosen = {"cors_origins": ["https://app.example.com"], "shared_cache": True, "max_requests_per_user": 7,
+              "upstream_connect_timeout": 2.5, "upstream_read_timeout": 99.0, "port": 3111}  # fmt: skip
+    shared = {f.name for f in dataclasses.fields(GatewaySettings)} & set(GatewayConfig.model_fields) - {"upstream"}
+    assert shared <= set(chosen), f"add a non-default value for {sorted(shared - set(chosen))} here"
+    s = load_settings(**cfg(), sync={"tables": [{"name": "items"}]}, gateway=chosen)
+    got = round_trip(s, tmp_path)
+    for name in shared:
+        want = chosen[name]
+        assert getattr(got, name) == (tuple(want) if isinstance(want, list) else want), name
