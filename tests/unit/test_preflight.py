@@ -237,7 +237,7 @@ def test_the_box_files_count_too_when_the_state_recorded_nothing(
     })  # fmt: skip
     facts = stacks.read_box(box)  # type: ignore[arg-type]
     assert facts.carried == ("supabase.jwt_secret",) and facts.distro.major == 12 and facts.python == "3.11"
-    assert "grep -qs '^jwt_secret *=' /etc/postgressor/gateway.toml" in CarriedSettings().command()
+    assert "/etc/postgressor/gateway.toml" in CarriedSettings().command()
     (tmp_path / "postgressor.toml").write_text(GOOD_SYNC)
     state = open_state(tmp_path / ".postgressor", "default", "ssh")  # deployed_keys: nothing recorded
     jwks = f'jwks_url = "{ISSUER}/.well-known/jwks.json"'
@@ -257,3 +257,20 @@ def test_turning_a_feature_off_is_not_dropping_its_values(tmp_path: Path) -> Non
     preflight.check_drops(off, ["supabase.jwt_secret", "supabase.jwks_url"], "default")
     no_backup = settings_from(tmp_path, GOOD_SYNC + "\n[backup]\nenabled = false\n")
     preflight.check_drops(no_backup, ["backup.s3_key", "backup.s3_key_secret"], "default")
+
+
+def test_carried_settings_fact_counts_only_values_the_files_really_hold(tmp_path: Path) -> None:
+    """The gateway's settings file writes every key, empty ones as "": only a non-empty value is carried."""
+    import subprocess
+
+    from postgressor.box.facts import CarriedSettings
+    from postgressor.box.layout import GATEWAY_CONFIG, PGBACKREST_CONF
+
+    gateway = tmp_path / "gateway.toml"
+    gateway.write_text('port = 3001\n\n[verifier]\njwt_secret = "s3cret-value"\njwks_url = ""\n')
+    pgbackrest = tmp_path / "pgbackrest.conf"
+    pgbackrest.write_text("[global]\nrepo1-path=/var/lib/pgbackrest\n")
+    command = CarriedSettings().command().replace(GATEWAY_CONFIG, str(gateway)).replace(PGBACKREST_CONF, str(pgbackrest))
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
+    assert CarriedSettings().process(out.splitlines()) == ["supabase.jwt_secret"]
+    assert "s3cret-value" not in out

@@ -202,8 +202,8 @@ class CarriedSettings(FactBase[list[str]]):
 
 # (setting, the line that holds it, the file the deploys write it to)
 CARRIED_ON_BOX = (
-    ("supabase.jwt_secret", "^jwt_secret *=", GATEWAY_CONFIG),
-    ("supabase.jwks_url", "^jwks_url *=", GATEWAY_CONFIG),
+    ("supabase.jwt_secret", '^jwt_secret *= *"[^"]', GATEWAY_CONFIG),  # the settings file writes "" when unset
+    ("supabase.jwks_url", '^jwks_url *= *"[^"]', GATEWAY_CONFIG),
     ("backup.s3_key", "^repo1-s3-key=", PGBACKREST_CONF),
     ("backup.s3_key_secret", "^repo1-s3-key-secret=", PGBACKREST_CONF),
 )
