@@ -270,7 +270,8 @@ def test_carried_settings_fact_counts_only_values_the_files_really_hold(tmp_path
     gateway.write_text('port = 3001\n\n[verifier]\njwt_secret = "s3cret-value"\njwks_url = ""\n')
     pgbackrest = tmp_path / "pgbackrest.conf"
     pgbackrest.write_text("[global]\nrepo1-path=/var/lib/pgbackrest\n")
-    command = CarriedSettings().command().replace(GATEWAY_CONFIG, str(gateway)).replace(PGBACKREST_CONF, str(pgbackrest))
+    command = CarriedSettings().command().replace(GATEWAY_CONFIG, str(gateway))
+    command = command.replace(PGBACKREST_CONF, str(pgbackrest))
     out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
     assert CarriedSettings().process(out.splitlines()) == ["supabase.jwt_secret"]
     assert "s3cret-value" not in out
