@@ -55,7 +55,7 @@ def test_cli_dry_run_then_apply_then_up_to_date(pg_cluster, app_db, project):
     assert "applied 0001_or.sql" in applied.stdout
     assert '"public"."OR": enable RLS, force RLS, create postgressor_owner_select' in applied.stdout
     summary = applied.stdout.strip().splitlines()[-1]
-    assert summary.endswith(" is up to date: applied 2 migrations now, 0 were applied before"), summary
+    assert summary.endswith(" is up to date: applied 3 migrations now, 0 were applied before"), summary
 
     again = invoke("--json", "migrate", "--database-url", url, "--yes")
     assert again.exit_code == 0, again.output
