@@ -19,10 +19,10 @@ from cloudfakes import oci as fake_oci
 from cloudfakes import ovh as fake_ovh
 from cloudfakes.base import RESET
 from cloudfakes.clouds import NAMES, Cloud, started
-from cloudfakes.harness import Recorder, fake_ssh, no_real_sleep
+from cloudfakes.harness import Recorder, fake_ssh, no_real_sleep, quick_backoff, state_for
 from postgressor.errors import PostgressorError
 
-OCI = "/20160918"
+OCI = fake_oci.PREFIX
 
 
 @pytest.fixture(autouse=True)
@@ -156,10 +156,13 @@ def test_oci_delete_of_a_resource_already_gone_is_fine(oracle: Cloud) -> None:
 
 def test_oci_lists_are_followed_across_pages(oracle: Cloud) -> None:
     oracle.api.page_size = 1  # every list is one item per page, with opc-next-page while more remain
-    oracle.provider(Recorder()).provision()
-    oracle.provider(Recorder()).destroy()
-    assert oracle.leftovers(oracle.cls.kinds) == {}  # the VCN's own security list is not the only one found
-    assert any("page" in r.query for r in oracle.api.log if r.method == "GET")
+    stacks = ("pr-1", "pr-2", "pr-3")
+    for stack in stacks:
+        rec = Recorder()
+        oracle.cls(oracle.settings, state_for(oracle.settings, stack), rec.log, backoff=quick_backoff(rec)).provision()
+    assert oracle.count("server") == 3
+    listed = oracle.provider(Recorder()).list_labelled()
+    assert sorted(s.stack for s in listed) == sorted(stacks)
 
 
 def test_oci_fake_checks_the_body_hash_the_sdk_signs(oracle: Cloud, tmp_path: Path) -> None:
@@ -202,5 +205,3 @@ def test_ovh_destroy_accepts_a_resource_already_gone(ovh: Cloud, what: str) -> N
     ovh.provider(Recorder()).destroy()
     assert ovh.leftovers(ovh.cls.kinds) == {}
 
-
-assert fake_oci.PREFIX == OCI
