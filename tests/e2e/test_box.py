@@ -179,9 +179,10 @@ def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
         seen.append(rest)
     assert proc.returncode == -signal.SIGKILL, "".join(seen)
     # Proof it was cut mid-deploy: operations finished before, and the SSH one started and never finished.
-    started = [line.split(None, 1)[1].strip() for line in seen if line.split(None, 1)[:1] == ["started"]]
-    finished = [line.split(None, 1)[1].strip() for line in seen
-                if line.split(None, 1)[:1] in (["changed"], ["unchanged"], ["failed"], ["skipped"])]  # fmt: skip
+    statuses = {"changed", "unchanged", "failed", "skipped", "conditional"}  # converge.py OpReport.status
+    words = [parts for line in seen if len(parts := line.split(None, 1)) == 2]
+    started = [rest.strip() for word, rest in words if word == "started"]
+    finished = [rest.strip() for word, rest in words if word in statuses]
     unfinished = [name for name in started if name not in finished]
     assert finished, "the kill came before any operation finished:\n" + "".join(seen)
     assert any("SSH: keys only" in name for name in unfinished), "".join(seen)
