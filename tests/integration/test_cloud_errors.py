@@ -19,7 +19,7 @@ from cloudfakes import oci as fake_oci
 from cloudfakes import ovh as fake_ovh
 from cloudfakes.base import RESET
 from cloudfakes.clouds import NAMES, Cloud, started
-from cloudfakes.harness import Recorder, fake_ssh, no_real_sleep, quick_backoff, state_for
+from cloudfakes.harness import Recorder, fake_ssh, no_real_sleep, quick_backoff, saved, state_for
 from postgressor.errors import PostgressorError
 
 OCI = fake_oci.PREFIX
@@ -147,6 +147,14 @@ def test_oci_409_while_a_resource_settles_is_retried(oracle: Cloud, code: str) -
     assert oracle.api.calls("DELETE", rf"{OCI}/subnets/.+") == 3
 
 
+def test_oci_shape_not_offered_in_one_domain_tries_the_next(oracle: Cloud) -> None:
+    oracle.api.fail("POST", f"{OCI}/instances", *oci_error(404, "NotAuthorizedOrNotFound", "shape not found"))
+    rec = Recorder()
+    oracle.provider(rec).provision()
+    assert "AD-1: shape not offered" in rec.lines
+    assert [i["availabilityDomain"] for i in oracle.api.of("Instance")] == ["AD-2"]
+
+
 def test_oci_delete_of_a_resource_already_gone_is_fine(oracle: Cloud) -> None:
     oracle.provider(Recorder()).provision()
     oracle.api.fail("DELETE", rf"{OCI}/instances/.+", *oci_error(404, "NotAuthorizedOrNotFound", "gone"), after=True)
@@ -195,6 +203,16 @@ def test_ovh_refusals_are_explained(ovh: Cloud, status: int, code: str | None, h
     message = "Quota exceeded: instances" if status == 400 else f"the {code} message"
     ovh.api.fail(*ovh.create, *fake_ovh.error(status, message, code))
     assert hint in refused(ovh)
+
+
+def test_ovh_build_that_ends_in_error_is_recorded_and_destroyed(ovh: Cloud) -> None:
+    ovh.api.failed_builds = 1
+    message = refused(ovh)
+    assert "is in ERROR" in message and "'postgressor destroy' removes it" in message
+    state = saved(ovh.settings)
+    assert state is not None and state.find("server") is not None
+    ovh.provider(Recorder()).destroy()
+    assert ovh.leftovers(ovh.cls.kinds) == {}
 
 
 @pytest.mark.parametrize("what", ["instance", "sshkey"])
