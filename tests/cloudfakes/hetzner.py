@@ -39,6 +39,9 @@ class FakeHetzner(FakeAPI):
         self.created_servers = 0
         self.detach_lag = 0  # firewall deletes refused as in use after the server's DELETE was accepted
         self._detaching: dict[int, int] = {}  # firewall id -> refusals left
+        self.actions: dict[int, dict[str, Any]] = {}
+        # command -> the error object its actions end with (answered "running" first, "error" when read back)
+        self.failing_actions: dict[str, dict[str, Any]] = {}
 
     # ---- helpers
 
@@ -57,12 +60,23 @@ class FakeHetzner(FakeAPI):
             "next_page": page + 1 if page < last else None, "last_page": last, "total_entries": len(items)}}}
 
     def _action(self, command: str, resource: int, kind: str) -> dict[str, Any]:
-        return {"id": next(self.ids), "command": command, "status": "success", "progress": 100,
-                "started": "2026-11-01T00:00:00+00:00", "finished": "2026-11-01T00:00:01+00:00",
-                "resources": [{"id": resource, "type": kind}], "error": None}
+        action = {"id": next(self.ids), "command": command, "status": "success", "progress": 100,
+                  "started": "2026-11-01T00:00:00+00:00", "finished": "2026-11-01T00:00:01+00:00",
+                  "resources": [{"id": resource, "type": kind}], "error": None}
+        self.actions[action["id"]] = action
+        if command in self.failing_actions:
+            failed = {**action, "status": "error", "error": self.failing_actions[command]}
+            self.actions[action["id"]] = failed
+            return {**action, "status": "running", "progress": 0, "finished": None}
+        return action
+
+    def _actions(self, req: Request, ident: int | None) -> Reply:
+        if req.method == "GET" and ident in self.actions:
+            return 200, {"action": self.actions[ident]}
+        return error(404, "not_found", f"action with ID '{ident}' not found")
 
     def _server_view(self, server: dict[str, Any]) -> dict[str, Any]:
-        if server["status"] == "initializing":
+        if server["status"] == "initializing" and "create_server" not in self.failing_actions:
             server["polls"] += 1
             if server["polls"] > self.boot_polls:
                 server["status"] = "running"

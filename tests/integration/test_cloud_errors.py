@@ -110,6 +110,18 @@ def test_hetzner_refusals_are_explained(hz: Cloud, status: int, code: str, hint:
     assert hint in message and f"the {code} message" in message
 
 
+def test_hetzner_failed_create_action_is_one_line_and_the_server_stays_recorded(hz: Cloud) -> None:
+    hz.api.failing_actions["create_server"] = {"code": "server_create_failed", "message": "host failure",
+                                               "details": {}}  # fmt: skip
+    message = refused(hz)
+    assert "server_create_failed: host failure" in message and "'postgressor destroy' removes it" in message
+    assert hz.api.calls("GET", r"/v1/actions/\d+") == 1  # it read the action instead of waiting out the start
+    state = saved(hz.settings)
+    assert state is not None and state.find("server") is not None
+    hz.provider(Recorder()).destroy()
+    assert hz.leftovers(hz.cls.kinds) == {}
+
+
 @pytest.mark.parametrize("path", [r"/v1/firewalls/\d+", r"/v1/ssh_keys/\d+", r"/v1/servers/\d+"])
 def test_hetzner_destroy_accepts_a_resource_already_gone(hz: Cloud, path: str) -> None:
     hz.provider(Recorder()).provision()
