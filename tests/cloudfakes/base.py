@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-Reply = tuple[int, Any]
+Reply = tuple[int, Any] | tuple[int, Any, dict[str, str]]  # status, body[, response headers]
+RESET = object()  # as a fault's body: close the connection without an answer (a reset the client sees)
 
 
 @dataclass
@@ -46,7 +48,10 @@ class FakeAPI:
     # ---- faults
 
     def fail(self, method: str, path: str, status: int, body: Any, times: int = 1, after: bool = False) -> None:
-        """The next ``times`` requests matching METHOD and the path regex get ``status``/``body``."""
+        """The next ``times`` requests matching METHOD and the path regex get ``status``/``body``.
+
+        ``body=RESET`` drops the connection instead of answering; with ``after`` the change has happened.
+        """
         with self.lock:
             self.faults.append(Fault(method, re.compile(path), status, body, times, after))
 
@@ -94,13 +99,21 @@ class FakeAPI:
                 req = Request(self.command, parts.path, query, body, {k.lower(): v for k, v in self.headers.items()})
                 req.headers["x-raw-body"] = raw.decode(errors="replace")
                 req.headers["x-raw-url"] = self.path
+                headers: dict[str, str] = {}
                 try:
-                    status, payload = api.handle(req)
+                    status, payload, *extra = api.handle(req)
+                    headers = extra[0] if extra else {}
                 except Exception as err:  # a bug in the fake: recorded, and checked by the fixtures
                     api.bugs.append(repr(err))
                     status, payload = 400, {"fake_error": repr(err)}
+                if payload is RESET:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 data = b"" if status == 204 else json.dumps(payload).encode()
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

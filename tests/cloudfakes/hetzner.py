@@ -1,4 +1,9 @@
-"""A fake Hetzner Cloud API (the subset postgressor uses), shaped like hcloud 2.27 expects."""
+"""A fake Hetzner Cloud API (the subset postgressor uses), shaped like hcloud 2.27 expects.
+
+Errors as the API docs give them (REFERENCE §4): ``{"error": {"code", "message", "details"}}``; deleting a
+firewall still applied to a server is 422 ``resource_in_use`` ("Firewall must not be in use to be deleted"),
+also for ``detach_lag`` attempts after its server's delete was accepted (the delete action still running).
+"""
 
 from __future__ import annotations
 
@@ -32,6 +37,11 @@ class FakeHetzner(FakeAPI):
         self.on_delete = on_delete
         self.boot_polls = boot_polls  # GETs a server answers "initializing" before "running"
         self.created_servers = 0
+        self.detach_lag = 0  # firewall deletes refused as in use after the server's DELETE was accepted
+        self._detaching: dict[int, int] = {}  # firewall id -> refusals left
+        self.actions: dict[int, dict[str, Any]] = {}
+        # command -> the error object its actions end with (answered "running" first, "error" when read back)
+        self.failing_actions: dict[str, dict[str, Any]] = {}
 
     # ---- helpers
 
@@ -50,12 +60,23 @@ class FakeHetzner(FakeAPI):
             "next_page": page + 1 if page < last else None, "last_page": last, "total_entries": len(items)}}}
 
     def _action(self, command: str, resource: int, kind: str) -> dict[str, Any]:
-        return {"id": next(self.ids), "command": command, "status": "success", "progress": 100,
-                "started": "2026-11-01T00:00:00+00:00", "finished": "2026-11-01T00:00:01+00:00",
-                "resources": [{"id": resource, "type": kind}], "error": None}
+        action = {"id": next(self.ids), "command": command, "status": "success", "progress": 100,
+                  "started": "2026-11-01T00:00:00+00:00", "finished": "2026-11-01T00:00:01+00:00",
+                  "resources": [{"id": resource, "type": kind}], "error": None}
+        self.actions[action["id"]] = action
+        if command in self.failing_actions:
+            failed = {**action, "status": "error", "error": self.failing_actions[command]}
+            self.actions[action["id"]] = failed
+            return {**action, "status": "running", "progress": 0, "finished": None}
+        return action
+
+    def _actions(self, req: Request, ident: int | None) -> Reply:
+        if req.method == "GET" and ident in self.actions:
+            return 200, {"action": self.actions[ident]}
+        return error(404, "not_found", f"action with ID '{ident}' not found")
 
     def _server_view(self, server: dict[str, Any]) -> dict[str, Any]:
-        if server["status"] == "initializing":
+        if server["status"] == "initializing" and "create_server" not in self.failing_actions:
             server["polls"] += 1
             if server["polls"] > self.boot_polls:
                 server["status"] = "running"
@@ -109,8 +130,11 @@ class FakeHetzner(FakeAPI):
             self.firewalls[fw["id"]] = fw
             return 201, {"firewall": fw, "actions": []}
         if req.method == "DELETE" and ident in self.firewalls:
+            if self._detaching.get(ident, 0) > 0:
+                self._detaching[ident] -= 1
+                return error(422, "resource_in_use", "Firewall must not be in use to be deleted")
             if any(f["id"] == ident for s in self.servers.values() for f in s["public_net"]["firewalls"]):
-                return error(422, "resource_in_use", "firewall is still applied to a server")
+                return error(422, "resource_in_use", "Firewall must not be in use to be deleted")
             del self.firewalls[ident]
             return 204, None
         return error(404, "not_found", f"firewall with ID '{ident}' not found")
@@ -124,6 +148,8 @@ class FakeHetzner(FakeAPI):
             return self._create_server(req.body)
         if req.method == "DELETE" and ident in self.servers:
             server = self.servers.pop(ident)
+            for fw in server["public_net"]["firewalls"]:
+                self._detaching[fw["id"]] = self.detach_lag
             if self.on_delete:
                 self.on_delete(server)
             return 200, {"action": self._action("delete_server", ident, "server")}

@@ -1,12 +1,21 @@
 """A fake OCI API (identity + core, the calls postgressor makes), shaped like oci 2.189 deserialises.
 
 Requests must carry the SDK's ``Authorization: Signature keyId="tenancy/user/fingerprint"`` header; the
-signature itself is checked by ``verify_signatures`` (the RSA key the test wrote).
+signature itself is checked when the fake has the public key (the RSA key the test wrote). As oci 2.189
+`oci/signer.py` signs them, POST/PUT/PATCH must sign ``content-length``, ``content-type`` and
+``x-content-sha256`` too, and ``x-content-sha256`` must be the base64 SHA-256 of the body (else 401).
+
+List calls are paginated as OCI's are: at most ``page_size`` items (or the request's ``limit``), and an
+``opc-next-page`` header with the token to send as ``page`` while more remain (REFERENCE §4; the SDK's
+`oci/pagination/pagination_utils.py` follows it). A just-launched instance can be left out of the next
+``list_lag`` instance lists (a create whose answer was lost and that a lookup does not see yet: the case
+``opc-retry-token`` exists for).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import re
 from collections.abc import Callable
@@ -56,6 +65,9 @@ class FakeOCI(FakeAPI):
         self.items: dict[str, dict[str, Any]] = {}  # ocid -> resource (with a "_kind")
         self.launches = 0
         self.retry_tokens: dict[str, str] = {}
+        self.page_size = 2  # small, so every list a provider makes must follow opc-next-page
+        self.list_lag = 0  # instance lists that do not show the last launched instance yet
+        self._lagging: str | None = None
 
     # ---- helpers
 
@@ -90,7 +102,16 @@ class FakeOCI(FakeAPI):
                              ("lifecycleState", "lifecycleState")):
             if param in req.query:
                 items = [i for i in items if i.get(field) == req.query[param]]
-        return 200, [self.view(i) for i in items]
+        if kind == "Instance" and self._lagging:
+            items = [i for i in items if i["id"] != self._lagging]
+            self.list_lag -= 1
+            if self.list_lag <= 0:
+                self._lagging = None
+        start = int(req.query["page"].removeprefix("fakepage-")) if "page" in req.query else 0
+        limit = min(int(req.query.get("limit", self.page_size)), self.page_size)
+        page = items[start:start + limit]
+        headers = {"opc-next-page": f"fakepage-{start + limit}"} if start + limit < len(items) else {}
+        return 200, [self.view(i) for i in page], headers
 
     def _check_auth(self, req: Request) -> Reply | None:
         auth = req.headers.get("authorization", "")
@@ -99,6 +120,13 @@ class FakeOCI(FakeAPI):
             return error(401, "NotAuthenticated", "The required information to authenticate was not provided.")
         if key_id.group(1) != f"{TENANCY}/{USER}/{FINGERPRINT}":
             return error(401, "NotAuthenticated", "The required information to authenticate was incorrect.")
+        if req.method in ("POST", "PUT", "PATCH"):
+            signed = dict(re.findall(r'(\w+)="([^"]*)"', auth)).get("headers", "").split()
+            if not {"content-length", "content-type", "x-content-sha256"} <= set(signed):
+                return error(401, "NotAuthenticated", "body headers are not signed")
+            digest = base64.b64encode(hashlib.sha256(req.headers["x-raw-body"].encode()).digest()).decode()
+            if req.headers.get("x-content-sha256") != digest:
+                return error(401, "NotAuthenticated", "x-content-sha256 does not match the body")
         if self.public_key is not None and not self._signature_ok(req, auth):
             return error(401, "NotAuthenticated", "signature mismatch")
         return None
@@ -276,6 +304,8 @@ class FakeOCI(FakeAPI):
                                      "vnicId": vnic["id"], "subnetId": subnet["id"], "availabilityDomain": ad,
                                      "lifecycleState": "ATTACHED"})
         self.launches += 1
+        if self.list_lag:
+            self._lagging = instance["id"]
         if token:
             self.retry_tokens[token] = instance["id"]
         return 200, self.view(instance)

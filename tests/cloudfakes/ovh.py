@@ -30,6 +30,7 @@ class FakeOVH(FakeAPI):
     def __init__(self, regions: tuple[str, ...] = REGIONS, boot_polls: int = 1,
                  on_create: Callable[[dict[str, Any]], str] | None = None) -> None:
         super().__init__()
+        self.failed_builds = 0  # instances whose build ends in ERROR
         self.regions = regions
         self.boot_polls = boot_polls
         self.on_create = on_create
@@ -106,7 +107,10 @@ class FakeOVH(FakeAPI):
 
     def _view(self, instance: dict[str, Any]) -> dict[str, Any]:
         instance["_polls"] += 1
-        if instance["status"] == "BUILD" and instance["_polls"] > self.boot_polls:
+        if instance["status"] == "BUILD" and instance["_polls"] > self.boot_polls and self.failed_builds:
+            self.failed_builds -= 1
+            instance["status"] = "ERROR"  # a build that failed (OpenStack's ERROR state): no addresses
+        elif instance["status"] == "BUILD" and instance["_polls"] > self.boot_polls:
             instance["status"] = "ACTIVE"
             instance["ipAddresses"] = [{"ip": instance["_ip"], "type": "public", "version": 4},
                                        {"ip": "2001:db8::1", "type": "public", "version": 6}]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from typing import IO
 
 import httpx
 import paramiko
@@ -147,17 +150,42 @@ def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stderr is not None
-    seen = []
-    deadline = time.monotonic() + 600
-    for line in proc.stderr:
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump(stream: IO[str]) -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    # stderr is not a TTY, so the deploy prints "started NAME", then "STATUS NAME" when that operation ends.
+    reader = threading.Thread(target=pump, args=(proc.stderr,), daemon=True)
+    reader.start()
+    seen: list[str] = []
+    deadline = time.monotonic() + 600  # a real timeout: no wait on the queue outlives it
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            proc.kill()
+            pytest.fail("deploy never reached the SSH step within 600 s:\n" + "".join(seen[-20:]), pytrace=False)
+        assert line is not None, "deploy ended before the SSH step:\n" + "".join(seen)
         seen.append(line)
-        if "started" in line and "SSH: keys only" in line:
-            time.sleep(0.3)
-            proc.send_signal(signal.SIGKILL)
+        if line.split(None, 1)[:1] == ["started"] and "SSH: keys only" in line:
+            proc.send_signal(signal.SIGKILL)  # at once: the operation is on its way over SSH
             break
-        assert time.monotonic() < deadline, "deploy never reached the SSH step"
     proc.wait(timeout=60)
+    reader.join(timeout=60)
+    while (rest := lines.get_nowait()) is not None:  # what the deploy wrote before it died
+        seen.append(rest)
     assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    # Proof it was cut mid-deploy: operations finished before, and the SSH one started and never finished.
+    statuses = {"changed", "unchanged", "failed", "skipped", "conditional"}  # converge.py OpReport.status
+    words = [parts for line in seen if len(parts := line.split(None, 1)) == 2]
+    started = [rest.strip() for word, rest in words if word == "started"]
+    finished = [rest.strip() for word, rest in words if word in statuses]
+    unfinished = [name for name in started if name not in finished]
+    assert finished, "the kill came before any operation finished:\n" + "".join(seen)
+    assert any("SSH: keys only" in name for name in unfinished), "".join(seen)
 
     first = stack.cli_json("deploy")
     assert first["deploy"]["failed"] == 0 and first["deploy"]["changed"] > 0

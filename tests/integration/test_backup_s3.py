@@ -4,6 +4,19 @@ A throwaway cluster archives WAL to moto through `archive-push`, takes an encryp
 restored to a noted point in time into a second data directory. pgBackRest 2.45 speaks S3 over TLS only
 (a plain-HTTP endpoint never answers), so moto runs with its own self-signed certificate and the repository
 is configured with `s3_verify_tls = false`, `s3_uri_style = "path"` and the moto port.
+
+moto checks credentials here. Its server authenticates every request once more than
+INITIAL_NO_AUTH_ACTION_COUNT requests have been served (moto 5.x `moto/core/authorization.py`
+`ActionAuthenticatorMixin`): it looks the access key up in its IAM backend (unknown key: 403
+InvalidAccessKeyId), recomputes the AWS SigV4 signature with that key's secret through botocore's
+`S3SigV4Auth` over the signed headers, path, query and `x-amz-content-sha256` (mismatch: 403
+SignatureDoesNotMatch; `moto/iam/access_control.py` `IAMRequestBase.check_signature`), then evaluates
+the user's IAM policies. The first three unauthenticated calls create the IAM user, its policy and the
+access key; everything after is signed with that key. It does not check the request date's skew.
+
+pgbackrest.conf is composed exactly as the deploy composes it on the box (`compose_command`, the
+`composed_file` operation's shell command, with `$(cat secret-file)` expanded by the shell), only with the
+secrets directory pointed at a temporary one.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ import ipaddress
 import os
 import pwd
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -34,16 +48,30 @@ from cryptography.x509.oid import NameOID
 from pgcluster import bindir, free_port
 
 from postgressor.box.deploys.backup import conf_lines
-from postgressor.box.layout import CIPHER_SECRET, PGBACKREST_STANZA, S3_KEY_SECRET, S3_KEY_SECRET_SECRET
+from postgressor.box.layout import (
+    CIPHER_SECRET,
+    PGBACKREST_STANZA,
+    S3_KEY_SECRET,
+    S3_KEY_SECRET_SECRET,
+    SECRETS_DIR,
+)
+from postgressor.box.operations import compose_command
 from postgressor.box.spec import BackupSpec, Distro, box_spec
 from postgressor.checks.backups import info_problem, parse_info
 from postgressor.config import load_settings
 from postgressor.day2.backups import pg_time
 
-boto3 = pytest.importorskip("boto3", reason="moto[server] (dev extra) brings boto3")
+try:
+    import boto3
+except ImportError:  # a missing dev dependency is a failure, never a skip
+    pytest.fail("boto3 is missing: install the dev extra (moto[server] brings boto3)", pytrace=False)
 
 BUCKET = "postgressor-backups"
-KEY, KEY_SECRET = "MOTOACCESSKEY", "moto-secret-key-0123456789"
+# The credentials the first (unauthenticated) calls use to create the IAM user and its key; any value works
+# for those, and moto refuses them afterwards (no IAM user holds this key).
+BOOTSTRAP_KEY, BOOTSTRAP_SECRET = "AKIABOOTSTRAPONLY000", "bootstrap-secret-not-a-user-key"
+NO_AUTH_CALLS = 3  # CreateUser, PutUserPolicy, CreateAccessKey
+S3_POLICY = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'
 CIPHER = "test-cipher-passphrase-0123456789abcdef"
 
 
@@ -130,39 +158,59 @@ class TlsProxy:
         self.thread.join(10)
 
 
+@dataclass(frozen=True)
+class Moto:
+    url: str
+    key: str  # the IAM access key moto issued; every request is checked against it
+    key_secret: str
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    """A bare TCP connect: it reaches no handler, so it spends none of the unauthenticated calls."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
-def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(NO_AUTH_CALLS)},
     )  # fmt: skip
     cert, key = self_signed(tmp_path_factory.mktemp("tls"))
     try:
+        wait_for_port(port, proc)
         with TlsProxy(port, cert, key) as proxy:
             url = f"https://127.0.0.1:{proxy.port}"
-            client = s3(url)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    client.create_bucket(Bucket=BUCKET)
-                    break
-                except Exception:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.3)
-            yield url
+            iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", verify=False,
+                               aws_access_key_id=BOOTSTRAP_KEY, aws_secret_access_key=BOOTSTRAP_SECRET)  # fmt: skip
+            iam.create_user(UserName="backup")
+            iam.put_user_policy(UserName="backup", PolicyName="s3", PolicyDocument=S3_POLICY)
+            issued = iam.create_access_key(UserName="backup")["AccessKey"]
+            server = Moto(url, issued["AccessKeyId"], issued["SecretAccessKey"])
+            s3(server).create_bucket(Bucket=BUCKET)  # the first authenticated call
+            yield server
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def s3(url: str):  # type: ignore[no-untyped-def]
+def s3(server: Moto, key: str | None = None, key_secret: str | None = None):  # type: ignore[no-untyped-def]
     import urllib3
 
     urllib3.disable_warnings()
-    return boto3.client("s3", endpoint_url=url, aws_access_key_id=KEY, aws_secret_access_key=KEY_SECRET,
-                        region_name="us-east-1", verify=False)  # fmt: skip
+    return boto3.client("s3", endpoint_url=server.url, aws_access_key_id=key or server.key,
+                        aws_secret_access_key=key_secret or server.key_secret, region_name="us-east-1",
+                        verify=False)  # fmt: skip
 
 
 @dataclass
@@ -173,6 +221,21 @@ class Rig:
     datadir: Path
     port: int
     run_as: dict[str, object]
+    secrets: Path  # stands in for the box's secrets directory
+    owner: str
+    spec: BackupSpec
+
+    def compose(self) -> None:
+        """pgbackrest.conf as the deploy composes it on the box, from the files in ``secrets``."""
+        lines = local_lines(self.spec, self.work, self.datadir, self.port)
+        command = compose_command(str(self.config), lines, self.owner)
+        command = command.replace(f"{SECRETS_DIR}/", f"{self.secrets}/")
+        subprocess.run(["sh", "-c", command], check=True, cwd="/")
+
+    def write_secret(self, name: str, value: str) -> None:
+        path = self.secrets / name
+        path.write_text(value)  # no newline: as files.put(StringIO(value)) writes it
+        path.chmod(0o600)
 
     def pgbackrest(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(["pgbackrest", f"--config={self.config}", f"--stanza={PGBACKREST_STANZA}", *args],
@@ -189,11 +252,11 @@ class Rig:
         return psycopg.connect(host=str(self.work), port=port, dbname="postgres", user="postgres", autocommit=True)
 
 
-def spec_for_moto(url: str, path: str = "/stack-test") -> BackupSpec:
+def spec_for_moto(url: str, path: str = "/stack-test", key: str = "AKIAEX", key_secret: str = "s3cr3t") -> BackupSpec:
     port = int(url.rsplit(":", 1)[1])
     settings = load_settings(backup={
         "s3_endpoint": "127.0.0.1", "s3_region": "us-east-1", "s3_bucket": BUCKET, "s3_path": path,
-        "s3_key": KEY, "s3_key_secret": KEY_SECRET, "s3_uri_style": "path", "s3_port": port,
+        "s3_key": key, "s3_key_secret": key_secret, "s3_uri_style": "path", "s3_port": port,
         "s3_verify_tls": False,
     })  # fmt: skip
     spec = box_spec(settings, Distro("debian", 12, "bookworm")).backup
@@ -201,20 +264,19 @@ def spec_for_moto(url: str, path: str = "/stack-test") -> BackupSpec:
     return spec
 
 
-def local_conf(spec: BackupSpec, work: Path, datadir: Path, port: int) -> str:
-    """The generated config with the secrets filled in and the stanza pointed at the throwaway cluster."""
-    values = {CIPHER_SECRET: CIPHER, S3_KEY_SECRET: KEY, S3_KEY_SECRET_SECRET: KEY_SECRET}
-    lines = conf_lines(spec, secret=lambda name: values[name])
+def local_lines(spec: BackupSpec, work: Path, datadir: Path, port: int) -> list[str]:
+    """The deploy's config lines (secrets still `$(cat file)`), the stanza pointed at the throwaway cluster."""
+    lines = conf_lines(spec)
     lines = [f"pg1-path={datadir}" if line.startswith("pg1-path=") else line for line in lines]
     lines = [f"pg1-socket-path={work}" if line.startswith("pg1-socket-path=") else line for line in lines]
     lines.append(f"pg1-port={port}")
     glob = lines.index("[global]") + 1
     lines[glob:glob] = [f"log-path={work}/log", f"lock-path={work}/lock", f"spool-path={work}/spool"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 @pytest.fixture
-def rig(moto_url: str) -> Iterator[Rig]:
+def rig(moto: Moto) -> Iterator[Rig]:
     if shutil.which("pgbackrest") is None:
         pytest.fail("pgbackrest is not installed: run scripts/setup (apt-get install pgbackrest)", pytrace=False)
     user = account()
@@ -225,14 +287,21 @@ def rig(moto_url: str) -> Iterator[Rig]:
     datadir, port = work / "data", free_port()
     config = work / "pgbackrest.conf"
     prefix = f"stack-{uuid.uuid4().hex[:8]}"
-    config.write_text(local_conf(spec_for_moto(moto_url, f"/{prefix}"), work, datadir, port))
-    config.chmod(0o600)
     for sub in ("log", "lock", "spool"):
         (work / sub).mkdir()
     if user is not None:
-        for path in [work, config, *(work / s for s in ("log", "lock", "spool"))]:
+        for path in [work, *(work / s for s in ("log", "lock", "spool"))]:
             os.chown(path, user.pw_uid, user.pw_gid)
-    box = Rig(work, prefix, config, datadir, port, run_as)
+    secrets = work / "secrets"
+    secrets.mkdir(mode=0o700)
+    owner = user.pw_name if user is not None else pwd.getpwuid(os.geteuid()).pw_name
+    spec = spec_for_moto(moto.url, f"/{prefix}", moto.key, moto.key_secret)
+    box = Rig(work, prefix, config, datadir, port, run_as, secrets, owner, spec)
+    # As on the box: the keys arrive as files (backup.py `files.put`), the passphrase is generated there.
+    box.write_secret(S3_KEY_SECRET, moto.key)
+    box.write_secret(S3_KEY_SECRET_SECRET, moto.key_secret)
+    box.write_secret(CIPHER_SECRET, CIPHER)
+    box.compose()
     subprocess.run([str(bindir() / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust",
                     "--encoding=UTF8", "--locale=C.UTF-8"], check=True, capture_output=True, cwd="/", **run_as)  # type: ignore[call-overload]  # fmt: skip
     (datadir / "postgresql.auto.conf").write_text(
@@ -255,17 +324,44 @@ def rig(moto_url: str) -> Iterator[Rig]:
 
 
 def test_generated_s3_config_has_the_repository_and_no_literal_secret() -> None:
-    spec = spec_for_moto("https://127.0.0.1:9000")
+    key, key_secret = "AKIAGENERATEDCONFIG0", "generated-config-secret-value"
+    spec = spec_for_moto("https://127.0.0.1:9000", key=key, key_secret=key_secret)
     text = "\n".join(conf_lines(spec))
     assert "repo1-type=s3" in text and "repo1-s3-bucket=postgressor-backups" in text
     assert "repo1-s3-uri-style=path" in text and "repo1-storage-port=9000" in text
     assert "repo1-storage-verify-tls=n" in text and "repo1-cipher-type=aes-256-cbc" in text
-    assert KEY not in text and KEY_SECRET not in text
+    assert key not in text and key_secret not in text
     assert "repo1-s3-key=$(cat /etc/postgressor/secrets/pgbackrest_s3_key)" in text
-    assert KEY not in repr(spec) and KEY_SECRET not in repr(spec)
+    assert key not in repr(spec) and key_secret not in repr(spec)
 
 
-def test_archive_backup_and_point_in_time_restore_through_s3(rig: Rig, moto_url: str) -> None:
+def test_the_box_composes_the_keys_from_its_secret_files(rig: Rig, moto: Moto) -> None:
+    command = compose_command(str(rig.config), conf_lines(spec_for_moto(moto.url, key=moto.key,
+                                                                        key_secret=moto.key_secret)))  # fmt: skip
+    assert moto.key not in command and moto.key_secret not in command  # never on a command line
+    lines = rig.config.read_text().splitlines()
+    assert f"repo1-s3-key={moto.key}" in lines and f"repo1-s3-key-secret={moto.key_secret}" in lines
+    assert f"repo1-cipher-pass={CIPHER}" in lines
+    assert rig.config.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("wrong", ["secret", "key"])
+def test_a_wrong_s3_key_is_refused(rig: Rig, moto: Moto, wrong: str) -> None:
+    """The endpoint checks signatures: a wrong secret (or an unknown key id) gets 403, so no repository."""
+    if wrong == "secret":
+        rig.write_secret(S3_KEY_SECRET_SECRET, moto.key_secret[:-4] + "XXXX")
+    else:
+        rig.write_secret(S3_KEY_SECRET, "AKIANOSUCHKEY0000000")
+    rig.compose()
+    proc = rig.pgbackrest("stanza-create", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "failed with 403" in out, out  # pgBackRest's first request is a HEAD: no error body to name
+    names = s3(moto).list_objects_v2(Bucket=BUCKET, Prefix=f"{rig.prefix}/").get("Contents", [])
+    assert names == []
+
+
+def test_archive_backup_and_point_in_time_restore_through_s3(rig: Rig, moto: Moto) -> None:
     rig.pgbackrest("stanza-create")
     rig.pgbackrest("check")
     with rig.connect(rig.port) as conn:
@@ -284,10 +380,10 @@ def test_archive_backup_and_point_in_time_restore_through_s3(rig: Rig, moto_url:
     assert [b["type"] for b in info["backups"]] == ["full"]
     assert info["archive"] and info["archive"]["max"] >= info["backups"][0]["wal_stop"]
     # The repository in the bucket is encrypted: its files are OpenSSL-salted ciphertext.
-    objects = s3(moto_url).list_objects_v2(Bucket=BUCKET, Prefix=f"{rig.prefix}/")["Contents"]
+    objects = s3(moto).list_objects_v2(Bucket=BUCKET, Prefix=f"{rig.prefix}/")["Contents"]
     names = [o["Key"] for o in objects]
     assert any("/archive/main/" in n for n in names) and any("/backup/main/" in n for n in names)
-    body = s3(moto_url).get_object(Bucket=BUCKET, Key=f"{rig.prefix}/backup/main/backup.info")["Body"].read()
+    body = s3(moto).get_object(Bucket=BUCKET, Key=f"{rig.prefix}/backup/main/backup.info")["Body"].read()
     assert body.startswith(b"Salted__")
 
     restored = rig.work / "restored"
@@ -313,7 +409,8 @@ def test_archive_backup_and_point_in_time_restore_through_s3(rig: Rig, moto_url:
 
 def test_wrong_passphrase_cannot_read_the_repository(rig: Rig) -> None:
     rig.pgbackrest("stanza-create")
-    rig.config.write_text(rig.config.read_text().replace(CIPHER, "another-passphrase"))
+    rig.write_secret(CIPHER_SECRET, "another-passphrase")
+    rig.compose()
     proc = rig.pgbackrest("--output=json", "info", check=False)
     info = parse_info(proc.stdout)
     assert info["status"]["code"] != 0

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from cloudfakes import hetzner as fake_hetzner
 from cloudfakes import oci as fake_oci
+from cloudfakes.base import RESET
 from cloudfakes.clouds import Cloud, started
 from cloudfakes.harness import Recorder, fake_ssh, no_real_sleep, saved
 from postgressor.errors import PostgressorError, UsageError
@@ -166,11 +167,17 @@ def test_oci_no_capacity_anywhere_says_what_to_try_then_up_resumes(oracle: Cloud
 
 
 def test_oci_retry_token_makes_a_repeated_launch_idempotent(oracle: Cloud) -> None:
-    # The launch succeeds but the answer is lost (503): the next attempt re-sends the same retry token.
-    oracle.api.fail("GET", "/20160918/instances", 503, {"code": "ServiceUnavailable", "message": "x"}, times=1)
-    oracle.api.fail("POST", "/20160918/instances", 503, {"code": "ServiceUnavailable", "message": "x"}, after=True)
+    # The launch happens but its answer is lost (the connection resets), and the lookup that follows does not
+    # list the new instance yet: the launch is sent again, with the same retry token, and OCI answers with the
+    # instance it already made.
+    oracle.api.fail("POST", "/20160918/instances", 0, RESET, after=True)
+    oracle.api.list_lag = 1
     oracle.provider(Recorder()).provision()
-    assert oracle.count("server") == 1
+    launches = [r for r in oracle.api.log if r.method == "POST" and r.path == "/20160918/instances"]
+    assert len(launches) == 2
+    tokens = {r.headers.get("opc-retry-token") for r in launches}
+    assert len(tokens) == 1 and None not in tokens
+    assert oracle.count("server") == 1 and oracle.api.launches == 1
 
 
 def test_oci_missing_config_file_names_where_it_looked(oracle: Cloud, tmp_path: Path) -> None:

@@ -122,7 +122,13 @@ def composed_file(path: str, lines: list[str], owner: str = "root", mode: str = 
     if host.get_fact(facts.ComposedFileCurrent, render=text, path=path, owner=owner, mode=mode):
         host.noop(f"{path} is current ({owner}, {mode})")
         return
-    yield (
+    yield compose_command(path, lines, owner, mode)
+
+
+def compose_command(path: str, lines: list[str], owner: str = "root", mode: str = "600") -> str:
+    """The shell command ``composed_file`` runs: write ``lines`` (secrets expanded from their files) to ``path``."""
+    text = render(lines)
+    return (
         f"set -e; umask 077; {text} > {path}.new; chown {owner}:{owner} {path}.new; chmod {mode} {path}.new; "
         f"mv {path}.new {path}"
     )

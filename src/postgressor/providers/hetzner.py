@@ -198,23 +198,41 @@ class HetznerProvider(CloudProvider):
         firewall = self.ensure("firewall", lambda: Found(
             str(self.client.firewalls.create(name=name, rules=rules, labels=fw_labels).firewall.id), {"name": name}))
 
+        actions: list[int] = []  # the create action of a server made in this run
+
         def create() -> Found:
             response = self.client.servers.create(
                 name=name, server_type=ServerType(name=self.size), image=Image(name=self.settings.hetzner.image),
                 ssh_keys=[SSHKey(id=int(key.id))], firewalls=[Firewall(id=int(firewall.id))],
                 user_data=user_data(), labels=labels, location=Location(name=self.region),
             )  # fmt: skip
+            if response.action is not None:
+                actions.append(response.action.id)
             return self._server_found(response.server)
 
         found = self.ensure("server", create)
         if found.details.get("type") and found.details["type"] != self.size and self.settings.size:
             self.log(f"the stack's server is a {found.details['type']}; --size {self.size} is ignored (no resizing)")
-        server = self.poll("the server start", lambda: self.client.servers.get_by_id(int(found.id)),
+        server = self.poll("the server start", lambda: self._starting(int(found.id), actions),
                            lambda s: s.status == "running", timeout=600, interval=3)  # fmt: skip
         ipv4 = self._server_found(server).details["ipv4"]
         if not ipv4:
             raise PostgressorError(f"Hetzner server {found.id} has no public IPv4; postgressor needs one")
         return str(ipv4)
+
+
+    def _starting(self, id: int, actions: list[int]) -> Any:
+        """The server, unless its create action failed (``status: error`` with an ``error`` object)."""
+        for action_id in actions:
+            action = self.client.actions.get_by_id(action_id)
+            if action.status == "error":
+                error: Any = action.error or {}
+                raise PostgressorError(
+                    f"Hetzner could not create server {id} ({error.get('code', 'error')}: "
+                    f"{error.get('message', 'action failed')}); 'postgressor destroy' removes it, then try again "
+                    "(another --region or --size if it repeats)"
+                )
+        return self.client.servers.get_by_id(id)
 
 
 def _location(server: Any) -> str:
