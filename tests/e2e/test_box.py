@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -181,8 +182,11 @@ def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
     # Proof it was cut mid-deploy: operations finished before, and the SSH one started and never finished.
     statuses = {"changed", "unchanged", "failed", "skipped", "conditional"}  # converge.py OpReport.status
     words = [parts for line in seen if len(parts := line.split(None, 1)) == 2]
-    started = [rest.strip() for word, rest in words if word == "started"]
-    finished = [rest.strip() for word, rest in words if word in statuses]
+    def name(rest: str) -> str:  # "NAME (12 s)" or "NAME (3 s): error" -> NAME
+        return re.sub(r" \(\d+ s\)(:.*)?$", "", rest.strip())
+
+    started = [name(rest) for word, rest in words if word == "started"]
+    finished = [name(rest) for word, rest in words if word in statuses]
     unfinished = [name for name in started if name not in finished]
     assert finished, "the kill came before any operation finished:\n" + "".join(seen)
     assert any("SSH: keys only" in name for name in unfinished), "".join(seen)
