@@ -13,11 +13,14 @@ EARTH_RADIUS_KM = 6371.0
 
 
 def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle (haversine) distance on a spherical Earth."""
+    """Great-circle distance (km) on a spherical Earth, by Vincenty's formula for the sphere: unlike haversine's
+    asin, its atan2 keeps full precision from coincident to antipodal points (so the triangle inequality holds)."""
     p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+    dl = math.radians(lon2 - lon1)
+    y = math.hypot(math.cos(p2) * math.sin(dl),
+                   math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl))  # fmt: skip
+    x = math.sin(p1) * math.sin(p2) + math.cos(p1) * math.cos(p2) * math.cos(dl)
+    return EARTH_RADIUS_KM * math.atan2(y, x)
 
 
 @dataclass(frozen=True)
