@@ -180,6 +180,16 @@ class ElectricConfig(Section):
             raise ValueError("Electric before 1.7.12 lets requests skip the secret check; use 1.7.12 or later")
         return value
 
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        from postgressor.box.grammar import image_problem
+
+        problem = image_problem(value) if value else ""
+        if problem:
+            raise ValueError(problem)
+        return value
+
     def image_ref(self) -> str:
         return self.image or f"electricsql/electric:{self.version}"
 
@@ -189,6 +199,26 @@ class HttpsConfig(Section):
 
     domain: str = ""
     email: str = ""  # ACME account email (optional)
+
+    @field_validator("domain")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        from postgressor.box.grammar import hostname_problem
+
+        problem = hostname_problem(value) if value else ""
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        from postgressor.box.grammar import email_problem
+
+        problem = email_problem(value) if value else ""
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 SCHEDULE = re.compile(r"^[A-Za-z0-9*.,:/~ -]{1,80}$")  # a systemd OnCalendar expression, one line
@@ -236,6 +266,11 @@ class BackupConfig(Section):
         for name in ("s3_endpoint", "s3_region", "s3_bucket"):
             if not re.match(r"^[A-Za-z0-9._:-]*$", getattr(self, name)):
                 raise ValueError(f"{name} may hold only letters, digits, '.', '_', ':' and '-'")
+        for name in ("s3_key", "s3_key_secret"):  # each lands as one line of pgbackrest.conf
+            secret = getattr(self, name)
+            if secret is not None and not re.fullmatch(r"[!-~]+", secret.get_secret_value()):
+                raise ValueError(f"{name} may hold only printable ASCII without spaces (it is one line of "
+                                 "pgbackrest.conf); check it was pasted whole")  # fmt: skip
         return self
 
     def _s3_fields(self) -> dict[str, object]:

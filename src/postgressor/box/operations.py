@@ -138,12 +138,12 @@ def docker_image(image: str, archive: str = "") -> Generator[str, None, None]:
     if archive:
         yield f"docker load -q -i {shlex.quote(archive)} && docker image inspect {q} >/dev/null"
     else:
-        hint = (f"cannot pull {image} ($why): set electric.image to a reachable mirror, "
-                "or electric.image_archive to a docker save tarball to load instead")  # fmt: skip
-        # The hint is the last line on stderr, so it is what the one-line error shows.
+        after = (": set electric.image to a reachable mirror, "
+                 "or electric.image_archive to a docker save tarball to load instead")  # fmt: skip
+        # The hint is the last line on stderr, so it is what the one-line error shows; only $why is expanded.
         yield (
             f'out=$(docker pull -q {q} 2>&1) || {{ why=$(printf "%s" "$out" | tail -n 1 | cut -c1-160); '
-            f'echo "{hint}" >&2; exit 1; }}'
+            f'echo {shlex.quote(f"cannot pull {image} (")}"$why"{shlex.quote(")" + after)} >&2; exit 1; }}'
         )
 
 

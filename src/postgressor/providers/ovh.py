@@ -14,7 +14,15 @@ from ovh import exceptions as ovherr
 
 from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.providers.cloud import NAME_PREFIX, CloudProvider, Found, LabelledServer, ResourceKind, stable_tag, user_data
+from postgressor.providers.cloud import (
+    NAME_PREFIX,
+    CloudProvider,
+    Found,
+    LabelledServer,
+    ResourceKind,
+    stable_tag,
+    user_data,
+)
 
 DEFAULT_FLAVOR = "d2-4"
 CREDENTIAL_SOURCES = ("[ovh] in postgressor.toml, OVH_ENDPOINT / OVH_APPLICATION_KEY / OVH_APPLICATION_SECRET / "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import shlex
 from io import StringIO
 
 from pyinfra.api import deploy
@@ -9,6 +11,7 @@ from pyinfra.operations import files, server, systemd
 
 from postgressor.box.deploys.base import apply_on_change, template
 from postgressor.box.gateway_bundle import GatewayBundle
+from postgressor.box.grammar import hostname_problem
 from postgressor.box.layout import (
     CADDY_UNIT,
     ELECTRIC_ENV,
@@ -32,7 +35,9 @@ from postgressor.box.operations import (
     generated_secret,
     http_ready,
 )
+from postgressor.box.quoting import caddyfile_token, systemd_word
 from postgressor.box.spec import BoxSpec
+from postgressor.errors import UsageError
 
 # Open files for the gateway and for Caddy: sized for LIVE_CONNECTIONS held long-polls (two sockets
 # each, plus listeners, logs and the JWKS client), with room to spare. bench/gateway.py measures it.
@@ -72,7 +77,7 @@ def electric(spec: BoxSpec) -> None:
         files.put(name="Electric image archive", src=sync.image_archive, dest=archive, mode="600")
     docker_image(name=f"Electric image {sync.image}", image=sync.image, archive=archive)
     files.template(name="Electric unit", src=template("electric.service.j2"),
-                   dest=f"/etc/systemd/system/{ELECTRIC_UNIT}.service", mode="644", image=sync.image,
+                   dest=f"/etc/systemd/system/{ELECTRIC_UNIT}.service", mode="644", image=systemd_word(sync.image),
                    port=sync.electric_port, env_file=ELECTRIC_ENV)  # fmt: skip
     # A changed version, unit or environment recreates the container; nothing else does.
     applied(
@@ -103,7 +108,7 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
                exclude=[".complete"])  # fmt: skip
     files.put(name="Gateway code", src=str(bundle.source_tar), dest=f"{GATEWAY_HOME}/gateway.tar", mode="644")
     venv = f"{GATEWAY_HOME}/venv"
-    requirements = " ".join(f"'{r}'" for r in bundle.requirements)
+    requirements = " ".join(shlex.quote(r) for r in bundle.requirements)
     applied(
         name="Gateway installed",
         marker="gateway-install",
@@ -139,10 +144,10 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
 def caddy(spec: BoxSpec, public_address: str) -> None:
     sync = spec.sync
     assert sync is not None
-    sites = f"{sync.domain}" if sync.domain else f"https://{public_address}, https://localhost, https://127.0.0.1"
+    values = caddyfile_values(sync.domain, sync.email, public_address)
     caddyfile = files.template(
         name="Caddyfile", src=template("Caddyfile.j2"), dest="/etc/caddy/Caddyfile", mode="644",
-        sites=sites, domain=sync.domain, email=sync.email, default_sni=public_address,
+        sites=values["sites"], domain=values["domain"], email=values["email"], default_sni=values["default_sni"],
         gateway_port=sync.gateway_port,
     )  # fmt: skip
     limits = files.template(name="Caddy open-file limit", src=template("caddy-limits.conf.j2"), dest=CADDY_DROPIN,
@@ -153,6 +158,23 @@ def caddy(spec: BoxSpec, public_address: str) -> None:
     systemd.service(name="Caddy running", service=CADDY_UNIT, running=True, enabled=True)
     apply_on_change("Caddy", "caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile >/dev/null "
                     "&& systemctl reload caddy", "caddy", ["/etc/caddy/Caddyfile"], caddyfile)  # fmt: skip
+
+
+def caddyfile_values(domain: str, email: str, public_address: str) -> dict[str, str]:
+    """The Caddyfile.j2 values, each one Caddyfile token: ``domain`` a host name and ``email`` an address
+    (checked at load, config.HttpsConfig), ``public_address`` the box's IP address or host name."""
+    if domain and hostname_problem(domain):
+        raise UsageError(f"https.domain: {hostname_problem(domain)}")
+    try:
+        public = str(ipaddress.ip_address(public_address))
+    except ValueError:
+        if hostname_problem(public_address) and public_address != "localhost":
+            raise UsageError(f"the box's address {public_address!r} is neither an IP address nor a host name") from None
+        public = public_address
+    sites = caddyfile_token(domain) if domain else ", ".join(
+        caddyfile_token(f"https://{host}") for host in (public, "localhost", "127.0.0.1"))  # fmt: skip
+    return {"sites": sites, "domain": domain, "email": caddyfile_token(email) if email else "",
+            "default_sni": caddyfile_token(public)}  # fmt: skip
 
 
 def _template_text(name: str) -> str:
