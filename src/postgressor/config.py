@@ -508,5 +508,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
-    """The effective configuration with every secret replaced by a mask."""
-    return settings.model_dump(mode="json")
+    """The effective configuration with every secret replaced by a mask (credentials in URLs too)."""
+    from postgressor.masking import mask_urls_in
+
+    masked = mask_urls_in(settings.model_dump(mode="json"))
+    assert isinstance(masked, dict)
+    return masked

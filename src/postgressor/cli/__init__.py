@@ -23,6 +23,7 @@ from postgressor.cli import (
 )
 from postgressor.cli.common import GlobalOptions, emit_json, err_console, json_emitted, reset_output
 from postgressor.errors import ConfigError, PostgressorError, UsageError
+from postgressor.masking import mask_url
 
 
 class PostgressorGroup(TyperGroup):
@@ -120,6 +121,7 @@ ERROR_CODES = ((ConfigError, "config"), (UsageError, "usage"), (PostgressorError
 
 def _fail(message: str, code: str) -> None:
     """One line on stderr; with --json also {"error": {"code", "message"}} on stdout (exit codes unchanged)."""
+    message = mask_url(message)  # a URL quoted in any error keeps its credentials to itself
     err_console.print(f"error: {message}", markup=False, soft_wrap=True)
     if PostgressorGroup.json_errors and not json_emitted():  # a result already printed says ok: false
         emit_json({"error": {"code": code, "message": message}})
