@@ -16,6 +16,7 @@ from postgressor.cli import (
     backup_cmds,
     config_cmds,
     gateway_cmds,
+    host_key_cmds,
     jwt_cmds,
     lifecycle_cmds,
     migrate_cmds,
@@ -179,6 +180,7 @@ app.add_typer(gateway_cmds.gateway_app, name="gateway")
 app.add_typer(backup_cmds.backup_app, name="backup")
 app.command("restore")(backup_cmds.restore)
 app.add_typer(servers_cmds.servers_app, name="servers")
+app.command("trust-host-key")(host_key_cmds.trust_host_key)
 
 
 def main() -> None:
