@@ -55,7 +55,10 @@ class SSHServer:
                 transport.start_server(server=paramiko.ServerInterface())
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone does not on Linux
         self.sock.close()
+        self.thread.join(timeout=5)
 
 
 @pytest.fixture
