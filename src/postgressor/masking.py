@@ -22,12 +22,14 @@ _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|
 def _userinfo(match: re.Match[str]) -> str:
     if match["pw"] is not None:  # the user name stays (it says who), the password goes
         return f"{match['scheme']}{match['user']}:{MASK}@"
-    return f"{match['scheme']}{MASK}@"  # a lone userinfo is a token (https://TOKEN@host/)
+    if match["scheme"].lower().startswith(("http", "ws")):  # a lone userinfo on the web is a token (https://T@h/)
+        return f"{match['scheme']}{MASK}@"
+    return match[0]  # postgresql://user@host: a user name, no secret
 
 
 def mask_url(text: str) -> str:
     """``text`` with every credential in it replaced by ``***``: a URL's password (or a lone userinfo, which
-    is a token), credential query parameters (apikey=, token=, signature=...) and conninfo ``password=``."""
+    is a token on http(s)), credential query parameters (apikey=, token=, signature=...) and conninfo ``password=``."""
     text = _USERINFO.sub(_userinfo, text)
     text = _QUERY.sub(lambda m: f"{m['head']}{MASK}", text)
     return _KV_PASSWORD.sub(lambda m: f"{m['head']}{MASK}", text)

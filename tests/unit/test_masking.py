@@ -24,6 +24,7 @@ SECRETS = ("hunter2", "tok3n", "sb_secret_abc", "SIGVALUE")
     ("host=db password='hun ter2' user=app", "host=db password=*** user=app"),
     ("https://host.example.com/a@b", "https://host.example.com/a@b"),  # an @ in the path is not userinfo
     ("http://127.0.0.1:3000", "http://127.0.0.1:3000"),
+    ("postgresql://app@db.example.com/app", "postgresql://app@db.example.com/app"),  # a user name, no secret
 ])  # fmt: skip
 def test_mask_url(text: str, shown: str) -> None:
     assert mask_url(text) == shown
