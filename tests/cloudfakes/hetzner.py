@@ -32,6 +32,7 @@ class FakeHetzner(FakeAPI):
         self.on_delete = on_delete
         self.boot_polls = boot_polls  # GETs a server answers "initializing" before "running"
         self.created_servers = 0
+        self.power_actions: list[tuple[int, str]] = []
 
     # ---- helpers
 
@@ -55,10 +56,11 @@ class FakeHetzner(FakeAPI):
                 "resources": [{"id": resource, "type": kind}], "error": None}
 
     def _server_view(self, server: dict[str, Any]) -> dict[str, Any]:
-        if server["status"] == "initializing":
+        # initializing (created) and starting (powered on) turn running after boot_polls GETs; stopping turns off.
+        if server["status"] in ("initializing", "starting", "stopping"):
             server["polls"] += 1
             if server["polls"] > self.boot_polls:
-                server["status"] = "running"
+                server["status"] = "off" if server["status"] == "stopping" else "running"
         return {k: v for k, v in server.items() if k != "polls"}
 
     # ---- routes
@@ -116,6 +118,8 @@ class FakeHetzner(FakeAPI):
         return error(404, "not_found", f"firewall with ID '{ident}' not found")
 
     def _servers(self, req: Request, ident: int | None) -> Reply:
+        if req.method == "POST" and ident in self.servers and "/actions/" in req.path:
+            return self._server_action(self.servers[ident], req.path.rsplit("/", 1)[1])
         if req.method == "GET" and ident is None:
             return self._page("servers", [self._server_view(s) for s in self.servers.values()], req)
         if req.method == "GET" and ident in self.servers:
@@ -128,6 +132,18 @@ class FakeHetzner(FakeAPI):
                 self.on_delete(server)
             return 200, {"action": self._action("delete_server", ident, "server")}
         return error(404, "not_found", f"server with ID '{ident}' not found")
+
+    def _server_action(self, server: dict[str, Any], action: str) -> Reply:
+        """poweron/poweroff as the API documents them: 201 with the action ("start_server"/"stop_server");
+        powering on a running server (or off an off one) is accepted and changes nothing."""
+        commands = {"poweron": ("start_server", "off", "starting"), "poweroff": ("stop_server", "running", "stopping")}
+        if action not in commands:
+            return error(404, "not_found", f"no action {action!r}")
+        command, before, after = commands[action]
+        if server["status"] == before:
+            server["status"], server["polls"] = after, 0
+        self.power_actions.append((server["id"], action))
+        return 201, {"action": self._action(command, server["id"], "server")}
 
     def _create_server(self, body: dict[str, Any]) -> Reply:
         if body.get("location") not in LOCATIONS:

@@ -170,7 +170,8 @@ def status(ctx: typer.Context) -> None:
 
 
 def _render_status(report: dict[str, Any]) -> None:
-    console.print(f"stack [bold]{report['stack']}[/] ({report['provider']}) at {report['host']}")
+    console.print(f"stack [bold]{report['stack']}[/] ({report['provider']}) at {report['host']}, "
+                  f"power {escape(report.get('power', 'unknown'))}")
     if not report["reachable"]:
         console.print(f"[red]unreachable[/]: {escape(report['error'])}")
         return

@@ -136,6 +136,17 @@ class CloudProvider(Provider):
         """Every server of this project carrying postgressor's labels, in the region(s) the API lists."""
 
     @abstractmethod
+    def server_power(self, id: str) -> str:
+        """The server's power state as ``Provider.power_state`` names it, read from the provider's API."""
+
+    def power_state(self) -> str:
+        recorded = self.state.find("server")
+        if recorded is None:
+            return "missing"
+        with self.translated("reading the server's power state"):
+            return self.api("read the server's power state", lambda: self.server_power(recorded.id))
+
+    @abstractmethod
     def default_size(self) -> str: ...
 
     @abstractmethod
