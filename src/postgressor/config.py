@@ -8,7 +8,7 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -42,6 +42,8 @@ OTHER_VARIABLES = frozenset({
 PROVIDERS = ("local", "ssh", "hetzner", "oracle", "ovh")
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
+Port = Annotated[int, Field(ge=1, le=65535)]  # a TCP port that lands in a firewall rule or a forward
+
 _toml_path: ContextVar[Path | None] = ContextVar("postgressor_toml_path", default=None)
 
 
@@ -62,7 +64,7 @@ class LocalConfig(Section):
     disk_gb: int = Field(16, ge=4)
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     boot_timeout: int = Field(600, ge=30, description="seconds to wait for SSH after boot")
-    forward_ports: list[int] = Field([], description="more guest TCP ports to forward to 127.0.0.1")
+    forward_ports: list[Port] = Field([], description="more guest TCP ports to forward to 127.0.0.1")
     image: Path | None = Field(
         None, description="a Debian/Ubuntu cloud image (qcow2 or raw) booted with a NoCloud seed instead of "
         "the debootstrap image; needs no root",
@@ -93,7 +95,7 @@ class PostgresConfig(Section):
 class HardeningConfig(Section):
     swap_below_mb: int = Field(4096, ge=0, description="add a swap file when RAM is below this")
     swap_mb: int = Field(2048, ge=256)
-    extra_ports: list[int] = []
+    extra_ports: list[Port] = Field([], description="more TCP ports the firewall opens (1-65535)")
 
 
 class SupabaseConfig(Section):

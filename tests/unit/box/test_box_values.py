@@ -179,3 +179,9 @@ def test_caddyfile_values_refuse_what_caddy_would_read_as_syntax() -> None:
         caddyfile_values("", "", "1.2.3.4 { respond 1 }")
     with pytest.raises(ValueError):
         caddyfile_token("{$ELECTRIC_SECRET}")
+
+
+@pytest.mark.parametrize("port", [0, -22, 65536])
+def test_firewall_ports_out_of_range_are_refused(port: int) -> None:
+    with pytest.raises(ConfigError, match=r"hardening\.extra_ports"):
+        load_settings(hardening={"extra_ports": [port]})
