@@ -111,3 +111,19 @@ def test_status_power_is_unknown_without_credentials(cloud: Cloud) -> None:
     state = cloud.provider(Recorder()).state
     state.add("server", "x-1")
     assert power_state(settings, state).startswith("unknown (")
+
+
+def test_the_same_server_at_a_new_address_keeps_its_pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from postgressor.providers import cloud as cloud_module
+
+    fake_ssh(monkeypatch)
+    with started("hetzner", tmp_path) as hz:
+        hz.provider(Recorder()).provision()
+        stop(hz)
+        (server,) = hz.api.servers.values()
+        server["public_net"]["ipv4"]["ip"] = "192.0.2.200"  # a new address after the restart
+        monkeypatch.setattr(cloud_module, "wait_for_ssh", lambda a, p, timeout: HOST_KEY.replace("Fake", "Evil"))
+        with pytest.raises(HostKeyMismatch, match="trust-host-key"):
+            hz.provider(Recorder()).provision()
+        fake_ssh(monkeypatch)
+        assert hz.provider(Recorder()).provision().address == "192.0.2.200"
