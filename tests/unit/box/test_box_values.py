@@ -185,3 +185,19 @@ def test_caddyfile_values_refuse_what_caddy_would_read_as_syntax() -> None:
 def test_firewall_ports_out_of_range_are_refused(port: int) -> None:
     with pytest.raises(ConfigError, match=r"hardening\.extra_ports"):
         load_settings(hardening={"extra_ports": [port]})
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_gateway_settings_file_round_trips_hostile_values(value: str, tmp_path: Path) -> None:
+    """The gateway's settings file (tomli-w) keeps every hostile value as data; the gateway reads it back."""
+    from postgressor.box.gateway_settings import box_gateway_toml
+    from postgressor.gateway.settings import load
+
+    tables = [{"name": f"t{value}", "owner_column": f"o{value}", "columns": ["id", f"o{value}"]}]
+    settings = load_settings(supabase={**SUPABASE, "jwt_secret": f"secret{value}" * 4, "audience": f"a{value}"},
+                             sync={"tables": tables})  # fmt: skip
+    path = tmp_path / "gateway.toml"
+    path.write_text(box_gateway_toml(settings), encoding="utf-8")
+    got = load(path, {"ELECTRIC_SECRET": "electric-secret-0123456789"})
+    assert got.verifier.jwt_secret == f"secret{value}" * 4 and got.verifier.audience == f"a{value}"
+    assert list(got.tables) == [f"t{value}"] and got.tables[f"t{value}"].owner_column == f"o{value}"
