@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 import shlex
 from collections.abc import Generator
 
@@ -110,9 +111,25 @@ def role_password(role: str) -> Generator[str, None, None]:
     )
 
 
+SECRET_READ = re.compile(r"\$\(cat (/[A-Za-z0-9._/-]+)\)")  # $(cat FILE): a secret read on the box
+
+
 def render(lines: list[str]) -> str:
-    """printf of the lines; ``$(cat FILE)`` in them is expanded by the box's shell, never sent as a value."""
-    return "printf '%s\\n' " + " ".join(f'"{line}"' for line in lines)
+    """printf of the lines as one shell word each: every ``$(cat /path)`` in them is read by the box's shell
+    (so the secret is never sent as a value), everything else is literal (``shlex.quote``)."""
+    return "printf '%s\\n' " + " ".join(_shell_word(line) for line in lines)
+
+
+def _shell_word(line: str) -> str:
+    parts, pos = [], 0
+    for match in SECRET_READ.finditer(line):
+        if match.start() > pos:
+            parts.append(shlex.quote(line[pos : match.start()]))
+        parts.append(f'"$(cat {match[1]})"')
+        pos = match.end()
+    if pos < len(line) or not parts:
+        parts.append(shlex.quote(line[pos:]))
+    return "".join(parts)
 
 
 @operation()

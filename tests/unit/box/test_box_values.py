@@ -201,3 +201,18 @@ def test_gateway_settings_file_round_trips_hostile_values(value: str, tmp_path: 
     got = load(path, {"ELECTRIC_SECRET": "electric-secret-0123456789"})
     assert got.verifier.jwt_secret == f"secret{value}" * 4 and got.verifier.audience == f"a{value}"
     assert list(got.tables) == [f"t{value}"] and got.tables[f"t{value}"].owner_column == f"o{value}"
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_composed_files_keep_values_literal_and_read_only_secret_files(value: str, tmp_path: Path) -> None:
+    """operations.render: a value in a composed file (electric.env, pgbackrest.conf) is printed as is; only
+    ``$(cat /path)`` is read by the box's shell."""
+    from postgressor.box.operations import render
+
+    secret = tmp_path / "secret"
+    secret.write_text("s3cr3t")
+    mark = tmp_path / "pwned"
+    lines = [f"A={value}", f"B=x$(cat {secret})y{value}", "C=$(touch MARK)".replace("MARK", str(mark))]
+    done = subprocess.run(["sh", "-c", render(lines)], capture_output=True, text=True, check=True)
+    assert done.stdout == f"A={value}\nB=xs3cr3ty{value}\nC=$(touch {mark})\n"
+    assert not mark.exists()
