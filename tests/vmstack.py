@@ -68,7 +68,7 @@ def provisioned(project: Path) -> Iterator[Stack]:
         box.up_result = box.cli_json("up")
         yield box
     finally:
-        box.cli("destroy", "--yes", check=False, timeout=120)
+        box.cli("destroy", "--yes", "--skip-final-backup", check=False, timeout=120)
 
 
 def write_project(project: Path) -> None:

@@ -8,7 +8,7 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -42,6 +42,8 @@ OTHER_VARIABLES = frozenset({
 PROVIDERS = ("local", "ssh", "hetzner", "oracle", "ovh")
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
+Port = Annotated[int, Field(ge=1, le=65535)]  # a TCP port that lands in a firewall rule or a forward
+
 _toml_path: ContextVar[Path | None] = ContextVar("postgressor_toml_path", default=None)
 
 
@@ -62,7 +64,7 @@ class LocalConfig(Section):
     disk_gb: int = Field(16, ge=4)
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     boot_timeout: int = Field(600, ge=30, description="seconds to wait for SSH after boot")
-    forward_ports: list[int] = Field([], description="more guest TCP ports to forward to 127.0.0.1")
+    forward_ports: list[Port] = Field([], description="more guest TCP ports to forward to 127.0.0.1")
     image: Path | None = Field(
         None, description="a Debian/Ubuntu cloud image (qcow2 or raw) booted with a NoCloud seed instead of "
         "the debootstrap image; needs no root",
@@ -93,7 +95,7 @@ class PostgresConfig(Section):
 class HardeningConfig(Section):
     swap_below_mb: int = Field(4096, ge=0, description="add a swap file when RAM is below this")
     swap_mb: int = Field(2048, ge=256)
-    extra_ports: list[int] = []
+    extra_ports: list[Port] = Field([], description="more TCP ports the firewall opens (1-65535)")
 
 
 class SupabaseConfig(Section):
@@ -180,6 +182,16 @@ class ElectricConfig(Section):
             raise ValueError("Electric before 1.7.12 lets requests skip the secret check; use 1.7.12 or later")
         return value
 
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        from postgressor.box.grammar import image_problem
+
+        problem = image_problem(value) if value else ""
+        if problem:
+            raise ValueError(problem)
+        return value
+
     def image_ref(self) -> str:
         return self.image or f"electricsql/electric:{self.version}"
 
@@ -189,6 +201,26 @@ class HttpsConfig(Section):
 
     domain: str = ""
     email: str = ""  # ACME account email (optional)
+
+    @field_validator("domain")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        from postgressor.box.grammar import hostname_problem
+
+        problem = hostname_problem(value) if value else ""
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        from postgressor.box.grammar import email_problem
+
+        problem = email_problem(value) if value else ""
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 SCHEDULE = re.compile(r"^[A-Za-z0-9*.,:/~ -]{1,80}$")  # a systemd OnCalendar expression, one line
@@ -236,6 +268,11 @@ class BackupConfig(Section):
         for name in ("s3_endpoint", "s3_region", "s3_bucket"):
             if not re.match(r"^[A-Za-z0-9._:-]*$", getattr(self, name)):
                 raise ValueError(f"{name} may hold only letters, digits, '.', '_', ':' and '-'")
+        for name in ("s3_key", "s3_key_secret"):  # each lands as one line of pgbackrest.conf
+            secret = getattr(self, name)
+            if secret is not None and not re.fullmatch(r"[!-~]+", secret.get_secret_value()):
+                raise ValueError(f"{name} may hold only printable ASCII without spaces (it is one line of "
+                                 "pgbackrest.conf); check it was pasted whole")  # fmt: skip
         return self
 
     def _s3_fields(self) -> dict[str, object]:
@@ -473,5 +510,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
-    """The effective configuration with every secret replaced by a mask."""
-    return settings.model_dump(mode="json")
+    """The effective configuration with every secret replaced by a mask (credentials in URLs too)."""
+    from postgressor.masking import mask_urls_in
+
+    masked = mask_urls_in(settings.model_dump(mode="json"))
+    assert isinstance(masked, dict)
+    return masked

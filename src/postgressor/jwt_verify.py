@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import jwt
 from jwt import PyJWK
 
+from postgressor.masking import mask_url
+
 SYMMETRIC_ALGS = ("HS256",)
 ASYMMETRIC_ALGS = ("ES256", "RS256")
 KEY_TYPES = {"ES256": "EC", "RS256": "RSA"}
@@ -195,7 +197,7 @@ class JWKSCache:
         """The key for ``kid``; ``fetched`` says a fetch just succeeded for this lookup."""
         if not self._usable():
             left = self.failure_ttl - (self.clock() - self.failed_at) if self.failed_at is not None else 0
-            raise KeysNotReady(str(self.failure or f"the key set from {self.url} could not be loaded"),
+            raise KeysNotReady(str(self.failure or f"the key set from {mask_url(self.url)} could not be loaded"),
                                max(1, math.ceil(left)))
         key = self.keys.get(kid)
         if key is not None:
@@ -253,7 +255,7 @@ class JWKSCache:
     def _remember(self, err: Exception) -> None:
         self.failed_at = self.clock()
         self.failure = err if isinstance(err, KeySourceError) else KeySourceError(
-            f"cannot fetch the JWKS from {self.url}: {_short(err)}")
+            f"cannot fetch the JWKS from {mask_url(self.url)}: {mask_url(_short(err))}")
 
 
 def _short(err: Exception) -> str:
@@ -266,11 +268,11 @@ def fetch_jwks_blocking(url: str, timeout: float = 5.0) -> Any:
 
     response = httpx.get(url, timeout=timeout, follow_redirects=False)
     if response.status_code != 200:
-        raise KeySourceError(f"the JWKS URL {url} answered HTTP {response.status_code}")
+        raise KeySourceError(f"the JWKS URL {mask_url(url)} answered HTTP {response.status_code}")
     try:
         return response.json()
     except json.JSONDecodeError:
-        raise KeySourceError(f"the JWKS URL {url} did not return JSON") from None
+        raise KeySourceError(f"the JWKS URL {mask_url(url)} did not return JSON") from None
 
 
 # --- header and key selection -------------------------------------------------------------------

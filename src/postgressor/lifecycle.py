@@ -21,7 +21,8 @@ from postgressor.box.facts import CarriedSettings, CloudInitDone, PythonVersion
 from postgressor.box.gateway_bundle import gateway_bundle
 from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact
 from postgressor.config import Settings
-from postgressor.errors import PostgressorError
+from postgressor.day2 import destroy as safe_destroy
+from postgressor.errors import PostgressorError, UsageError
 from postgressor.opwatch import DetailListener, OpWatch
 from postgressor.preflight import carried_keys, check_drops
 from postgressor.preflight import check as preflight
@@ -181,15 +182,46 @@ def plan(settings: Settings, stack: str, log: Log) -> PlanResult:
     return result
 
 
-def destroy(settings: Settings, stack: str, log: Log) -> list[str]:
+def destroy_question(settings: Settings, stack: str) -> str:
+    """What ``destroy`` asks: what goes and where the backups live; UsageError first if it would refuse anyway."""
+    state = load_state(settings.state_dir, stack)
+    if state is None:  # destroy itself says there is nothing to destroy, after the confirmation
+        return f"Destroy stack '{stack}' and its server, with all data on it?"
+    backups = safe_destroy.backups_of(settings)
+    problem = safe_destroy.refusal(state, backups, skip_final_backup=False)
+    if problem:
+        raise UsageError(problem)
+    return safe_destroy.question(state, backups)
+
+
+def destroy(settings: Settings, stack: str, log: Log, skip_final_backup: bool = False) -> list[str]:
+    """Remove the stack's server and records; returns what was removed, then (last) what was kept.
+
+    A stack holding a database is refused (UsageError) when its only backups live on the server, unless
+    ``skip_final_backup``; with an S3 repository a final full backup is taken and verified first (a failure
+    raises PostgressorError and destroys nothing)."""
+    state = _recorded(settings, stack)
+    backups = safe_destroy.backups_of(settings)
+    problem = safe_destroy.refusal(state, backups, skip_final_backup)
+    if problem:
+        raise UsageError(problem)
+    settings = settings.model_copy(update={"provider": state.provider})
+    provider = get_provider(settings, state, log)
+    final = None
+    if backups.off_box and safe_destroy.holds_data(state) and not skip_final_backup:
+        log("taking a final full backup to S3 before the server goes")
+        final = safe_destroy.final_backup(provider.ensure_running())
+    removed = provider.destroy()
+    state.delete()
+    kept = safe_destroy.remaining(final, backups)
+    return [*removed, *([kept] if kept else [])]
+
+
+def _recorded(settings: Settings, stack: str) -> StackState:
     state = load_state(settings.state_dir, stack)
     if state is None:
         raise PostgressorError(f"stack '{stack}' has no state file; nothing recorded to destroy")
-    settings = settings.model_copy(update={"provider": state.provider})
-    provider = get_provider(settings, state, log)
-    removed = provider.destroy()
-    state.delete()
-    return removed
+    return state
 
 
 def connection(settings: Settings, stack: str, log: Log) -> tuple[HostRecord, StackState]:

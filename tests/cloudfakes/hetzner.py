@@ -42,6 +42,7 @@ class FakeHetzner(FakeAPI):
         self.actions: dict[int, dict[str, Any]] = {}
         # command -> the error object its actions end with (answered "running" first, "error" when read back)
         self.failing_actions: dict[str, dict[str, Any]] = {}
+        self.power_actions: list[tuple[int, str]] = []
 
     # ---- helpers
 
@@ -76,10 +77,12 @@ class FakeHetzner(FakeAPI):
         return error(404, "not_found", f"action with ID '{ident}' not found")
 
     def _server_view(self, server: dict[str, Any]) -> dict[str, Any]:
-        if server["status"] == "initializing" and "create_server" not in self.failing_actions:
+        # initializing (created) and starting (powered on) turn running after boot_polls GETs; stopping turns off.
+        if server["status"] in ("initializing", "starting", "stopping") and not (
+                server["status"] == "initializing" and "create_server" in self.failing_actions):
             server["polls"] += 1
             if server["polls"] > self.boot_polls:
-                server["status"] = "running"
+                server["status"] = "off" if server["status"] == "stopping" else "running"
         return {k: v for k, v in server.items() if k != "polls"}
 
     # ---- routes
@@ -140,6 +143,8 @@ class FakeHetzner(FakeAPI):
         return error(404, "not_found", f"firewall with ID '{ident}' not found")
 
     def _servers(self, req: Request, ident: int | None) -> Reply:
+        if req.method == "POST" and ident in self.servers and "/actions/" in req.path:
+            return self._server_action(self.servers[ident], req.path.rsplit("/", 1)[1])
         if req.method == "GET" and ident is None:
             return self._page("servers", [self._server_view(s) for s in self.servers.values()], req)
         if req.method == "GET" and ident in self.servers:
@@ -154,6 +159,18 @@ class FakeHetzner(FakeAPI):
                 self.on_delete(server)
             return 200, {"action": self._action("delete_server", ident, "server")}
         return error(404, "not_found", f"server with ID '{ident}' not found")
+
+    def _server_action(self, server: dict[str, Any], action: str) -> Reply:
+        """poweron/poweroff as the API documents them: 201 with the action ("start_server"/"stop_server");
+        powering on a running server (or off an off one) is accepted and changes nothing."""
+        commands = {"poweron": ("start_server", "off", "starting"), "poweroff": ("stop_server", "running", "stopping")}
+        if action not in commands:
+            return error(404, "not_found", f"no action {action!r}")
+        command, before, after = commands[action]
+        if server["status"] == before:
+            server["status"], server["polls"] = after, 0
+        self.power_actions.append((server["id"], action))
+        return 201, {"action": self._action(command, server["id"], "server")}
 
     def _create_server(self, body: dict[str, Any]) -> Reply:
         if body.get("location") not in LOCATIONS:

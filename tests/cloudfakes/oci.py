@@ -71,6 +71,7 @@ class FakeOCI(FakeAPI):
 
     # ---- helpers
 
+        self.power_actions: list[tuple[str, str]] = []
     def _id(self, kind: str) -> str:
         return f"ocid1.{kind}.oc1.ap-mumbai-1.fake{next(self.counter):04d}"
 
@@ -90,8 +91,10 @@ class FakeOCI(FakeAPI):
 
     def _advance(self, item: dict[str, Any]) -> None:
         item["_polls"] = item.get("_polls", 0) + 1
-        if item["lifecycleState"] == "PROVISIONING" and item["_polls"] > self.boot_polls:
+        if item["lifecycleState"] in ("PROVISIONING", "STARTING") and item["_polls"] > self.boot_polls:
             item["lifecycleState"] = "RUNNING"
+        elif item["lifecycleState"] == "STOPPING" and item["_polls"] > 1:
+            item["lifecycleState"] = "STOPPED"
         elif item["lifecycleState"] == "TERMINATING" and item["_polls"] > 1:
             item["lifecycleState"] = "TERMINATED"
 
@@ -271,7 +274,22 @@ class FakeOCI(FakeAPI):
         return 200, self.view(table)
 
     def _r_instances(self, req: Request, ident: str | None) -> Reply:
+        if req.method == "POST" and ident is not None and "action" in req.query:
+            return self._instance_action(self.items[ident], req.query["action"])
         return self._generic("Instance", req, ident, lambda body: self._launch(req, body))
+
+    def _instance_action(self, item: dict[str, Any], action: str) -> Reply:
+        """InstanceAction (core API 20160918): START from STOPPED, STOP from RUNNING; 200 with the Instance.
+        Another action, or one the state does not allow, is refused as the service does."""
+        moves = {"START": ("STOPPED", "STARTING"), "STOP": ("RUNNING", "STOPPING")}
+        if action not in moves:
+            return error(400, "InvalidParameter", f"Invalid action: {action}")
+        before, after = moves[action]
+        if item["lifecycleState"] != before:
+            return error(409, "IncorrectState", f"Instance is in {item['lifecycleState']} state, cannot {action}")
+        item["lifecycleState"], item["_polls"] = after, 0
+        self.power_actions.append((item["id"], action))
+        return 200, self.view(item)
 
     def _launch(self, req: Request, body: dict[str, Any]) -> Reply:
         token = req.headers.get("opc-retry-token")

@@ -38,6 +38,7 @@ class FakeOVH(FakeAPI):
         self.ssh_keys: dict[str, dict[str, Any]] = {}
         self.instances: dict[str, dict[str, Any]] = {}
         self.created = 0
+        self.power_actions: list[tuple[str, str]] = []
 
     def register(self, name: str = "fake-ovh") -> str:
         """Add this server to ovh.client.ENDPOINTS (the SDK accepts only known names); returns the name."""
@@ -107,6 +108,8 @@ class FakeOVH(FakeAPI):
 
     def _view(self, instance: dict[str, Any]) -> dict[str, Any]:
         instance["_polls"] += 1
+        if instance.get("_starting") and instance["_polls"] > self.boot_polls:  # OpenStack: SHUTOFF until active
+            instance["status"], instance["_starting"] = "ACTIVE", False
         if instance["status"] == "BUILD" and instance["_polls"] > self.boot_polls and self.failed_builds:
             self.failed_builds -= 1
             instance["status"] = "ERROR"  # a build that failed (OpenStack's ERROR state): no addresses
@@ -117,6 +120,9 @@ class FakeOVH(FakeAPI):
         return {k: v for k, v in instance.items() if not k.startswith("_")}
 
     def _instance(self, req: Request, ident: str | None) -> Reply:
+        action = req.path.rstrip("/").rsplit("/", 1)[1]
+        if req.method == "POST" and ident in self.instances and action in ("start", "stop"):
+            return self._power(self.instances[ident], action)
         if req.method == "GET" and ident is None:
             region = req.query.get("region")
             return 200, [self._view(i) for i in self.instances.values() if not region or i["region"] == region]
@@ -128,6 +134,21 @@ class FakeOVH(FakeAPI):
             del self.instances[ident]
             return 200, None
         return error(404, f"Instance {ident} not found")
+
+    def _power(self, instance: dict[str, Any], action: str) -> Reply:
+        """start (SHUTOFF -> ACTIVE) and stop (ACTIVE -> SHUTOFF), answered with null like the API's void
+        operations. As in OpenStack (nova: task_state powering-on, vm_state stopped) a started instance shows
+        SHUTOFF for boot_polls more GETs, then ACTIVE. Another state: 409."""
+        before = "SHUTOFF" if action == "start" else "ACTIVE"
+        if instance["status"] != before or instance.get("_starting"):
+            return error(409, f"Instance {instance['id']} is {instance['status']}, cannot {action}")
+        instance["_polls"] = 0
+        if action == "start":
+            instance["_starting"] = True
+        else:
+            instance["status"] = "SHUTOFF"
+        self.power_actions.append((instance["id"], action))
+        return 200, None
 
     def _create(self, body: dict[str, Any]) -> Reply:
         region = body.get("region")

@@ -231,15 +231,18 @@ def test_wrong_ssh_user_is_one_line(stack: Stack) -> None:
         assert "SSH login as 'nobody'" in errors[0] and "was refused" in errors[0]
         assert "Traceback" not in proc.stderr
     finally:
-        stack.cli("--stack", "wronguser", "destroy", "--yes", check=False)
+        stack.cli("--stack", "wronguser", "destroy", "--yes", "--skip-final-backup", check=False)
 
 
 def test_destroy_refuses_without_yes_and_then_removes_the_vm(stack: Stack) -> None:
-    proc = stack.cli("destroy", check=False)
+    # The box's backups live on its own disk: destroy refuses, even with --yes, unless told to skip them.
+    proc = stack.cli("destroy", "--yes", check=False)
+    assert proc.returncode == 2 and "--skip-final-backup" in proc.stderr and "/var/lib/pgbackrest" in proc.stderr
+    proc = stack.cli("destroy", "--skip-final-backup", check=False)
     assert proc.returncode == 2 and "--yes" in proc.stderr
     pid_file = stack.state.stack_dir / "qemu.pid"
     assert running_pid(pid_file) is not None
-    stack.cli("destroy", "--yes")
+    stack.cli("destroy", "--yes", "--skip-final-backup")
     assert running_pid(pid_file) is None
     assert not (stack.project / ".postgressor" / "default.json").exists()
     assert not (stack.project / ".postgressor" / "default").exists()

@@ -84,7 +84,7 @@ def test_destroy_removes_the_vm_and_leaves_the_image_untouched(
 ) -> None:
     stack_dir = stack.state.stack_dir
     assert running_pid(stack_dir / "qemu.pid") is not None
-    stack.cli("destroy", "--yes", timeout=120)
+    stack.cli("destroy", "--yes", "--skip-final-backup", timeout=120)
     assert running_pid(stack_dir / "qemu.pid") is None
     assert not stack_dir.exists()
     assert not (stack.project / ".postgressor" / "default.json").exists()

@@ -88,7 +88,7 @@ def hetzner_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[St
             stack.up_result = stack.cli_json("up", "--provider", "hetzner", "--region", "nuremberg", "--yes")
             yield stack, api, vms
         finally:
-            stack.cli("destroy", "--yes", check=False, timeout=300)
+            stack.cli("destroy", "--yes", "--skip-final-backup", check=False, timeout=300)
             vms.stop_all()
             api.stop()
     assert not api.bugs, api.bugs
@@ -130,7 +130,7 @@ def test_destroy_deletes_everything_and_stops_the_vm(hetzner_stack: tuple[Stack,
     stack, api, vms = hetzner_stack
     specs = list(vms.specs.values())
     assert specs and machine.running_pid(specs[0].pid_file) is not None
-    out = json.loads(stack.cli("--json", "destroy", "--yes").stdout)
+    out = json.loads(stack.cli("--json", "destroy", "--yes", "--skip-final-backup").stdout)
     assert out["ok"] is True
     assert api.servers == {} and api.firewalls == {} and api.ssh_keys == {}
     assert machine.running_pid(specs[0].pid_file) is None

@@ -140,7 +140,7 @@ def test_fresh_box_gets_pgbackrest_in_its_own_apt_run_and_an_encrypted_repositor
     assert "/dev/urandom" in secret and "umask 077" in secret
     conf = next(c for c in commands if "pgbackrest.conf.new" in c)
     assert "repo1-cipher-type=aes-256-cbc" in conf and "chown postgres:postgres" in conf and "chmod 600" in conf
-    assert "repo1-cipher-pass=$(cat /etc/postgressor/secrets/pgbackrest_cipher)" in conf
+    assert "repo1-cipher-pass=\"$(cat /etc/postgressor/secrets/pgbackrest_cipher)\"" in conf
     assert "repo1-path=/var/lib/pgbackrest" in conf and "pg1-path=/var/lib/postgresql/15/main" in conf
 
 
@@ -203,7 +203,7 @@ def test_s3_keys_are_uploaded_0600_and_never_in_a_command() -> None:
     assert any("chmod 600 /etc/postgressor/secrets/pgbackrest_s3_key" in c for c in commands)
     conf = next(c for c in commands if "pgbackrest.conf.new" in c)
     assert "repo1-type=s3" in conf and "repo1-s3-endpoint=fsn1.your-objectstorage.com" in conf
-    assert "repo1-s3-key-secret=$(cat /etc/postgressor/secrets/pgbackrest_s3_key_secret)" in conf
+    assert "repo1-s3-key-secret=\"$(cat /etc/postgressor/secrets/pgbackrest_s3_key_secret)\"" in conf
     assert "repo1-storage-verify-tls" not in conf and "repo1-storage-port" not in conf  # defaults
 
 

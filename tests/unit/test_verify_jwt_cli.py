@@ -43,7 +43,12 @@ def no_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-OFFLINE = ["verify-jwt", "--offline", "--jwt-secret", SECRET, "--issuer", ISSUER]
+OFFLINE = ["verify-jwt", "--offline", "--issuer", ISSUER]
+
+
+@pytest.fixture(autouse=True)
+def secret_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTGRESSOR_SUPABASE__JWT_SECRET", SECRET)
 
 
 def test_valid_token_passes_every_check_and_never_prints_it() -> None:
@@ -122,7 +127,6 @@ def test_mint_signs_a_short_lived_token_that_passes() -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["verify-jwt", "--offline", "--token", "x.y.z"], "no key source"),
     ([*OFFLINE], "no token"),
     ([*OFFLINE, "--mint"], "--sub"),
     ([*OFFLINE, "--mint", "--sub", "not-a-uuid"], "not a UUID"),
@@ -130,11 +134,42 @@ def test_mint_signs_a_short_lived_token_that_passes() -> None:
     (["verify-jwt", "--offline", "--jwks-url", "https://x.supabase.co/auth/v1/.well-known/jwks.json",
       "--mint", "--sub", USER], "asymmetric keys only"),
     (["verify-jwt", "--offline", "--jwks-url", "http://example.com/jwks.json", "--token", "a.b.c"], "https"),
-    (["verify-jwt", "--jwt-secret", SECRET, "--token", "a.b.c"], "--offline"),
-    (["verify-jwt", "--offline", "--stack", "Bad Name!", "--jwt-secret", SECRET, "--token", "a.b.c"], ""),
+    (["verify-jwt", "--token", "a.b.c"], "--offline"),
+    (["verify-jwt", "--offline", "--stack", "Bad Name!", "--token", "a.b.c"], ""),
+    ([*OFFLINE, "--jwt-secret", SECRET, "--token", "a.b.c"], "No such option"),
+    ([*OFFLINE, "--jwt-secret-file", "-", "--token", "-"], "both read stdin"),
+    ([*OFFLINE, "--jwt-secret-file", "missing.txt", "--token", "a.b.c"], "missing.txt"),
 ])
-def test_usage_errors_exit_2_with_one_line(args: list[str], message: str) -> None:
+def test_usage_errors_exit_2_with_one_line(args: list[str], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if "--jwks-url" in args:  # an asymmetric-only project: no HS256 secret anywhere
+        monkeypatch.delenv("POSTGRESSOR_SUPABASE__JWT_SECRET")
     code, out, err = run(args)
     assert code == 2, (out, err)
     assert message in " ".join(err.split()) and "Traceback" not in err
     assert SECRET not in err
+
+
+def test_no_key_source_without_config_env_or_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POSTGRESSOR_SUPABASE__JWT_SECRET")
+    code, _, err = run(["verify-jwt", "--offline", "--token", "x.y.z"])
+    assert code == 2 and "no key source" in " ".join(err.split())
+
+
+@pytest.mark.parametrize("where", ["file", "stdin"])
+def test_secret_from_a_file_or_stdin(where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POSTGRESSOR_SUPABASE__JWT_SECRET")
+    token = hs256(user_claims())
+    path = tmp_path / "jwt-secret"
+    path.write_text(SECRET + "\n")
+    source = str(path) if where == "file" else "-"
+    code, out, err = run([*OFFLINE, "--jwt-secret-file", source, "--token", token],
+                         stdin=SECRET + "\n" if where == "stdin" else None)  # fmt: skip
+    assert code == 0, err
+    assert "token accepted" in out and SECRET not in out + err
+
+
+def test_a_wrong_secret_file_refuses_the_token(tmp_path: Path) -> None:
+    path = tmp_path / "jwt-secret"
+    path.write_text("another-secret-that-is-long-enough-000")
+    code, out, _ = run([*OFFLINE, "--jwt-secret-file", str(path), "--token", hs256(user_claims())])
+    assert code == 1 and "token refused" in out

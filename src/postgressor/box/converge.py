@@ -159,7 +159,8 @@ def run_deploys(
         if not state.activated_hosts:
             names = ", ".join(h.name for h in inventory)
             raise PostgressorError(
-                f"cannot log in to {names}; check the user, the key and that the host key matches the pinned one"
+                f"cannot log in to {names}; check the user, the key and that the host key matches the pinned one "
+                "('postgressor trust-host-key' re-pins a server rebuilt on purpose)"
             )
         for box in state.inventory:
             _count_commands(box, result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 import shlex
 from collections.abc import Generator
 
@@ -110,9 +111,25 @@ def role_password(role: str) -> Generator[str, None, None]:
     )
 
 
+SECRET_READ = re.compile(r"\$\(cat (/[A-Za-z0-9._/-]+)\)")  # $(cat FILE): a secret read on the box
+
+
 def render(lines: list[str]) -> str:
-    """printf of the lines; ``$(cat FILE)`` in them is expanded by the box's shell, never sent as a value."""
-    return "printf '%s\\n' " + " ".join(f'"{line}"' for line in lines)
+    """printf of the lines as one shell word each: every ``$(cat /path)`` in them is read by the box's shell
+    (so the secret is never sent as a value), everything else is literal (``shlex.quote``)."""
+    return "printf '%s\\n' " + " ".join(_shell_word(line) for line in lines)
+
+
+def _shell_word(line: str) -> str:
+    parts, pos = [], 0
+    for match in SECRET_READ.finditer(line):
+        if match.start() > pos:
+            parts.append(shlex.quote(line[pos : match.start()]))
+        parts.append(f'"$(cat {match[1]})"')
+        pos = match.end()
+    if pos < len(line) or not parts:
+        parts.append(shlex.quote(line[pos:]))
+    return "".join(parts)
 
 
 @operation()
@@ -144,12 +161,12 @@ def docker_image(image: str, archive: str = "") -> Generator[str, None, None]:
     if archive:
         yield f"docker load -q -i {shlex.quote(archive)} && docker image inspect {q} >/dev/null"
     else:
-        hint = (f"cannot pull {image} ($why): set electric.image to a reachable mirror of it, or set "
-                f"electric.image_archive to a 'docker save' tarball of {image} (its tag must match)")  # fmt: skip
-        # The hint is the last line on stderr, so it is what the one-line error shows.
+        after = (": set electric.image to a reachable mirror of it, or set electric.image_archive to a "
+                 f"'docker save' tarball of {image} (its tag must match)")  # fmt: skip
+        # The hint is the last line on stderr, so it is what the one-line error shows; only $why is expanded.
         yield (
             f'out=$(docker pull -q {q} 2>&1) || {{ why=$(printf "%s" "$out" | tail -n 1 | cut -c1-160); '
-            f'echo "{hint}" >&2; exit 1; }}'
+            f'echo {shlex.quote(f"cannot pull {image} (")}"$why"{shlex.quote(")" + after)} >&2; exit 1; }}'
         )
 
 

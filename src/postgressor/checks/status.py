@@ -9,13 +9,24 @@ from postgressor.box.layout import CADDY_UNIT, SYNC_UNITS, electric_health_url, 
 from postgressor.checks.backups import backup_status
 from postgressor.config import Settings
 from postgressor.errors import PostgressorError
+from postgressor.providers import get_provider
 from postgressor.remote.ssh import HostKeyMismatch, run
-from postgressor.state import recorded_version, require_state
+from postgressor.state import StackState, recorded_version, require_state
 
 STATUS_SETTINGS = (
     "wal_level", "max_wal_senders", "max_replication_slots", "max_slot_wal_keep_size", "listen_addresses",
     "shared_buffers", "effective_cache_size", "work_mem", "max_connections", "password_encryption",
 )  # fmt: skip
+
+
+def power_state(settings: Settings, state: StackState) -> str:
+    """The server's power state from its provider (``Provider.power_state``), or "unknown (why)" when the
+    provider cannot be asked (no credentials here, API down): status then goes on over SSH."""
+    try:
+        provider = get_provider(settings.model_copy(update={"provider": state.provider}), state, lambda line: None)
+        return provider.power_state()
+    except PostgressorError as err:
+        return f"unknown ({err})"
 
 
 def status(settings: Settings, stack: str) -> dict[str, Any]:
@@ -39,8 +50,15 @@ def status(settings: Settings, stack: str) -> dict[str, Any]:
             f"; for u in {' '.join((*SYNC_UNITS, CADDY_UNIT))}; do echo \"unit_$u=$(systemctl is-active $u)\"; done; "
             f"echo \"electric_health=$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' {electric_health_url()})\""
         )
+    power = power_state(settings, state)
     report: dict[str, Any] = {"stack": stack, "provider": state.provider, "reachable": False,
-                              "host": f"{state.host.address}:{state.host.port}"}  # fmt: skip
+                              "host": f"{state.host.address}:{state.host.port}", "power": power}  # fmt: skip
+    if power == "missing":
+        report["error"] = f"the server is gone at {state.provider}; 'postgressor destroy' clears the records"
+        return report
+    if power in ("off", "stopping"):
+        report["error"] = f"the server is {power}; 'postgressor up' starts it and waits for SSH"
+        return report
     try:
         result = run(state.host, script, timeout=60)
     except HostKeyMismatch:

@@ -28,6 +28,7 @@ from postgressor.jwt_verify import (
     read_header,
     select_key,
 )
+from postgressor.masking import mask_url
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 ROWS = ("header", "key source", "signature", "exp", "iat", "nbf", "aud", "iss", "sub", "role")
@@ -136,7 +137,7 @@ def check_token(token: str, cfg: VerifierConfig, *, now: float | None = None,
             if not isinstance(kid, str):
                 return stop("key source", f"{alg} token without a key id (kid)")
             key = select_key(header, cfg, verifier.jwks.get(kid, fetch))
-            rows.append(Check("key source", PASS, f"jwks ({alg}) kid={kid} from {cfg.jwks_url}"))
+            rows.append(Check("key source", PASS, f"jwks ({alg}) kid={kid} from {mask_url(cfg.jwks_url)}"))
     except (TokenError, KeySourceError) as err:
         return stop("key source", f"{key_source(alg)}: {err}")
     try:

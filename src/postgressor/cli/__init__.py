@@ -16,6 +16,7 @@ from postgressor.cli import (
     backup_cmds,
     config_cmds,
     gateway_cmds,
+    host_key_cmds,
     jwt_cmds,
     lifecycle_cmds,
     migrate_cmds,
@@ -24,6 +25,7 @@ from postgressor.cli import (
 from postgressor.cli.common import GlobalOptions, emit_json, err_console, json_emitted, reset_output
 from postgressor.cli.help_format import hide_flag_types
 from postgressor.errors import ConfigError, PostgressorError, UsageError
+from postgressor.masking import mask_url
 
 
 class PostgressorGroup(TyperGroup):
@@ -121,6 +123,7 @@ ERROR_CODES = ((ConfigError, "config"), (UsageError, "usage"), (PostgressorError
 
 def _fail(message: str, code: str) -> None:
     """One line on stderr; with --json also {"error": {"code", "message"}} on stdout (exit codes unchanged)."""
+    message = mask_url(message)  # a URL quoted in any error keeps its credentials to itself
     err_console.print(f"error: {message}", markup=False, soft_wrap=True)
     if PostgressorGroup.json_errors and not json_emitted():  # a result already printed says ok: false
         emit_json({"error": {"code": code, "message": message}})
@@ -179,6 +182,7 @@ app.add_typer(gateway_cmds.gateway_app, name="gateway")
 app.add_typer(backup_cmds.backup_app, name="backup")
 app.command("restore")(backup_cmds.restore)
 app.add_typer(servers_cmds.servers_app, name="servers")
+app.command("trust-host-key")(host_key_cmds.trust_host_key)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from postgressor.box.gateway_settings import resolve
 from postgressor.cli.common import console, global_options
 from postgressor.config import load_settings
 from postgressor.gateway.app import serve as serve_gateway
+from postgressor.masking import mask_url
 
 gateway_app = typer.Typer(
     help="The auth gateway that verifies Supabase tokens in front of Electric.", no_args_is_help=True
@@ -36,7 +37,7 @@ def serve(
     resolved = resolve(settings, upstream=upstream, host=host, port=port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     console.print(
-        f"gateway on http://{resolved.host}:{resolved.port} -> {resolved.upstream} "
+        f"gateway on http://{resolved.host}:{resolved.port} -> {mask_url(resolved.upstream)} "
         f"({len(resolved.tables)} table(s)); Ctrl-C stops it",
         markup=False,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -35,6 +36,23 @@ def _token(token: str | None, mint: bool, sub: str | None, cfg: VerifierConfig) 
     return token.removeprefix("Bearer ").strip()
 
 
+def _secret_from_file(path: Path, token: str | None) -> str:
+    """The HS256 secret from ``path`` (``-``: stdin), without its trailing newline; UsageError when unreadable."""
+    if str(path) == "-":
+        if token == "-":  # noqa: S105 - stdin marker
+            raise UsageError("--jwt-secret-file - and --token - both read stdin; put one of them in a file")
+        text = sys.stdin.read()
+    else:
+        try:
+            text = path.expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"--jwt-secret-file {path}: {getattr(err, 'strerror', None) or err}") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise UsageError(f"--jwt-secret-file {path} is empty; put the project's JWT secret in it")
+    return secret
+
+
 def _render(token: str, checks: list[Check | RemoteCheck]) -> None:
     table = Table(title=f"token {fingerprint(token)}", show_lines=False)
     for column in ("check", "result", "detail"):
@@ -53,7 +71,9 @@ def verify_jwt(
     sub: Annotated[str | None, typer.Option(help="User UUID for --mint.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Local checks only (no gateway, Postgres or "
                                                              "Electric checks on the stack).")] = False,
-    jwt_secret: Annotated[str | None, typer.Option(help="Legacy HS256 secret (else the config).")] = None,
+    jwt_secret_file: Annotated[Path | None, typer.Option(
+        "--jwt-secret-file", help="File holding the legacy HS256 secret, or - for stdin (else the config or "
+        "POSTGRESSOR_SUPABASE__JWT_SECRET); never on the command line.")] = None,
     jwks_url: Annotated[str | None, typer.Option(help="JWKS URL (else the config).")] = None,
     audience: Annotated[str | None, typer.Option(help="Expected aud (default authenticated).")] = None,
     issuer: Annotated[str | None, typer.Option(help="Expected iss (else the config).")] = None,
@@ -70,7 +90,7 @@ def verify_jwt(
     settings = settings_for(ctx)
     base = verifier_config(settings)
     cfg = VerifierConfig(
-        jwt_secret=jwt_secret or base.jwt_secret,
+        jwt_secret=_secret_from_file(jwt_secret_file, token) if jwt_secret_file else base.jwt_secret,
         jwks_url=jwks_url if jwks_url is not None else base.jwks_url,
         issuer=issuer if issuer is not None else base.issuer,
         audience=audience or base.audience,

@@ -276,7 +276,8 @@ def status(ctx: typer.Context) -> None:
 
 
 def _render_status(report: dict[str, Any]) -> None:
-    console.print(f"stack [bold]{report['stack']}[/] ({report['provider']}) at {report['host']}")
+    console.print(f"stack [bold]{report['stack']}[/] ({report['provider']}) at {report['host']}, "
+                  f"power {escape(report.get('power', 'unknown'))}")
     if not report["reachable"]:
         console.print(f"[red]unreachable[/]: {escape(report['error'])}")
         return
@@ -329,16 +330,28 @@ def ssh(
 def destroy(
     ctx: typer.Context,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (required without a terminal)."),
+    skip_final_backup: bool = typer.Option(False, "--skip-final-backup", help="Destroy a database whose only "
+                                           "backups live on the server, or skip the final S3 backup."),
 ) -> None:
-    """Delete the stack's server and everything recorded for it."""
+    """Delete the stack's server and everything recorded for it.
+
+    Refused when the stack holds a database whose only backups live on the server (unless
+    --skip-final-backup); with an S3 repository a final full backup is taken and verified first.
+    """
     name = stack_name(ctx)
-    confirm(f"Destroy stack '{name}' and its server, with all data on it?", yes)
-    removed = stacks.destroy(settings_for(ctx), name, lambda message: None)
+    settings = settings_for(ctx)
+    if skip_final_backup:
+        question = f"Destroy stack '{name}' and its server, with all data on it, without a final backup?"
+    else:
+        question = stacks.destroy_question(settings, name)  # refuses first when the data would be lost
+    confirm(question, yes)
+    log = (lambda message: None) if global_options(ctx).json else say
+    removed = stacks.destroy(settings, name, log, skip_final_backup=skip_final_backup)
     if global_options(ctx).json:
         emit_json({"ok": True, "stack": name, "removed": removed})
         return
     for line in removed:
-        console.print(f"[red]-[/] {line}")
+        console.print(f"[green]+[/] {escape(line)}" if line.startswith("kept: ") else f"[red]-[/] {escape(line)}")
     console.print(f"stack '{name}' destroyed")
 
 

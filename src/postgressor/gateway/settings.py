@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from postgressor.gateway.params import TableRule, origin_problem
 from postgressor.jwt_verify import VerifierConfig, config_problem
+from postgressor.masking import mask_url
 
 if sys.version_info >= (3, 11):  # noqa: UP036 - the box's Python, not the project's
     import tomllib
@@ -83,7 +84,7 @@ def check_upstream(url: str) -> str:
     """``url`` without a trailing slash, or SettingsError when it is not a plain http(s) base URL."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(f"upstream {url!r} is not an http(s) URL; e.g. http://127.0.0.1:3000")
+        raise SettingsError(f"upstream {mask_url(url)!r} is not an http(s) URL; e.g. http://127.0.0.1:3000")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise SettingsError(
             "upstream must be a plain base URL (no query, credentials or fragment); "

@@ -40,6 +40,11 @@ class Provider(ABC):
         write_known_hosts(known_hosts_path(self.state), pinned)
         return pinned
 
+    def power_state(self) -> str:
+        """The server's power state: "running", "off", "starting", "stopping", "missing" (gone at the provider)
+        or "unknown" (a server postgressor does not manage)."""
+        return "unknown"
+
     def ensure_running(self) -> HostRecord:
         """Connection details of the existing server, starting it first if the provider can."""
         assert self.state.host is not None

@@ -136,6 +136,17 @@ class CloudProvider(Provider):
         """Every server of this project carrying postgressor's labels, in the region(s) the API lists."""
 
     @abstractmethod
+    def server_power(self, id: str) -> str:
+        """The server's power state as ``Provider.power_state`` names it, read from the provider's API."""
+
+    def power_state(self) -> str:
+        recorded = self.state.find("server")
+        if recorded is None:
+            return "missing"
+        with self.translated("reading the server's power state"):
+            return self.api("read the server's power state", lambda: self.server_power(recorded.id))
+
+    @abstractmethod
     def default_size(self) -> str: ...
 
     @abstractmethod
@@ -312,7 +323,9 @@ class CloudProvider(Provider):
             public_key = generate_keypair(self.key_path, f"postgressor-{self.state.stack}")
             address = self.create_server(public_key)
         old = self.state.host
-        pinned = old.host_key if old and old.address == address and not self.recreated else ""
+        # The same server keeps its pin even at a new address (a restarted instance); only a server created
+        # anew (the recorded one was gone) starts unpinned.
+        pinned = old.host_key if old and not self.recreated else ""
         host = HostRecord(address, 22, self.login_user, str(self.key_path.resolve()), pinned)
         self.log(f"waiting for SSH on {address}:22")
         try:

@@ -211,6 +211,7 @@ class HetznerProvider(CloudProvider):
             return self._server_found(response.server)
 
         found = self.ensure("server", create)
+        self._power_on(int(found.id))
         if found.details.get("type") and found.details["type"] != self.size and self.settings.size:
             self.log(f"the stack's server is a {found.details['type']}; --size {self.size} is ignored (no resizing)")
         server = self.poll("the server start", lambda: self._starting(int(found.id), actions),
@@ -233,6 +234,23 @@ class HetznerProvider(CloudProvider):
                     "(another --region or --size if it repeats)"
                 )
         return self.client.servers.get_by_id(id)
+
+    def server_power(self, id: str) -> str:
+        try:
+            status = str(self.client.servers.get_by_id(int(id)).status or "unknown")
+        except APIException as err:
+            if err.code == "not_found":
+                return "missing"
+            raise
+        return {"initializing": "starting", "deleting": "missing"}.get(status, status)
+
+    def _power_on(self, id: int) -> None:
+        """Power on a server that is off (or being stopped); the caller then waits for "running"."""
+        server = self.poll("the server to settle", lambda: self.client.servers.get_by_id(id),
+                           lambda s: s.status != "stopping", timeout=300, interval=3)  # fmt: skip
+        if server.status == "off":
+            self.log(f"Hetzner server {id} is off; powering it on")
+            self.api("power the server on", lambda: self.client.servers.power_on(Server(id=id)))
 
 
 def _location(server: Any) -> str:

@@ -114,6 +114,11 @@ class LocalProvider(Provider):
         seen = wait_for_ssh(host.address, host.port, timeout=self.settings.local.boot_timeout)
         return self.pin(host, seen)
 
+    def power_state(self) -> str:
+        if self.state.find("vm") is None:
+            return "missing"
+        return "running" if machine.running_pid(self.pid_file) is not None else "off"
+
     def destroy(self) -> list[str]:
         removed = []
         if machine.stop(self.pid_file):

@@ -246,6 +246,11 @@ class OracleProvider(CloudProvider):
                 "security_list": network.get_security_list, "subnet": network.get_subnet,
                 "server": compute.get_instance}[kind]  # fmt: skip
 
+    def server_power(self, id: str) -> str:
+        state = self._state_of("server", id)
+        return {"RUNNING": "running", "STOPPED": "off", "STARTING": "starting", "PROVISIONING": "starting",
+                "STOPPING": "stopping", "TERMINATING": "missing", "TERMINATED": "missing"}.get(state, state.lower())
+
     def _state_of(self, kind: str, id: str) -> str:
         try:
             return str(self._getter(kind)(id).data.lifecycle_state)
@@ -295,6 +300,11 @@ class OracleProvider(CloudProvider):
         self._wait_available("subnet", subnet)
         image = self.settings.oracle.image_id or self.api("find the Ubuntu image", self._image)
         server = self.ensure("server", lambda: self._launch(subnet.id, image, public_key, common))
+        settled = self.poll("the instance to settle", lambda: self._state_of("server", server.id),
+                            lambda s: s != "STOPPING", timeout=600, interval=5)  # fmt: skip
+        if settled == "STOPPED":
+            self.log(f"OCI instance {server.id} is stopped; starting it")
+            self.api("start the instance", lambda: compute.instance_action(server.id, "START"))
         instance = self.poll("the instance start", lambda: compute.get_instance(server.id).data,
                              lambda i: i.lifecycle_state in ("RUNNING", *DEAD), timeout=900, interval=5)  # fmt: skip
         if instance.lifecycle_state != "RUNNING":

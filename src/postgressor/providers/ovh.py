@@ -163,6 +163,11 @@ class OVHProvider(CloudProvider):
             self.poll(f"deleting instance {id}", lambda: self._status(id), lambda s: s == "DELETED",
                       timeout=600, interval=3)  # fmt: skip
 
+    def server_power(self, id: str) -> str:
+        status = self._status(id)
+        return {"ACTIVE": "running", "BUILD": "starting", "SHUTOFF": "off", "STOPPED": "off", "SHELVED": "off",
+                "SHELVED_OFFLOADED": "off", "DELETED": "missing", "DELETING": "missing"}.get(status, status.lower())
+
     def _status(self, id: str) -> str:
         try:
             return str(self.client.get(self.path("instance", id)).get("status", ""))
@@ -193,6 +198,9 @@ class OVHProvider(CloudProvider):
         server = self.ensure("server", lambda: self._found(self.client.post(
             self.path("instance"), flavorId=flavor, imageId=image, name=name, region=self.region,
             sshKeyId=key.id, userData=user_data(), monthlyBilling=False)))  # fmt: skip
+        if self._status(server.id) in ("SHUTOFF", "STOPPED"):
+            self.log(f"OVHcloud instance {server.id} is stopped; starting it")
+            self.api("start the instance", lambda: self.client.post(self.path("instance", server.id, "start")))
         instance = self.poll("the instance start", lambda: self.client.get(self.path("instance", server.id)),
                              lambda i: i.get("status") in ("ACTIVE", "ERROR"), timeout=900, interval=5)  # fmt: skip
         if instance.get("status") != "ACTIVE":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,18 +14,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from postgressor.box.layout import secret_path
 from postgressor.config import Settings
 from postgressor.errors import PostgressorError, UsageError
+from postgressor.masking import mask_url
 from postgressor.remote import ssh
 from postgressor.remote.tunnel import Tunnel
 from postgressor.state import require_state
-
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)", re.IGNORECASE)
-_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def mask_url(text: str) -> str:
-    """``text`` with every password in a URL or key=value conninfo replaced by ***."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
-    return _KV_PASSWORD.sub(lambda m: f"{m['head']}***", text)
 
 
 def parse_url(url: str) -> dict[str, Any]:

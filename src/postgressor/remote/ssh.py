@@ -91,8 +91,8 @@ def pin_host_key(host: HostRecord, seen_key: str, state: StackState) -> HostReco
     if host.host_key and host.host_key != seen_key:
         raise HostKeyMismatch(
             f"the SSH host key of {host.address}:{host.port} changed since it was pinned for stack "
-            f"'{state.stack}' (possible man-in-the-middle); if the server was rebuilt on purpose, "
-            f"clear host.host_key in {state.path}"
+            f"'{state.stack}' (possible man-in-the-middle); if the server was rebuilt on purpose, run "
+            f"'postgressor trust-host-key --stack {state.stack}' to compare fingerprints and re-pin"
         )
     return replace(host, host_key=seen_key)
 
@@ -136,7 +136,8 @@ def connect(host: HostRecord, timeout: float = 20) -> paramiko.SSHClient:
         ) from None
     except paramiko.BadHostKeyException:
         raise HostKeyMismatch(
-            f"the SSH host key of {host.address}:{host.port} does not match the pinned one; refusing to connect"
+            f"the SSH host key of {host.address}:{host.port} does not match the pinned one; refusing to connect "
+            "(if the server was rebuilt on purpose, 'postgressor trust-host-key' compares fingerprints and re-pins)"
         ) from None
     except (OSError, paramiko.SSHException) as err:
         raise PostgressorError(

@@ -24,7 +24,7 @@ def test_pinning_writes_nothing(tmp_path: Path) -> None:
 def test_a_changed_key_is_refused_naming_the_state_file(tmp_path: Path) -> None:
     state = open_state(tmp_path, "demo", "ssh")
     host = HostRecord("192.0.2.1", 22, "root", "k", host_key=KEY)
-    with pytest.raises(HostKeyMismatch, match=r"demo.*man-in-the-middle.*demo\.json"):
+    with pytest.raises(HostKeyMismatch, match=r"demo.*man-in-the-middle.*postgressor trust-host-key --stack demo"):
         pin_host_key(host, KEY.replace("AAAAI", "AAAAJ"), state)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import shlex
 from io import StringIO
 from typing import Any
 
@@ -11,6 +13,7 @@ from pyinfra.operations import files, server, systemd
 from postgressor.box.deploys.base import apply_on_change, template
 from postgressor.box.gated import gated_apply, gateway_probe, keep_last_good
 from postgressor.box.gateway_bundle import GatewayBundle
+from postgressor.box.grammar import hostname_problem
 from postgressor.box.layout import (
     CADDY_UNIT,
     ELECTRIC_ENV,
@@ -34,7 +37,9 @@ from postgressor.box.operations import (
     generated_secret,
     http_ready,
 )
+from postgressor.box.quoting import caddyfile_token, systemd_word
 from postgressor.box.spec import BoxSpec
+from postgressor.errors import UsageError
 
 # Open files for the gateway and for Caddy: sized for LIVE_CONNECTIONS held long-polls (two sockets
 # each, plus listeners, logs and the JWKS client), with room to spare. bench/gateway.py measures it.
@@ -80,7 +85,7 @@ def electric(spec: BoxSpec) -> None:
         files.put(name="Electric image archive", src=sync.image_archive, dest=archive, mode="600")
     docker_image(name=f"Electric image {sync.image}", image=sync.image, archive=archive)
     files.template(name="Electric unit", src=template("electric.service.j2"),
-                   dest=f"/etc/systemd/system/{ELECTRIC_UNIT}.service", mode="644", image=sync.image,
+                   dest=f"/etc/systemd/system/{ELECTRIC_UNIT}.service", mode="644", image=systemd_word(sync.image),
                    port=sync.electric_port, env_file=ELECTRIC_ENV)  # fmt: skip
     # A changed version, unit or environment recreates the container (health-gated); nothing else does.
     gated_apply(
@@ -116,7 +121,7 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
                exclude=[".complete"])  # fmt: skip
     files.put(name="Gateway code", src=str(bundle.source_tar), dest=f"{GATEWAY_HOME}/gateway.tar", mode="644")
     venv = f"{GATEWAY_HOME}/venv"
-    requirements = " ".join(f"'{r}'" for r in bundle.requirements)
+    requirements = " ".join(shlex.quote(r) for r in bundle.requirements)
     applied(
         name="Gateway installed",
         marker="gateway-install",
@@ -161,13 +166,12 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
 def caddy(spec: BoxSpec, public_address: str) -> None:
     sync = spec.sync
     assert sync is not None
-    sites = f"{sync.domain}" if sync.domain else f"https://{public_address}, https://localhost, https://127.0.0.1"
     # With a domain the certificate may take a while: Caddy's admin API says it runs on a loaded config.
     # Without one, a request through Caddy to the gateway's /health must answer 200.
     health, curl_args = (CADDY_ADMIN, "") if sync.domain else ("https://127.0.0.1/health", "-k")
     keep_last_good(name="Caddy: keep the working configuration", files=[CADDYFILE], url=CADDY_ADMIN)
-    params: dict[str, Any] = {"sites": sites, "domain": sync.domain, "email": sync.email, "default_sni": public_address,
-              "gateway_port": sync.gateway_port}  # fmt: skip
+    params: dict[str, Any] = {**caddyfile_values(sync.domain, sync.email, public_address),
+                              "gateway_port": sync.gateway_port}  # fmt: skip
     files.template(name="Caddyfile", src=template("Caddyfile.j2"), dest=CADDYFILE, mode="644", **params)
     limits = files.template(name="Caddy open-file limit", src=template("caddy-limits.conf.j2"), dest=CADDY_DROPIN,
                             mode="644", nofile=NOFILE)  # fmt: skip
@@ -187,6 +191,23 @@ def caddy(spec: BoxSpec, public_address: str) -> None:
         digest=digest(_template_text("Caddyfile.j2"), *(f"{k}={v}" for k, v in sorted(params.items()))),
         curl_args=curl_args,
     )
+
+
+def caddyfile_values(domain: str, email: str, public_address: str) -> dict[str, str]:
+    """The Caddyfile.j2 values, each one Caddyfile token: ``domain`` a host name and ``email`` an address
+    (checked at load, config.HttpsConfig), ``public_address`` the box's IP address or host name."""
+    if domain and hostname_problem(domain):
+        raise UsageError(f"https.domain: {hostname_problem(domain)}")
+    try:
+        public = str(ipaddress.ip_address(public_address))
+    except ValueError:
+        if hostname_problem(public_address) and public_address != "localhost":
+            raise UsageError(f"the box's address {public_address!r} is neither an IP address nor a host name") from None
+        public = public_address
+    sites = caddyfile_token(domain) if domain else ", ".join(
+        caddyfile_token(f"https://{host}") for host in (public, "localhost", "127.0.0.1"))  # fmt: skip
+    return {"sites": sites, "domain": domain, "email": caddyfile_token(email) if email else "",
+            "default_sni": caddyfile_token(public)}  # fmt: skip
 
 
 def _template_text(name: str) -> str:

@@ -1,0 +1,111 @@
+"""Destroying a stack without losing its data: where the backups live, whether they survive the server, and a
+final verified full backup to an off-box (S3) repository before the server goes.
+
+Like managed databases (RDS takes a final snapshot on delete unless told to skip it): a stack whose only backups
+live on the server is not destroyed unless the caller says ``skip_final_backup``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from postgressor.box.layout import PGBACKREST, PGBACKREST_CONF, PGBACKREST_LOCAL_REPO
+from postgressor.checks.backups import pgbackrest_error, run_backup_command
+from postgressor.config import Settings
+from postgressor.day2.backups import BACKUP_TIMEOUT, backup_now
+from postgressor.errors import PostgressorError
+from postgressor.state import HostRecord, StackState
+
+KEEPS_SERVER = frozenset({"ssh"})  # providers whose destroy leaves the server (and its data) running
+
+
+@dataclass(frozen=True)
+class Backups:
+    """Where a stack's backups live: ``kind`` "none", "box" (the server's disk) or "s3"; ``where`` says it."""
+
+    kind: str
+    where: str
+
+    @property
+    def off_box(self) -> bool:
+        return self.kind == "s3"
+
+
+def backups_of(settings: Settings) -> Backups:
+    cfg = settings.backup
+    if not cfg.enabled:
+        return Backups("none", "no backups (backup.enabled = false)")
+    if cfg.s3:
+        return Backups("s3", f"s3://{cfg.s3_bucket}{cfg.s3_path} on {cfg.s3_endpoint}")
+    return Backups("box", f"{PGBACKREST_LOCAL_REPO} on the server")
+
+
+def holds_data(state: StackState) -> bool:
+    """A deploy installed PostgreSQL on a server that destroy deletes (not a server the user brought)."""
+    return state.provider not in KEEPS_SERVER and state.pg_version is not None
+
+
+def question(state: StackState, backups: Backups) -> str:
+    """The confirmation question: what goes, where the backups live, and whether they survive."""
+    if state.provider in KEEPS_SERVER:
+        return (f"Forget stack '{state.stack}'? The server {state.host.address if state.host else ''} is yours and "
+                "keeps running with its data; only postgressor's records of it are deleted.")  # fmt: skip
+    if not holds_data(state):
+        return f"Destroy stack '{state.stack}' and its server (no database was deployed on it)?"
+    fate = {"s3": "they survive the server", "box": "they are deleted with the server",
+            "none": "nothing survives the server"}[backups.kind]  # fmt: skip
+    return f"Destroy stack '{state.stack}' and its server, with all data on it? Backups: {backups.where}; {fate}."
+
+
+def refusal(state: StackState, backups: Backups, skip_final_backup: bool) -> str:
+    """Why destroy must not go ahead (``""`` when it may): the database's only backups would go with the server."""
+    if skip_final_backup or not holds_data(state) or backups.off_box:
+        return ""
+    where = "it has no backups" if backups.kind == "none" else f"its only backups live on the server ({backups.where})"
+    return (f"stack '{state.stack}' holds a database and {where}; destroying the server loses them. Configure an "
+            "S3 repository ([backup] s3_*), run 'postgressor deploy', then destroy (a final backup is taken "
+            "there first), or pass --skip-final-backup to destroy the data for good")  # fmt: skip
+
+
+def repository_on_box(host: HostRecord) -> dict[str, str]:
+    """The repository the box's pgbackrest.conf names (type, path, and for S3 bucket and endpoint; no keys)."""
+    command = f"grep -E '^repo1-(type|path|s3-bucket|s3-endpoint)=' {shlex.quote(PGBACKREST_CONF)}"
+    result = run_backup_command(host, command)
+    if not result.ok:
+        raise PostgressorError(f"cannot read {PGBACKREST_CONF} on {host.address}; run 'postgressor deploy' first")
+    values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    return {key.removeprefix("repo1-"): value.strip() for key, value in values.items()}
+
+
+def final_backup(host: HostRecord) -> dict[str, Any]:
+    """A full backup to the box's S3 repository, then ``pgbackrest verify`` of that set; the set and where it is.
+
+    Raises PostgressorError (nothing destroyed) when the box's repository is not S3 or either step fails."""
+    repo = repository_on_box(host)
+    if repo.get("type") != "s3":
+        raise PostgressorError(
+            f"the box's backup repository is {repo.get('path') or PGBACKREST_LOCAL_REPO} on its own disk, not "
+            "the S3 one in the config; run 'postgressor deploy' so backups go to S3, then destroy"
+        )
+    label = backup_now(host, "full")["backup"]["label"]
+    verify = f"{PGBACKREST} --set={shlex.quote(label)} --output=text verify 2>&1"
+    result = run_backup_command(host, verify, timeout=BACKUP_TIMEOUT)
+    if not result.ok:
+        raise PostgressorError(f"the final backup {label} did not verify: {pgbackrest_error(result.stdout)}; "
+                               "nothing was destroyed")  # fmt: skip
+    return {"label": label, "bucket": repo.get("s3-bucket", ""), "path": repo.get("path", ""),
+            "endpoint": repo.get("s3-endpoint", "")}  # fmt: skip
+
+
+def remaining(final: dict[str, Any] | None, backups: Backups) -> str:
+    """The line saying what is left after the server is gone ("" when nothing is)."""
+    if final:
+        return (f"kept: backups in s3://{final['bucket']}{final['path']} on {final['endpoint']}, the newest "
+                f"{final['label']} (verified); restore onto a new server with 'postgressor up' then "
+                "'postgressor restore'")  # fmt: skip
+    if backups.off_box:
+        return f"kept: backups in {backups.where} (no final backup was taken: --skip-final-backup)"
+    return ""
+

@@ -1,0 +1,194 @@
+"""``destroy`` loses no data: refusals, the prompt, and the final verified S3 backup (a recorded SSH runner)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from postgressor import lifecycle
+from postgressor.checks import backups as health
+from postgressor.cli import app, common
+from postgressor.remote.ssh import CommandResult
+from postgressor.state import HostRecord, load_state, open_state
+
+S3 = {"s3_endpoint": "fsn1.your-objectstorage.com", "s3_region": "fsn1", "s3_bucket": "my-backups",
+      "s3_key": "AKIAEXAMPLEKEY1234", "s3_key_secret": "s3cr3t-Value-That-Must-Not-Leak"}  # fmt: skip
+LABEL = "20261130-120000F"
+# `pgbackrest --output=json info` after the final backup (shape of pgBackRest 2.45's, as in tests/unit/test_backup.py)
+INFO = [{"name": "main", "status": {"code": 0, "message": "ok"}, "cipher": "aes-256-cbc",
+         "db": [{"id": 1, "system-id": 7711954270052820274, "version": "15"}],
+         "repo": [{"cipher": "aes-256-cbc", "key": 1, "status": {"code": 0, "message": "ok"}}],
+         "archive": [{"database": {"id": 1}, "id": "15-1", "min": "000000010000000000000001",
+                      "max": "000000010000000000000009"}],
+         "backup": [{"label": LABEL, "type": "full", "error": False, "prior": None, "reference": None,
+                     "timestamp": {"start": 1796040000, "stop": 1796040030},
+                     "archive": {"start": "000000010000000000000008", "stop": "000000010000000000000008"},
+                     "info": {"size": 23025315, "delta": 23025315, "repository": {"size": 2835920, "delta": 2835920}},
+                     "database": {"id": 1}, "lsn": {"start": "0/8000028", "stop": "0/8000138"}}]}]  # fmt: skip
+S3_CONF = ("repo1-type=s3\nrepo1-path=/pgbackrest\nrepo1-s3-endpoint=fsn1.your-objectstorage.com\n"
+           "repo1-s3-bucket=my-backups\n")
+
+
+class FakeProvider:
+    def __init__(self, host: HostRecord) -> None:
+        self.host = host
+        self.destroyed = False
+
+    def ensure_running(self) -> HostRecord:
+        return self.host
+
+    def destroy(self) -> list[str]:
+        self.destroyed = True
+        return ["deleted server 4711"]
+
+
+class Box:
+    """A recorded SSH runner: each command gets the answer of the first pattern it contains."""
+
+    def __init__(self, answers: dict[str, tuple[int, str]]) -> None:
+        self.answers = answers
+        self.commands: list[str] = []
+
+    def __call__(self, host: HostRecord, command: str, timeout: float = 120) -> CommandResult:
+        self.commands.append(command)
+        for pattern, (status, out) in self.answers.items():
+            if pattern in command:
+                return CommandResult(status, out, "")
+        raise AssertionError(f"unexpected command on the box: {command}")
+
+
+VERIFY = f"--set={LABEL} --output=text verify"
+HEALTHY = {"grep -E '^repo1-": (0, S3_CONF), "--type=full backup": (0, "backup ok"),
+           "--output=json info": (0, json.dumps(INFO)), VERIFY: (0, "status: ok")}  # fmt: skip
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in ("POSTGRESSOR_BACKUP__S3_KEY", "POSTGRESSOR_BACKUP__S3_KEY_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def make_stack(project: Path, provider: str = "hetzner", deployed: bool = True) -> None:
+    state = open_state(project / ".postgressor", "demo", provider)
+    state.pg_version = 15 if deployed else None
+    state.set_host(HostRecord("203.0.113.7", 22, "root", str(project / "id"), "ssh-ed25519 AAAA"))
+
+
+def config(project: Path, backup: dict[str, Any] | None = None) -> None:
+    lines = ["[backup]"] + [f"{k} = {json.dumps(v)}" for k, v in (backup or {}).items()]
+    (project / "postgressor.toml").write_text("\n".join(lines) + "\n")
+
+
+def wire(monkeypatch: pytest.MonkeyPatch, answers: dict[str, tuple[int, str]]) -> tuple[FakeProvider, Box]:
+    provider = FakeProvider(HostRecord("203.0.113.7", 22, "root", "k", "ssh-ed25519 AAAA"))
+    box = Box(answers)
+    monkeypatch.setattr(lifecycle, "get_provider", lambda settings, state, log: provider)
+    monkeypatch.setattr(health, "run", box)
+    return provider, box
+
+
+def destroy(*flags: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, ["--stack", "demo", "destroy", *flags], input=stdin)
+
+
+def kept(project: Path) -> bool:
+    return load_state(project / ".postgressor", "demo") is not None
+
+
+@pytest.mark.parametrize(("backup", "says"), [({}, "/var/lib/pgbackrest"), ({"enabled": False}, "has no backups")])
+def test_backups_only_on_the_box_refuse_even_with_yes(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     backup: dict[str, Any], says: str) -> None:  # fmt: skip
+    make_stack(project)
+    config(project, backup)
+    provider, box = wire(monkeypatch, {})
+    result = destroy("--yes")
+    assert result.exit_code == 2, result.output
+    assert says in result.output and "--skip-final-backup" in result.output and "Traceback" not in result.output
+    assert not provider.destroyed and kept(project) and box.commands == []
+
+
+def test_skip_final_backup_destroys_and_says_so(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_stack(project)
+    config(project)
+    provider, box = wire(monkeypatch, {})
+    result = destroy("--yes", "--skip-final-backup")
+    assert result.exit_code == 0, result.output
+    assert provider.destroyed and not kept(project) and box.commands == []
+
+
+def test_s3_takes_a_verified_final_backup_first_and_names_what_remains(project: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    make_stack(project)
+    config(project, S3)
+    provider, box = wire(monkeypatch, HEALTHY)
+    result = CliRunner().invoke(app, ["--json", "--stack", "demo", "destroy", "--yes"])
+    assert result.exit_code == 0, result.output
+    order = [next(p for p in HEALTHY if p in c) for c in box.commands]
+    assert order == list(HEALTHY)  # repository check, full backup, info, verify of that set: then the server goes
+    assert provider.destroyed and not kept(project)
+    removed = json.loads(result.stdout)["removed"]
+    assert removed[0] == "deleted server 4711"
+    assert "s3://my-backups/pgbackrest on fsn1.your-objectstorage.com" in removed[-1] and LABEL in removed[-1]
+    assert S3["s3_key_secret"] not in result.output and not any(S3["s3_key"] in c for c in box.commands)
+
+
+@pytest.mark.parametrize(("broken", "answer", "says"), [
+    (VERIFY, (1, "ERROR: [028]: backup set 20261130-120000F is invalid"), "did not verify"),
+    ("--type=full backup", (1, "ERROR: [082]: WAL segment was not archived before the 60000ms timeout"),
+     "full backup failed"),
+    ("grep -E '^repo1-", (0, "repo1-path=/var/lib/pgbackrest\n"), "on its own disk"),
+])  # fmt: skip
+def test_a_failed_final_backup_destroys_nothing(project: Path, monkeypatch: pytest.MonkeyPatch, broken: str,
+                                                answer: tuple[int, str], says: str) -> None:  # fmt: skip
+    make_stack(project)
+    config(project, S3)
+    provider, _ = wire(monkeypatch, {**HEALTHY, broken: answer})
+    result = destroy("--yes")
+    assert result.exit_code == 1, result.output
+    assert says in result.output and not provider.destroyed and kept(project)
+
+
+def test_s3_with_skip_destroys_without_a_backup_and_names_the_bucket(project: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    make_stack(project)
+    config(project, S3)
+    provider, box = wire(monkeypatch, {})
+    result = destroy("--yes", "--skip-final-backup")
+    assert result.exit_code == 0 and provider.destroyed and box.commands == []
+    assert "s3://my-backups/pgbackrest" in result.output
+
+
+@pytest.mark.parametrize(("backup", "fate"), [(S3, "they survive the server")])
+def test_the_prompt_says_where_backups_live_and_if_they_survive(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               backup: dict[str, Any], fate: str) -> None:  # fmt: skip
+    make_stack(project)
+    config(project, backup)
+    monkeypatch.setattr(common, "interactive", lambda: True)
+    provider, _ = wire(monkeypatch, HEALTHY)
+    result = destroy(stdin="n\n")
+    assert result.exit_code == 1 and not provider.destroyed
+    shown = " ".join(result.output.split())
+    assert "Backups: s3://my-backups/pgbackrest on fsn1.your-objectstorage.com; " + fate in shown
+
+
+def test_a_server_postgressor_did_not_create_is_forgotten_not_refused(project: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    make_stack(project, provider="ssh")
+    config(project)
+    monkeypatch.setattr(common, "interactive", lambda: True)
+    provider, _ = wire(monkeypatch, {})
+    result = destroy(stdin="y\n")
+    assert result.exit_code == 0 and "keeps running with its data" in result.output and provider.destroyed
+
+
+def test_a_stack_never_deployed_holds_no_data(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_stack(project, deployed=False)
+    config(project)
+    provider, _ = wire(monkeypatch, {})
+    assert destroy("--yes").exit_code == 0 and provider.destroyed
