@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -112,19 +111,6 @@ def _owner_columns(settings: Settings) -> Iterator[str]:
                    "digits and underscores")  # fmt: skip
 
 
-HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
-EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,63}$")
-
-
-def _https_site(settings: Settings) -> Iterator[str]:
-    https = settings.https
-    if https.domain and not HOSTNAME.match(https.domain):
-        yield (f"https.domain: {https.domain!r} is not a host name; use the DNS name clients reach the box by, "
-               "e.g. sync.example.com (no scheme, port or path)")  # fmt: skip
-    if https.email and not EMAIL.match(https.email):
-        yield f"https.email: {https.email!r} is not an email address; the ACME account needs one like ops@example.com"
-
-
 def _docker_bridge(settings: Settings) -> Iterator[str]:
     try:
         ipaddress.ip_interface(settings.electric.docker_bridge)
@@ -196,7 +182,6 @@ RULES: tuple[Rule, ...] = (
     Rule("supabase.audience", _sync, _audience),
     Rule("sync.tables.owner_column", _sync, _owner_columns),
     Rule("electric.docker_bridge", _sync, _docker_bridge),
-    Rule("https.domain", _sync, _https_site),
     Rule("electric.image_archive", _sync, _image_archive),
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -119,11 +120,12 @@ def test_rule_owner_columns(tmp_path: Path) -> None:
     assert twice == ["sync.tables[1].name: 'notes' is listed twice; keep one [[sync.tables]] entry"]
 
 
-def test_rule_https_site(tmp_path: Path) -> None:
-    found = problems(tmp_path, GOOD_SYNC + '\n[https]\ndomain = "https://sync.example.com/"\nemail = "ops"\n')
-    assert len(found) == 2
-    assert found[0].startswith("https.domain: 'https://sync.example.com/' is not a host name")
-    assert found[1].startswith("https.email: 'ops' is not an email address")
+def test_https_site_values_are_refused_when_the_config_loads(tmp_path: Path) -> None:
+    """https.domain and https.email land in the Caddyfile: checked at load (config.HttpsConfig), so no rule here."""
+    with pytest.raises(ConfigError, match=re.escape("https.domain: 'https://sync.example.com/' is not a host name")):
+        problems(tmp_path, GOOD_SYNC + '\n[https]\ndomain = "https://sync.example.com/"\n')
+    with pytest.raises(ConfigError, match=re.escape("https.email")):
+        problems(tmp_path, GOOD_SYNC + '\n[https]\nemail = "ops"\n')
     fine = GOOD_SYNC + '\n[https]\ndomain = "sync.example.com"\nemail = "ops@example.com"\n'
     assert problems(tmp_path, fine) == []
 
