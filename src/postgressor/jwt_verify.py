@@ -375,9 +375,17 @@ def _decode(token: str, key: Any, alg: str, cfg: VerifierConfig, now: float) -> 
     return payload
 
 
+MAX_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z: beyond it a NumericDate is no date at all
+
+
 def is_finite_number(value: Any) -> TypeGuard[int | float]:
-    """A JSON number usable as a NumericDate: int or float, not bool, not NaN or +-Infinity."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number usable as a NumericDate: int or float, not bool, not NaN or +-Infinity, and within
+    +-MAX_NUMERIC_DATE (an int like 10**400 would overflow a float in every later comparison)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return -MAX_NUMERIC_DATE <= value <= MAX_NUMERIC_DATE
 
 
 def time_problem(payload: dict[str, Any], now: float, leeway: float) -> tuple[str, str] | None:

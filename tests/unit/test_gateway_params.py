@@ -246,3 +246,26 @@ def test_no_accepted_body_can_change_the_pinned_shape_under_electrics_merge(body
     for key in ("table", "where", "params", "columns", "queryable_columns", "secret", "offset"):
         assert merged.get(key) == query.get(key), key
     assert set(merged) <= set(query) | {"subset"}
+
+
+
+# --- the attacker review's where clauses ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("expr", ["a = ANY(ARRAY[1,2])", "tags @> ARRAY['a']", "ARRAY[1] IS NULL", "x IN (1, 2)"])
+def test_array_and_list_expressions_are_one_expression(expr: str) -> None:
+    assert where_problem(expr) is None
+
+
+@pytest.mark.parametrize("expr", ["NOT " * 1000 + "true", "1+" * 2000 + "1 = 1", "ARRAY[" * 1000 + "1" + "]" * 1000])
+def test_deep_expressions_are_a_problem_not_a_crash(expr: str) -> None:
+    problem = where_problem(expr)
+    assert problem is not None and ("nested too deeply" in problem or "not one SQL expression" in problem)
+
+
+def test_a_subset_where_is_bounded_in_size() -> None:
+    from postgressor.gateway.params import MAX_SUBSET_TEXT, check_subset
+
+    huge = " OR ".join(["a = 1"] * (MAX_SUBSET_TEXT // 4))
+    with pytest.raises(ParamError):
+        check_subset({"where": huge}, "body")

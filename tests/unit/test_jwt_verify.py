@@ -339,6 +339,7 @@ def test_claims_cache_drops_expired_entries() -> None:
 @pytest.mark.parametrize(("claim", "value"), [
     ("exp", float("nan")), ("exp", float("inf")), ("exp", float("-inf")), ("iat", float("nan")),
     ("iat", float("inf")), ("nbf", float("nan")), ("nbf", float("-inf")), ("exp", True), ("exp", 1e400),
+    ("exp", 10**400), ("iat", -(10**400)), ("nbf", 10**19),  # ints no float holds (OverflowError before)
 ])
 def test_time_claims_must_be_finite_numbers(claim: str, value: object) -> None:
     bad = hs256(user_claims(**{claim: value}))  # PyJWT writes NaN/Infinity as JSON allows them
