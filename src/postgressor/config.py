@@ -122,9 +122,25 @@ class SyncTable(Section):
                 raise ValueError(f"{value!r} must be one SQL expression: {problem}")
         return value
 
+    @model_validator(mode="after")
+    def _pinnable(self) -> SyncTable:
+        """The gateway's own rule for the entry (names, owner column among the columns), checked at load."""
+        from postgressor.gateway.params import TableRule
+
+        TableRule(self.name, self.owner_column, tuple(self.columns), self.where)  # ValueError: one line
+        return self
+
 
 class SyncConfig(Section):
     tables: list[SyncTable] = []
+
+    @model_validator(mode="after")
+    def _each_table_once(self) -> SyncConfig:
+        names = [table.name for table in self.tables]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"[[sync.tables]] lists {', '.join(map(repr, twice))} more than once; keep one entry each")
+        return self
 
 
 class MigrationsConfig(Section):

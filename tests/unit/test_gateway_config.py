@@ -47,3 +47,18 @@ def test_cors_origins_must_be_exact(tmp_path: Path, origins: str, reason: str) -
     path.write_text(f"[gateway]\ncors_origins = {origins}\n")
     with pytest.raises(ConfigError, match=reason.replace("*", r"\*")):
         load_settings(path)
+
+
+
+@pytest.mark.parametrize(("tables", "reason"), [
+    ('[[sync.tables]]\nname = "todos"\nowner_column = "user_id"\ncolumns = ["id"]\n', "owner column"),
+    ('[[sync.tables]]\nname = "todos"\nowner_column = "user_id"\n[[sync.tables]]\nname = "todos"\n'
+     'owner_column = "author"\n', "more than once"),
+    ('[[sync.tables]]\nname = ""\nowner_column = "user_id"\n', "non-empty names"),
+    ('[[sync.tables]]\nname = "todos"\nowner_column = ""\n', "owner_column is empty"),
+])
+def test_config_check_refuses_tables_the_gateway_would_refuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             tables: str, reason: str) -> None:
+    code, output = check(tmp_path, monkeypatch, tables)
+    assert code == 2 and reason in output, output
+    assert "Traceback" not in output

@@ -147,7 +147,7 @@ def test_sync_table_config_checks():
     with pytest.raises(UsageError, match="listed twice"):
         policies.check_config([SyncTable(name="OR"), SyncTable(name="public.OR")])
     with pytest.raises(UsageError, match="empty owner_column"):
-        policies.check_config([SyncTable(name="OR", owner_column="")])
+        policies.check_config([SyncTable.model_construct(name="OR", owner_column="", columns=[], where="")])
 
 
 def test_migrations_directory_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
