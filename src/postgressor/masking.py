@@ -9,7 +9,8 @@ import re
 
 MASK = "***"
 # user:password@ or token@ in a URL's authority (RFC 3986 section 3.2.1, userinfo).
-_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<user>[^:/?#@\s]*)(?::(?P<pw>[^/?#@\s]*))?@", re.I)
+# A password may hold spaces (libpq accepts them unencoded): it runs to the '@'; over-masking is the safe side.
+_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<user>[^:/?#@\s]*)(?::(?P<pw>[^/?#@\n]*))?@", re.I)
 # Query parameters that carry a credential (Supabase's apikey, OAuth's access_token, S3's presigned signature...).
 _SECRET_PARAMS = ("apikey", "api_key", "key", "token", "access_token", "secret", "password", "passwd", "pwd", "auth",
                   "signature", "sig", "x-amz-signature", "x-amz-credential", "x-amz-security-token")  # fmt: skip

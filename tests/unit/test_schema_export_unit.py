@@ -178,3 +178,13 @@ def test_mask_url_and_describe():
     with pytest.raises(UsageError) as caught:
         describe("postgresql://u:topsecret@[h/d")
     assert "topsecret" not in str(caught.value)
+
+
+
+def test_an_invalid_url_never_shows_its_password() -> None:
+    from postgressor.errors import UsageError
+    from postgressor.remote.database import parse_url
+
+    with pytest.raises(UsageError) as caught:
+        parse_url("postgresql://u:S3cret PW@127.0.0.1/db")
+    assert "S3cret" not in str(caught.value) and "***" in str(caught.value)

@@ -24,8 +24,19 @@ def parse_url(url: str) -> dict[str, Any]:
     try:
         return conninfo_to_dict(url)
     except psycopg.Error as err:
-        raise UsageError(f"database URL {mask_url(url)} is invalid ({mask_url(str(err).strip())}); "
+        reason = mask_url(str(err).strip())
+        password = _url_password(url)
+        if password:  # libpq quotes the offending part of the URL, the password included
+            reason = reason.replace(password, "***")
+        raise UsageError(f"database URL {mask_url(url)} is invalid ({reason}); "
                          "use postgresql://user:password@host:5432/dbname") from None
+
+
+def _url_password(url: str) -> str:
+    """The password of a URL's userinfo as written (no decoding), or ''."""
+    _, sep, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@") if sep else ("", "", "")
+    return userinfo.partition(":")[2] if at else ""
 
 
 def split_password(url: str) -> tuple[str, str | None]:
