@@ -445,3 +445,16 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+def or_table_standin(owner: str, other: str) -> ElectricStandin:
+    """The client tests' stand-in: the README's ``"OR"`` table, rows a and c owned by ``owner``, b by ``other``
+    (owner column ``Owner``, mixed case on purpose)."""
+    standin = ElectricStandin()
+    standin.rows['"OR"'] = [
+        {"id": "a", "Owner": owner, "title": "mine", "_version": 1},
+        {"id": "b", "Owner": other, "title": "theirs", "_version": 2},
+        {"id": "c", "Owner": owner, "title": "also mine", "_version": 3},
+    ]
+    standin._version = 3
+    return standin

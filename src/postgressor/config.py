@@ -6,6 +6,7 @@ import difflib
 import json
 import os
 import re
+from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -45,6 +46,14 @@ IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 Port = Annotated[int, Field(ge=1, le=65535)]  # a TCP port that lands in a firewall rule or a forward
 
 _toml_path: ContextVar[Path | None] = ContextVar("postgressor_toml_path", default=None)
+
+
+def _checked(problem_of: Callable[[str], str], value: str) -> str:
+    """``value`` when ``problem_of`` finds nothing wrong with it (an empty value is not checked), else ValueError."""
+    problem = problem_of(value) if value else ""
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 class Section(BaseModel):
@@ -201,12 +210,9 @@ class ElectricConfig(Section):
     @field_validator("image")
     @classmethod
     def _image_reference(cls, value: str) -> str:
-        from postgressor.box.grammar import image_problem
+        from postgressor.box import grammar
 
-        problem = image_problem(value) if value else ""
-        if problem:
-            raise ValueError(problem)
-        return value
+        return _checked(grammar.image_problem, value)
 
     def image_ref(self) -> str:
         return self.image or f"electricsql/electric:{self.version}"
@@ -221,22 +227,16 @@ class HttpsConfig(Section):
     @field_validator("domain")
     @classmethod
     def _hostname(cls, value: str) -> str:
-        from postgressor.box.grammar import hostname_problem
+        from postgressor.box import grammar
 
-        problem = hostname_problem(value) if value else ""
-        if problem:
-            raise ValueError(problem)
-        return value
+        return _checked(grammar.hostname_problem, value)
 
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        from postgressor.box.grammar import email_problem
+        from postgressor.box import grammar
 
-        problem = email_problem(value) if value else ""
-        if problem:
-            raise ValueError(problem)
-        return value
+        return _checked(grammar.email_problem, value)
 
 
 SCHEDULE = re.compile(r"^[A-Za-z0-9*.,:/~ -]{1,80}$")  # a systemd OnCalendar expression, one line

@@ -24,7 +24,7 @@ from postgressor.gateway.settings import GatewaySettings
 from postgressor.jwt_verify import VerifierConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from electric_standin import ElectricStandin, ServerThread
+from electric_standin import ElectricStandin, ServerThread, or_table_standin
 from jwt_keys import ISSUER, OTHER_USER, SECRET, USER, hs256, user_claims
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
@@ -43,13 +43,7 @@ def node() -> str:
 @pytest.fixture
 def gateway() -> Iterator[tuple[ServerThread, ElectricStandin, str]]:
     servers = ServerThread()
-    standin = ElectricStandin()
-    standin.rows['"OR"'] = [
-        {"id": "a", "Owner": USER, "title": "mine", "_version": 1},
-        {"id": "b", "Owner": OTHER_USER, "title": "theirs", "_version": 2},
-        {"id": "c", "Owner": USER, "title": "also mine", "_version": 3},
-    ]
-    standin._version = 3
+    standin = or_table_standin(USER, OTHER_USER)
     try:
         upstream = servers.serve(standin.app(), access_log=None)
         settings = GatewaySettings(upstream=upstream, secret="electric-secret-js",
