@@ -104,12 +104,14 @@ def _http_ok(port: int) -> bool:
 
 
 def test_firewall_admits_web_ports_and_denies_others(stack: Stack) -> None:
+    # Python's http.server takes seconds to start under TCG: wait for both inside the box (bounded).
     start = stack.sh(
         "for p in 80 8080; do (setsid python3 -m http.server $p --bind 0.0.0.0 -d /tmp "
-        ">/dev/null 2>&1 &); done; sleep 3; curl -fsS -o /dev/null http://127.0.0.1:8080/ && echo inside-ok"
+        ">/dev/null 2>&1 &); done; for i in $(seq 60); do curl -fsS -o /dev/null -m 2 http://127.0.0.1:80/ && "
+        "curl -fsS -o /dev/null -m 2 http://127.0.0.1:8080/ && echo inside-ok && break; sleep 1; done"
     )
-    assert "inside-ok" in start.stdout, start.stderr
     try:
+        assert "inside-ok" in start.stdout, start.stderr
         assert _http_ok(stack.forwarded(80)), "port 80 must be open"
         assert not _http_ok(stack.forwarded(8080)), "port 8080 must be filtered by the firewall"
     finally:
