@@ -245,7 +245,6 @@ def _report_script() -> str:
     return str(step["run"])
 
 
-@pytest.mark.skipif(shutil.which("jq") is None or shutil.which("bash") is None, reason="needs jq and bash")
 def test_the_summary_shows_the_error_when_up_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the Report step on what `up --json` prints when it fails (the CLI's own output)."""
     monkeypatch.chdir(tmp_path)

