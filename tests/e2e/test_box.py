@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -211,13 +212,17 @@ def test_changed_host_key_is_a_hard_error(stack: Stack) -> None:
     kind, _ = data["host"]["host_key"].split(" ", 1)
     data["host"]["host_key"] = f"{kind} AAAAC3NzaC1lZDI1NTE5AAAAIOnQ6s3Yp9gC1q7w0mXv0t8mYb0kq1qz7hZfC0x0x0x0"
     (state_dir / "tampered.json").write_text(json.dumps(data))
+    # The same running VM: status reads its power state from the stack's pid file before it goes over SSH.
+    (state_dir / "tampered").mkdir()
+    shutil.copy(state_dir / "default" / "qemu.pid", state_dir / "tampered" / "qemu.pid")
     try:
         proc = stack.cli("--stack", "tampered", "status", check=False, timeout=120)
-        assert proc.returncode == 1
+        assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "does not match the pinned one" in proc.stderr
         assert "Traceback" not in proc.stderr
     finally:
         (state_dir / "tampered.json").unlink()
+        shutil.rmtree(state_dir / "tampered")
 
 
 def test_wrong_ssh_user_is_one_line(stack: Stack) -> None:

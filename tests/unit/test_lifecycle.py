@@ -71,3 +71,18 @@ def test_deploys_follow_the_spec() -> None:
     spec = lifecycle.box_spec(load_settings(provider="local", backup={"enabled": False}), facts.distro)
     plan = lifecycle.deploys_for(spec, facts, HostRecord("192.0.2.1", 22, "root", "k"))
     assert [func for func, _ in plan] == [base, postgresql]
+
+
+
+def test_a_refused_login_is_the_callers_to_fix_in_one_line(tmp_path: Path) -> None:
+    """pyinfra's own text for a refused key becomes the one line `up` prints (exit 2), naming user and key."""
+    from postgressor.box.converge import login_error, ssh_inventory
+    from postgressor.errors import UsageError
+
+    inventory = ssh_inventory(HostRecord("192.0.2.7", 2222, "nobody", str(tmp_path / "id")), tmp_path / "known_hosts")
+    refused = login_error(inventory, "Authentication error (username=nobody, key=/k) (Authentication failed.)")
+    assert isinstance(refused, UsageError)
+    assert str(refused).startswith("SSH login as 'nobody' on 192.0.2.7:2222 with key ")
+    assert "was refused" in str(refused)
+    other = login_error(inventory, "Could not connect (timed out)")
+    assert not isinstance(other, UsageError) and "192.0.2.7:2222" in str(other) and "timed out" in str(other)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -136,6 +137,20 @@ def ssh_inventory(host: HostRecord, known_hosts: Path) -> Inventory:
     return Inventory(([(host.address, data)], {}))
 
 
+def login_error(inventory: Inventory, reason: str) -> PostgressorError:
+    """One line for a box pyinfra could not log in to: a refused user or key is the caller's to fix (exit 2)."""
+    box = next(iter(inventory))
+    user, key = box.data.get("ssh_user"), box.data.get("ssh_key")
+    where = f"{box.data.get('ssh_hostname')}:{box.data.get('ssh_port')}"
+    if "Authentication" in reason:
+        return UsageError(f"SSH login as '{user}' on {where} with key {key} was refused; check the user (--user) "
+                          "and that the key is in its authorized_keys")  # fmt: skip
+    return PostgressorError(
+        f"cannot log in to {where} ({reason or 'no answer'}); check the address, the firewall and that the host key "
+        "matches the pinned one ('postgressor trust-host-key' re-pins a server rebuilt on purpose)"
+    )
+
+
 def run_deploys(
     inventory: Inventory,
     deploys: Deploys | Callable[[Host], Deploys],
@@ -155,13 +170,10 @@ def run_deploys(
     state = State(inventory, Config(CONNECT_TIMEOUT=20, FAIL_PERCENT=0))
     state.add_callback_handler(_Progress(result, listener, errors))
     try:
-        connect_all(state)
+        with contextlib.suppress(PyinfraError):  # every host failed to connect: said below, with pyinfra's reason
+            connect_all(state)
         if not state.activated_hosts:
-            names = ", ".join(h.name for h in inventory)
-            raise PostgressorError(
-                f"cannot log in to {names}; check the user, the key and that the host key matches the pinned one "
-                "('postgressor trust-host-key' re-pins a server rebuilt on purpose)"
-            )
+            raise login_error(inventory, errors.reason())
         for box in state.inventory:
             _count_commands(box, result)
         if callable(deploys):
