@@ -6,7 +6,8 @@ busybox-static serving Electric's two endpoints the deploy relies on:
 - `GET /v1/health`: 200 `{"status":"active"}` only when PostgreSQL answers on host.docker.internal:5432 (the
   path the real Electric uses), 503 otherwise;
 - `GET /v1/shape`: 200 with Electric's headers when the query carries the right `secret`, 401 otherwise; it
-  echoes the query it got (secret redacted) in `x-standin-query` so tests can check what the gateway pinned.
+  echoes the query it got (secret redacted) in `electric-standin-query` (an electric-* name, so the gateway's
+  response-header allow-list passes it as it passes Electric's own) so tests can check what the gateway pinned.
 Everything else in the VM tests is real. The deploy loads it through the real `electric.image_archive` path.
 """
 
@@ -49,7 +50,7 @@ case "$path" in
       *"&secret=$ELECTRIC_SECRET&"*)
         seen=$(printf '%s' "$query" | sed 's/secret=[^&]*/secret=REDACTED/')
         headers="electric-handle: standin-1\r\nelectric-offset: 0_0\r\nelectric-schema: {}\r\n"
-        reply "200 OK" "${headers}electric-up-to-date: \r\nx-standin-query: $seen\r\n" '[]' ;;
+        reply "200 OK" "${headers}electric-up-to-date: \r\nelectric-standin-query: $seen\r\n" '[]' ;;
       *) reply "401 Unauthorized" "" '{"message":"invalid secret"}' ;;
     esac ;;
   *) reply "404 Not Found" "" '{"message":"not found"}' ;;

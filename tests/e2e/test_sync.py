@@ -134,7 +134,7 @@ def test_valid_token_through_caddy_gets_the_users_rows(sync_stack: Stack) -> Non
     assert response.status_code == 200, response.text
     assert response.headers["electric-handle"] == "standin-1"
     assert "authorization" in response.headers.get("vary", "").lower()
-    seen = parse_qs(response.headers["x-standin-query"])  # what the stand-in Electric received
+    seen = parse_qs(response.headers["electric-standin-query"])  # what the stand-in Electric received
     assert seen["table"] == ['"items"']
     assert seen["where"] == ['"user_id" = $1']
     assert seen["params[1]"] == [USER]
