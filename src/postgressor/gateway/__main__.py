@@ -28,8 +28,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings))
+    except OSError as err:  # the one line the deploy's health gate quotes from the journal
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {(err.strerror or str(err)).lower()}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -452,14 +452,14 @@ async def serve(
     """Run the gateway until ``stop`` is set (or forever)."""
     runner = web.AppRunner(Gateway(settings).make_app(), **Gateway.runner_options())
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
-    await site.start()
-    log.info(
-        "gateway listening on http://%s:%d, upstream %s", settings.host, settings.port, settings.upstream
-    )
-    if ready is not None:
-        ready.set()
-    try:
+    try:  # cleaned up even when the port cannot be bound, so the last log line is that error
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        await site.start()
+        log.info(
+            "gateway listening on http://%s:%d, upstream %s", settings.host, settings.port, settings.upstream
+        )
+        if ready is not None:
+            ready.set()
         await (stop or asyncio.Event()).wait()
     finally:
         await runner.cleanup()
