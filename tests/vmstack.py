@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from postgressor.remote.ssh import CommandResult, run
+from postgressor.remote.ssh import CommandResult, known_hosts_path, run, wait_for_ssh, write_known_hosts
 from postgressor.state import HostRecord, StackState, load_state
+from postgressor.vm import image, machine
 
 
 @dataclass
@@ -71,13 +74,6 @@ def provisioned(project: Path) -> Iterator[Stack]:
         box.cli("destroy", "--yes", "--skip-final-backup", check=False, timeout=120)
 
 
-def write_project(project: Path) -> None:
-    project.mkdir(parents=True, exist_ok=True)
-    (project / "postgressor.toml").write_text(
-        'provider = "local"\n\n[local]\nmemory_mb = 2048\ncpus = 2\nforward_ports = [5432, 8080]\n'
-    )
-
-
 REQUIRED_TOOLS = ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4")
 
 
@@ -88,3 +84,121 @@ def require_vm_tools() -> None:
         pytest.fail(f"VM tests need {', '.join(missing)}: run scripts/setup or apt-get install them", pytrace=False)
     if os.geteuid() != 0:
         pytest.fail("VM tests build the base image with debootstrap and need root", pytrace=False)
+
+
+# --- One provisioned box per run, restored for each module -------------------------------------------------
+# `up` under TCG takes many minutes, so the run provisions once (the golden stack), saves the paused VM's RAM
+# and device state with QEMU's migration to a file, and gives each module its own copy: a new project with the
+# golden's state file and keys, a qcow2 overlay on the golden's disk, and QEMU started with `-incoming` from the
+# saved state. The copy resumes where the golden paused, in seconds; what a module does to it is thrown away.
+
+
+@dataclass
+class Golden:
+    """A provisioned stack whose VM was paused and saved; ``vm_state`` is QEMU's migration stream."""
+
+    project: Path
+    up_result: dict[str, Any]
+    memory_mb: int
+    cpus: int
+    extra_ports: list[int]
+
+    @property
+    def stack_dir(self) -> Path:
+        return self.project / ".postgressor" / "default"
+
+    @property
+    def disk(self) -> Path:
+        return self.stack_dir / "disk.qcow2"
+
+    @property
+    def vm_state(self) -> Path:
+        return self.stack_dir / "vm-state.bin"
+
+
+def hmp(monitor: Path, command: str, timeout: float = 600) -> str:
+    """Send one command to QEMU's human monitor and return what it printed before the next prompt."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(monitor))
+        reply = b""
+        while not reply.endswith(b"(qemu) "):  # the banner, then the first prompt
+            reply += sock.recv(65536) or b"(qemu) "
+        sock.sendall(command.encode() + b"\n")
+        reply = b""
+        while not reply.endswith(b"(qemu) "):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return reply.decode(errors="replace")
+
+
+def save_golden(box: Stack, memory_mb: int, cpus: int, extra_ports: list[int]) -> Golden:
+    """Pause ``box``'s VM, write its RAM and devices to a file, and stop QEMU; its disk becomes a backing file."""
+    golden = Golden(box.project, box.up_result, memory_mb, cpus, extra_ports)
+    monitor = golden.stack_dir / "monitor.sock"
+    hmp(monitor, "stop")
+    hmp(monitor, f'migrate "exec:cat > {golden.vm_state}"')  # without -d the monitor waits for the end
+    status = hmp(monitor, "info migrate")
+    assert "Migration status: completed" in status, status
+    with socket.socket(socket.AF_UNIX) as sock:  # `quit` closes the monitor without a prompt
+        sock.connect(str(monitor))
+        sock.sendall(b"quit\n")
+        time.sleep(1)
+    deadline = time.monotonic() + 60
+    while machine.running_pid(golden.stack_dir / "qemu.pid") is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert machine.running_pid(golden.stack_dir / "qemu.pid") is None, "the golden QEMU did not quit"
+    (golden.stack_dir / "qemu.pid").unlink(missing_ok=True)
+    return golden
+
+
+LEFT_BEHIND = {"disk.qcow2", "qemu.pid", "monitor.sock", "console.log", "vm-state.bin", "known_hosts"}
+
+
+def restore(golden: Golden, project: Path) -> Stack:
+    """A new project running a copy of the golden box, resumed from its saved state, with fresh host ports.
+
+    The copy's clock is set to this machine's: the guest's stood still while the golden was saved."""
+    shutil.copytree(golden.project, project, dirs_exist_ok=True,
+                    ignore=lambda d, names: [n for n in names if n in LEFT_BEHIND or n.startswith("pytest")])
+    stack_dir = project / ".postgressor" / "default"
+    state_text = (project / ".postgressor" / "default.json").read_text()
+    data = json.loads(state_text.replace(str(golden.project), str(project)))
+    vm = next(r for r in data["resources"] if r["kind"] == "vm")
+    ports = {int(g): machine.free_port() for g in vm["details"]["ports"]}
+    vm["details"]["ports"] = {str(g): h for g, h in ports.items()}
+    data["host"]["port"] = ports[22]
+    (project / ".postgressor" / "default.json").write_text(json.dumps(data, indent=2))
+    proc = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(golden.disk),
+         str(stack_dir / "disk.qcow2")], capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    spec = machine.VMSpec(
+        directory=stack_dir, image=image.base_image(), public_key=(stack_dir / "id_ed25519.pub").read_text(),
+        memory_mb=golden.memory_mb, cpus=golden.cpus, accel="tcg", extra_ports=golden.extra_ports,
+    )  # fmt: skip
+    command = [*machine.qemu_command(spec, ports, "tcg"), "-incoming", f"exec:cat {golden.vm_state}"]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    box = Stack(project, golden.up_result)
+    host = box.host
+    seen = wait_for_ssh(host.address, host.port, timeout=300)
+    assert seen == host.host_key, "the restored copy must show the golden's host key"
+    write_known_hosts(known_hosts_path(box.state), replace(host))
+    clock = box.sh(f"date -u -s @{time.time():.3f} >/dev/null && date -u +%s")
+    assert clock.ok and abs(int(clock.stdout.strip()) - time.time()) < 30, clock
+    return box
+
+
+@contextmanager
+def restored(golden: Golden, project: Path) -> Iterator[Stack]:
+    """``restore``, then ``destroy`` the copy (its overlay and QEMU) at the end; the golden is untouched."""
+    require_vm_tools()
+    box = restore(golden, project)
+    try:
+        yield box
+    finally:
+        box.cli("destroy", "--yes", "--skip-final-backup", check=False, timeout=120)

@@ -1,10 +1,14 @@
 """`postgressor up --provider hetzner` end to end: a fake Hetzner API whose servers are real local VMs.
 
 Creating a server through the fake boots a Debian VM (postgressor.vm) with the public key the provider
-registered through the fake's POST /ssh_keys. A Hetzner server answers SSH on port 22 of its public IPv4;
-the VM's SSH is a QEMU hostfwd, so the fake gives each VM a dedicated loopback address (127.0.0.77) and
-QEMU binds the forward on 127.0.0.77:22 (nothing else listens there: this machine runs no sshd). The
-provider code is therefore exactly what runs against Hetzner: port 22, the server's ipv4, no test switch.
+registered through the fake's POST /ssh_keys. Its disk is a copy-on-write copy of the run's golden box, as a
+Hetzner server created from a snapshot image of a running box: a cold boot of a crash-consistent disk, with a
+new root key, whose deploy then converges what is there instead of installing from scratch.
+
+A Hetzner server answers SSH on port 22 of its public IPv4; the VM's SSH is a QEMU hostfwd, so the fake
+gives each VM a dedicated loopback address (127.0.0.77) and QEMU binds the forward on 127.0.0.77:22 (nothing
+else listens there: this machine runs no sshd). The provider code is therefore exactly what runs against
+Hetzner: port 22, the server's ipv4, no test switch.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from golden_stack import write_box_files
 
 from cloudfakes.hetzner import TOKEN, FakeHetzner
 from postgressor.vm import image, machine
-from vmstack import Stack, require_vm_tools
+from vmstack import Golden, Stack, require_vm_tools
 
 VM_ADDRESS = "127.0.0.77"
 
@@ -37,8 +42,9 @@ def _port_22_free(address: str) -> bool:
 class VMServers:
     """The fake's server hooks: boot a VM on create (with the registered key), stop it on delete."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, golden: Golden) -> None:
         self.root = root
+        self.golden = golden
         self.specs: dict[int, machine.VMSpec] = {}
         self.api: FakeHetzner | None = None
 
@@ -47,7 +53,10 @@ class VMServers:
         keys = [self.api.ssh_keys[k]["public_key"] for k in body["ssh_keys"]]
         spec = machine.VMSpec(directory=self.root / str(server["id"]), image=image.base_image(),
                               public_key=keys[0], memory_mb=2048, cpus=2, accel="tcg")
-        machine.create_disk(spec)
+        spec.directory.mkdir(parents=True)
+        overlay = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                                  str(self.golden.disk), str(spec.disk)], capture_output=True, text=True)  # fmt: skip
+        assert overlay.returncode == 0, overlay.stderr
         command = machine.qemu_command(spec, {22: 22}, "tcg")
         command = [arg.replace("hostfwd=tcp:127.0.0.1:22-:22", f"hostfwd=tcp:{VM_ADDRESS}:22-:22") for arg in command]
         proc = subprocess.run(command, capture_output=True, text=True)
@@ -66,12 +75,13 @@ class VMServers:
 
 
 @pytest.fixture(scope="module")
-def hetzner_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, FakeHetzner, VMServers]]:
+def hetzner_stack(
+    golden: Golden, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, FakeHetzner, VMServers]]:
     require_vm_tools()
     if not _port_22_free(VM_ADDRESS):
         pytest.fail(f"{VM_ADDRESS}:22 is taken; this test forwards the VM's SSH there", pytrace=False)
-    image.ensure_base_image(lambda line: None)
-    vms = VMServers(tmp_path_factory.mktemp("vms"))
+    vms = VMServers(tmp_path_factory.mktemp("vms"), golden)
     api = FakeHetzner(on_create=vms.create, on_delete=vms.delete)
     vms.api = api
     api.start()
@@ -80,6 +90,7 @@ def hetzner_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[St
         'provider = "hetzner"\n\n[hetzner]\n'
         f'api_endpoint = "{api.url}/v1"\nssh_timeout = 900\n\n'
         '[postgres]\nsource = "distro"   # PGDG is unreachable from the test machine\n'
+        + write_box_files(project)  # the golden box's own configuration: nothing to drop
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HCLOUD_TOKEN", TOKEN)
@@ -98,7 +109,7 @@ def test_up_created_one_hetzner_server_and_deployed_to_it(hetzner_stack: tuple[S
     stack, api, _ = hetzner_stack
     result = stack.up_result
     assert result["host"] == {"address": VM_ADDRESS, "port": 22, "user": "root"}
-    assert result["deploy"]["failed"] == 0 and result["deploy"]["changed"] > 10
+    assert result["deploy"]["failed"] == 0 and result["deploy"]["operations"]
     assert api.created_servers == 1
     server = next(iter(api.servers.values()))
     assert server["location"]["name"] == "nbg1" and server["server_type"]["name"] == "cx23"

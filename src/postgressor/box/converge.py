@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import re
 import time
@@ -176,6 +177,7 @@ def run_deploys(
             raise login_error(inventory, errors.reason())
         for box in state.inventory:
             _count_commands(box, result)
+            _FactMemo(box).install()
         if callable(deploys):
             (box,) = state.inventory
             deploys = deploys(box)
@@ -206,6 +208,44 @@ def run_deploys(
         disconnect_all(state)
         result.seconds = time.monotonic() - started
     return result
+
+
+class _FactMemo:
+    """Read each fact once until the box changes: pyinfra 3 evaluates every operation twice (to plan, then to run)
+    and reads its facts each time. A fact read again with the same arguments is answered from memory as long as no
+    operation has run a command or uploaded a file since; the first such command forgets everything read before."""
+
+    def __init__(self, box: Any) -> None:
+        self.box = box
+        self.values: dict[tuple[Any, str], Any] = {}
+        self.reading = 0
+
+    def install(self) -> None:
+        read_fact, connector = self.box.get_fact, self.box.connector
+        run, put = connector.run_shell_command, connector.put_file
+
+        def get_fact(cls: Any, *args: Any, **kwargs: Any) -> Any:
+            key = (cls, repr((args, sorted(kwargs.items()))))
+            if key not in self.values:
+                self.reading += 1
+                try:
+                    self.values[key] = read_fact(cls, *args, **kwargs)
+                finally:
+                    self.reading -= 1
+            return copy.deepcopy(self.values[key])  # an operation may change what it was given
+
+        def changing_run(*args: Any, **kwargs: Any) -> Any:
+            if not self.reading:
+                self.values.clear()
+            return run(*args, **kwargs)
+
+        def changing_put(*args: Any, **kwargs: Any) -> Any:
+            self.values.clear()
+            return put(*args, **kwargs)
+
+        self.box.get_fact = get_fact
+        connector.run_shell_command = changing_run
+        connector.put_file = changing_put
 
 
 def _count_commands(box: Any, result: DeployResult) -> None:

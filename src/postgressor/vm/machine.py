@@ -49,6 +49,10 @@ class VMSpec:
     def seed(self) -> Path:
         return self.directory / "seed.iso"  # NoCloud seed, cloud images only
 
+    @property
+    def monitor(self) -> Path:
+        return self.directory / "monitor.sock"  # QEMU's human monitor (HMP), root-only like the directory
+
 
 @dataclass
 class RunningVM:
@@ -139,6 +143,15 @@ def _boot_args(spec: VMSpec) -> list[str]:
     ]  # fmt: skip
 
 
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
+
+
+def _monitor_args(spec: VMSpec) -> list[str]:
+    """A monitor socket for inspecting the VM (``info``, ``savevm``); left out when its path is too long."""
+    path = str(spec.monitor.resolve())
+    return [] if len(path.encode()) > UNIX_PATH_MAX else ["-monitor", f"unix:{path},server=on,wait=off"]
+
+
 def qemu_command(spec: VMSpec, ports: dict[int, int], accel: str) -> list[str]:
     forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in ports.items())
     cpu = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
@@ -149,6 +162,7 @@ def qemu_command(spec: VMSpec, ports: dict[int, int], accel: str) -> list[str]:
         "-drive", f"file={spec.disk},if=virtio,format=qcow2,cache=unsafe",
         *_boot_args(spec),
         "-netdev", f"user,id=n0,{forwards}", "-device", "virtio-net-pci,netdev=n0",
+        *_monitor_args(spec),
         "-daemonize", "-pidfile", str(spec.pid_file),
     ]  # fmt: skip
 
