@@ -143,9 +143,12 @@ def test_second_deploy_changes_nothing(stack: Stack) -> None:
 
 
 def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
-    # Undo part of the hardening and make sshd actually run with it, so the re-run has real work.
+    # Undo part of the hardening and make sshd actually run with it, so the re-run has real work. The drop-in
+    # cloud-init writes on many images (passwords on) stays: the deploy's own drop-in must win over it.
     drift = stack.sh(
-        "rm /etc/ssh/sshd_config.d/50-postgressor.conf && systemctl reload ssh && ufw delete allow 443/tcp && "
+        "rm /etc/ssh/sshd_config.d/00-postgressor.conf && "
+        "echo 'PasswordAuthentication yes' > /etc/ssh/sshd_config.d/50-cloud-init.conf && systemctl reload ssh && "
+        "ufw delete allow 443/tcp && "
         "rm /etc/postgresql/15/main/conf.d/50-postgressor.conf && systemctl reload postgresql@15-main"
     )
     assert drift.ok, drift.stderr
@@ -203,6 +206,23 @@ def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
     assert "443/tcp" in stack.sh("ufw status").stdout
     assert stack.sh("runuser -u postgres -- psql -XAtc 'SHOW wal_level'").stdout.strip() == "logical"
     assert stack.sh("runuser -u postgres -- psql -XAtc 'SHOW max_slot_wal_keep_size'").stdout.strip() != "-1"
+
+
+def test_a_drop_in_that_wins_over_the_hardening_fails_the_deploy(stack: Stack) -> None:
+    # sshd keeps the first value it reads: a file sorted before the deploy's own turns passwords back on while
+    # `sshd -t` still passes. The deploy checks `sshd -T` and stops with one line naming the files.
+    sneaky = "/etc/ssh/sshd_config.d/00-aaa-image.conf"
+    assert stack.sh(f"echo 'PasswordAuthentication yes' > {sneaky} && systemctl reload ssh").ok
+    try:
+        proc = stack.cli("deploy", check=False)
+        assert proc.returncode == 1, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, proc.stderr
+        assert "sshd passwordauthentication is yes" in errors[0] and sneaky in errors[0], errors[0]
+        assert "Traceback" not in proc.stderr
+    finally:
+        assert stack.sh(f"rm -f {sneaky} && systemctl reload ssh").ok
+    test_password_ssh_login_is_refused(stack)
 
 
 def test_changed_host_key_is_a_hard_error(stack: Stack) -> None:

@@ -153,3 +153,11 @@ def test_a_box_deployed_before_gating_keeps_its_working_files_first(tmp_path: Pa
     assert len(keeps) == 3
     assert "/etc/postgressor/gateway.toml" in keeps[1] and "/etc/caddy/Caddyfile" in keeps[2]
     assert commands.index(keeps[1]) < next(i for i, c in enumerate(commands) if "restore()" in c and "gateway" in c)
+
+
+def test_the_gateway_user_gets_no_home_directory(tmp_path: Path) -> None:
+    # pyinfra's server.user makes and chowns `home` unless told not to (ensure_home defaults to true).
+    commands = sync_commands(tmp_path, {})
+    useradd = [c for c in commands if "useradd" in c and "postgressor-gw" in c]
+    assert useradd and all("-m" not in c.split() for c in useradd), useradd
+    assert not [c for c in commands if "/nonexistent" in c and ("mkdir" in c or "chown" in c)], commands

@@ -158,6 +158,37 @@ class FileText(FactBase[str]):
         return ""
 
 
+class EffectiveHardening(FactBase[dict]):
+    """What the running services actually enforce, not what their files say: ``sshd -T``'s values for the keys in
+    ``SSHD_KEYS``, whether fail2ban's ``sshd`` jail is up (``"fail2ban-sshd"``: ``"on"``/``"off"``) and apt's
+    ``APT::Periodic::Unattended-Upgrade`` (``"unattended-upgrade"``), e.g. ``{"passwordauthentication": "no"}``."""
+
+    SSHD_KEYS = ("passwordauthentication", "kbdinteractiveauthentication", "permitemptypasswords",
+                 "permitrootlogin", "pubkeyauthentication")  # fmt: skip
+
+    def command(self) -> str:
+        keys = "|".join(self.SSHD_KEYS)
+        return (
+            f"sshd -T 2>/dev/null | grep -E '^({keys}) '; "
+            "if fail2ban-client status sshd >/dev/null 2>&1; then echo fail2ban-sshd on; "
+            "else echo fail2ban-sshd off; fi; "
+            "echo unattended-upgrade $(apt-config dump APT::Periodic::Unattended-Upgrade 2>/dev/null | "
+            "sed -n 's/^APT::Periodic::Unattended-Upgrade \"\\(.*\\)\";$/\\1/p')"
+        )
+
+    def process(self, output: list[str]) -> dict:
+        found = {}
+        for line in output:
+            key, _, value = line.strip().partition(" ")
+            if key:
+                found[key.lower()] = value.strip()
+        return found
+
+    @staticmethod
+    def default() -> dict:
+        return {}
+
+
 class CloudInitDone(FactBase[bool]):
     """Waits until cloud-init has finished (it holds the apt lock on a fresh box); True on a box without it too.
     Read it with a ``_timeout``: the first boot of a cloud server can take minutes."""

@@ -14,6 +14,11 @@ STATE_DIR = "/var/lib/postgressor"
 MARKERS_DIR = f"{STATE_DIR}/applied"  # `applied` digests and config-applied timestamps
 IMAGES_DIR = f"{STATE_DIR}/images"  # uploaded `docker save` archives
 
+SSHD_DROP_INS = "/etc/ssh/sshd_config.d"
+# sshd keeps the first value it reads and reads its drop-ins in name order: "00-" comes before cloud-init's "50-".
+SSHD_DROP_IN = f"{SSHD_DROP_INS}/00-postgressor.conf"
+SSHD_OLD_DROP_IN = f"{SSHD_DROP_INS}/50-postgressor.conf"  # its earlier name, removed by the deploy
+
 POSTGRES_PORT = 5432
 ELECTRIC_PORT = 3000  # Electric's HTTP API, bound to 127.0.0.1 only
 ELECTRIC_STORAGE = "/var/lib/electric"  # Electric's shape cache (ELECTRIC_STORAGE_DIR)

@@ -13,7 +13,7 @@ from pyinfra.api import operation
 from pyinfra.facts.files import File
 
 from postgressor.box import facts
-from postgressor.box.layout import MARKERS_DIR, SECRETS_DIR, postgres_unit, psql, secret_path
+from postgressor.box.layout import MARKERS_DIR, SECRETS_DIR, SSHD_DROP_INS, postgres_unit, psql, secret_path
 
 SWAP_HEADROOM_MB = 1024  # left free after the swap file, for packages and PostgreSQL's first WAL
 
@@ -77,6 +77,36 @@ def swapfile(size_mb: int, path: str = "/swapfile") -> Generator[str, None, None
         "exit 1; fi; "
         f"fallocate -l {size_mb}M {path} && chmod 600 {path} && mkswap {path} >/dev/null && swapon {path} "
         f"|| {{ rm -f {path}; exit 1; }}"
+    )
+
+
+@operation()
+def hardening_effective(
+    sshd: dict[str, tuple[str, ...]], fail2ban_jail: bool, unattended_upgrades: bool
+) -> Generator[str, None, None]:
+    """Fail unless the running services enforce the hardening: ``sshd -T`` shows one of the accepted values for
+    each key of ``sshd``, fail2ban's sshd jail is up, apt runs unattended upgrades. A file that passes ``sshd -t``
+    can still lose to another drop-in (sshd keeps the first value it reads), so the effect is what is checked."""
+    seen: dict[str, str] = host.get_fact(facts.EffectiveHardening)
+    wrong_sshd = [key for key, ok in sshd.items() if seen.get(key) not in ok]
+    wrong = [f"sshd {key} is {seen.get(key) or 'unset'} (want {' or '.join(sshd[key])})" for key in wrong_sshd]
+    if fail2ban_jail and seen.get("fail2ban-sshd") != "on":
+        wrong.append("fail2ban's sshd jail is not running")
+    if unattended_upgrades and seen.get("unattended-upgrade") != "1":
+        wrong.append(f"APT::Periodic::Unattended-Upgrade is {seen.get('unattended-upgrade') or 'unset'} (want 1)")
+    if not wrong:
+        host.noop("sshd -T, fail2ban and apt enforce the hardening")
+        return
+    message = "hardening not in effect: " + "; ".join(wrong)
+    if not wrong_sshd:
+        yield f"echo {shlex.quote(message + '; run postgressor deploy again once it is fixed')} >&2; exit 1"
+        return
+    # One line naming the files that set those keys, in the order sshd reads them (the first value wins).
+    pattern = shlex.quote(f"^[[:space:]]*({'|'.join(wrong_sshd)})[[:space:]]")
+    yield (
+        f"files=$(grep -liE {pattern} /etc/ssh/sshd_config {SSHD_DROP_INS}/*.conf 2>/dev/null | paste -sd ' ' -); "
+        f"printf '%s (set in %s, read in that order: the first value wins); fix or remove the file that wins, "
+        f"then run postgressor deploy\\n' {shlex.quote(message)} \"$files\" >&2; exit 1"
     )
 
 

@@ -47,6 +47,9 @@ CONVERGED = {
     ],
     "secrets/app.password": stat_line("/etc/postgressor/secrets/app.password"),
     "secrets/electric.password": stat_line("/etc/postgressor/secrets/electric.password"),
+    "sshd -T": ["passwordauthentication no", "kbdinteractiveauthentication no", "permitemptypasswords no",
+                "permitrootlogin without-password", "pubkeyauthentication yes", "fail2ban-sshd on",
+                "unattended-upgrade 1"],
     "pg_has_role": "t",
     "has_database_privilege": "t",
     "rolbypassrls": "t",
@@ -132,7 +135,8 @@ def test_converged_box_runs_no_changing_command() -> None:
     ours = {"Firewall: only SSH, HTTP, HTTPS", "Password for app", "Password for electric",
             "electric may act as the table owner", "electric may create publications",
             "Finish an interrupted package run", "app may act as the Supabase roles",
-            "electric bypasses row level security", "service_role bypasses row level security"}
+            "electric bypasses row level security", "service_role bypasses row level security",
+            "Hardening in effect (sshd -T, fail2ban, apt)"}
     assert not ours & set(changed), changed
     assert not any("ufw allow" in c or "ALTER ROLE" in c or "GRANT" in c for c in commands), commands
 

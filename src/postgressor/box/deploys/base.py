@@ -12,9 +12,10 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, server, systemd
 
 from postgressor.box import facts
-from postgressor.box.layout import POSTGRES_PORT
+from postgressor.box.layout import POSTGRES_PORT, SSHD_DROP_IN, SSHD_OLD_DROP_IN
 from postgressor.box.operations import (
     firewall,
+    hardening_effective,
     marked,
     reapply_if_stale,
     repair_interrupted_dpkg,
@@ -30,6 +31,14 @@ APT_ARGS = (
 )
 BASE_PACKAGES = ["unattended-upgrades", "fail2ban", "python3-systemd", "ufw"]
 PGDG_KEY = "/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc"
+# What `sshd -T` must show once sshd.conf.j2 is in effect (OpenSSH 9 prints prohibit-password as without-password).
+SSHD_EFFECTIVE = {
+    "passwordauthentication": ("no",),
+    "kbdinteractiveauthentication": ("no",),
+    "permitemptypasswords": ("no",),
+    "permitrootlogin": ("without-password", "prohibit-password"),
+    "pubkeyauthentication": ("yes",),
+}
 
 
 def template(name: str) -> str:
@@ -63,9 +72,9 @@ def base(spec: BoxSpec) -> None:
     files.template(name="Unattended security upgrades", src=template("auto-upgrades.j2"),
                    dest="/etc/apt/apt.conf.d/20auto-upgrades", mode="644")  # fmt: skip
 
-    sshd_conf = "/etc/ssh/sshd_config.d/50-postgressor.conf"
-    sshd = files.template(name="SSH: keys only", src=template("sshd.conf.j2"), dest=sshd_conf, mode="644")
-    apply_on_change("SSH", "sshd -t && systemctl reload ssh", "sshd", [sshd_conf], sshd)
+    sshd = files.template(name="SSH: keys only", src=template("sshd.conf.j2"), dest=SSHD_DROP_IN, mode="644")
+    files.file(name="SSH: drop-in under its old name", path=SSHD_OLD_DROP_IN, present=False)
+    apply_on_change("SSH", "sshd -t && systemctl reload ssh", "sshd", [SSHD_DROP_IN], sshd)
 
     jail_conf = "/etc/fail2ban/jail.d/postgressor.conf"
     jail = files.template(name="fail2ban sshd jail", src=template("fail2ban-sshd.conf.j2"),
@@ -77,6 +86,9 @@ def base(spec: BoxSpec) -> None:
     interfaces = {POSTGRES_PORT: "docker0"} if spec.sync else {}  # Electric's container reaches PostgreSQL
     firewall(name="Firewall: only SSH, HTTP, HTTPS", ports=spec.firewall_ports, sources=sources,
              interfaces=interfaces)  # fmt: skip
+
+    hardening_effective(name="Hardening in effect (sshd -T, fail2ban, apt)", sshd=SSHD_EFFECTIVE,
+                        fail2ban_jail=True, unattended_upgrades=True)  # fmt: skip
 
     machine = host.get_fact(facts.MachineSize)
     if machine.ram_kb < spec.swap_below_mb * MB:

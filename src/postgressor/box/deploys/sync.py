@@ -115,7 +115,7 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
     server.group(name="Gateway group", group=GATEWAY_USER, system=True)
     nologin = "/usr/sbin/nologin"
     server.user(name="Gateway user", user=GATEWAY_USER, group=GATEWAY_USER, system=True,
-                home="/nonexistent", shell=nologin, create_home=False)  # fmt: skip
+                home="/nonexistent", shell=nologin, create_home=False, ensure_home=False)  # fmt: skip
     files.directory(name="Gateway home", path=GATEWAY_HOME, mode="755")
     files.sync(name="Gateway wheels", src=str(bundle.wheels), dest=f"{GATEWAY_HOME}/wheels", delete=True,
                exclude=[".complete"])  # fmt: skip
