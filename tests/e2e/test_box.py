@@ -208,6 +208,26 @@ def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
     assert stack.sh("runuser -u postgres -- psql -XAtc 'SHOW max_slot_wal_keep_size'").stdout.strip() != "-1"
 
 
+HOLD_APT_LOCKS = (
+    "(setsid python3 -c \"import fcntl, time; held = [open(p, 'a') for p in ('/var/lib/apt/lists/lock', "
+    "'/var/lib/dpkg/lock-frontend')]; [fcntl.lockf(f, fcntl.LOCK_EX) for f in held]; time.sleep(30)\" "
+    "</dev/null >/dev/null 2>&1 &); sleep 5; lslocks -n -o PATH"
+)
+
+
+def test_a_deploy_that_must_install_waits_while_apt_is_busy(stack: Stack) -> None:
+    # As at a cloud server's first boot: another process holds apt's lists lock and dpkg's frontend lock (30 s)
+    # when the deploy has a package to install. `apt-get update` alone would fail at once on the lists lock.
+    assert stack.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q python3-venv", timeout=600).ok
+    held = stack.sh(HOLD_APT_LOCKS)
+    assert "/var/lib/apt/lists/lock" in held.stdout and "/var/lib/dpkg/lock-frontend" in held.stdout, held
+    result = stack.cli_json("deploy")
+    assert result["deploy"]["failed"] == 0
+    changed = {op["name"] for op in result["deploy"]["operations"] if op["status"] == "changed"}
+    assert {"Base system | Package index", "Base system | Install packages"} <= changed, changed
+    assert stack.sh("dpkg-query -W -f '${Status}' python3-venv").stdout == "install ok installed"
+
+
 def test_a_drop_in_that_wins_over_the_hardening_fails_the_deploy(stack: Stack) -> None:
     # sshd keeps the first value it reads: a file sorted before the deploy's own turns passwords back on while
     # `sshd -t` still passes. The deploy checks `sshd -T` and stops with one line naming the files.

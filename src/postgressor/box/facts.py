@@ -170,8 +170,10 @@ class EffectiveHardening(FactBase[dict]):
         keys = "|".join(self.SSHD_KEYS)
         return (
             f"sshd -T 2>/dev/null | grep -E '^({keys}) '; "
-            "if fail2ban-client status sshd >/dev/null 2>&1; then echo fail2ban-sshd on; "
-            "else echo fail2ban-sshd off; fi; "
+            # a just-restarted fail2ban answers once its jails are loaded: seconds, more on a slow box
+            "jail=off; for i in $(seq 30); do command -v fail2ban-client >/dev/null || break; "
+            "fail2ban-client status sshd >/dev/null 2>&1 && { jail=on; break; }; sleep 2; done; "
+            "echo fail2ban-sshd $jail; "
             "echo unattended-upgrade $(apt-config dump APT::Periodic::Unattended-Upgrade 2>/dev/null | "
             "sed -n 's/^APT::Periodic::Unattended-Upgrade \"\\(.*\\)\";$/\\1/p')"
         )
@@ -187,6 +189,35 @@ class EffectiveHardening(FactBase[dict]):
     @staticmethod
     def default() -> dict:
         return {}
+
+
+APT_LOCKS = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock",
+             "/var/lib/apt/archives/lock")  # fmt: skip
+APT_JOBS = ("apt-daily.service", "apt-daily-upgrade.service")  # apt-daily-upgrade runs unattended-upgrades
+
+
+class AptBusy(FactBase[str]):
+    """Waits up to ``timeout`` seconds for apt and dpkg to be free (no process holds their locks, no apt-daily or
+    unattended-upgrades run), as at first boot; '' once free, else what still holds them (``"apt-get holds
+    /var/lib/apt/lists/lock"``). Locks are read with ``lslocks`` (util-linux, on every Debian and Ubuntu)."""
+
+    def command(self, timeout: int) -> str:
+        return (
+            f"end=$(( $(date +%s) + {int(timeout)} )); while :; do "
+            f"busy=$(lslocks -n -o COMMAND,PATH 2>/dev/null | awk -v locks='{' '.join(APT_LOCKS)}' "
+            "'BEGIN {n = split(locks, l, \" \"); for (i = 1; i <= n; i++) want[l[i]] = 1} "
+            "($2 in want) {print $1 \" holds \" $2}' | sort -u | paste -sd, -); "
+            f"for job in {' '.join(APT_JOBS)}; do systemctl is-active --quiet $job && busy=\"$busy${{busy:+, }}$job\"; "
+            "done; "
+            '[ -z "$busy" ] && break; [ "$(date +%s)" -ge "$end" ] && break; sleep 3; done; echo "busy:$busy"'
+        )
+
+    def process(self, output: list[str]) -> str:
+        return output[-1].removeprefix("busy:").strip() if output else ""
+
+    @staticmethod
+    def default() -> str:
+        return ""
 
 
 class CloudInitDone(FactBase[bool]):

@@ -10,6 +10,7 @@ from collections.abc import Generator
 
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
 
 from postgressor.box import facts
@@ -18,13 +19,55 @@ from postgressor.box.layout import MARKERS_DIR, SECRETS_DIR, SSHD_DROP_INS, post
 SWAP_HEADROOM_MB = 1024  # left free after the swap file, for packages and PostgreSQL's first WAL
 
 
+APT_IDLE_TIMEOUT = 900  # seconds to wait for first-boot apt work (apt-daily, unattended-upgrades) to finish
+LOCK_RETRIES = 20  # pauses of 3, 6, 9 ... s: about ten minutes in all
+
+
+def retry_while_locked(command: str) -> str:
+    """``command``, run again after a growing pause while it fails because another process holds an apt or dpkg
+    lock (``DPkg::Lock::Timeout`` covers dpkg's locks for installs, not apt's lists lock); any other failure, or
+    the last retry, fails at once with the command's own output on stderr."""
+    locked = "*'Could not get lock'*|*'is locked by another process'*|*'was locked by another process'*"
+    return (
+        f'n=0; until out=$({command} 2>&1); do case "$out" in {locked}) ;; '
+        '*) printf \'%s\\n\' "$out" >&2; exit 1;; esac; n=$((n + 1)); '
+        f'if [ "$n" -ge {LOCK_RETRIES} ]; then printf \'%s\\n\' "$out" | tail -n 1 >&2; exit 1; fi; '
+        "sleep $((n * 3)); done"
+    )
+
+
+@operation()
+def apt_idle(timeout: int = APT_IDLE_TIMEOUT) -> Generator[str, None, None]:
+    """Wait (bounded) until no other process uses apt or dpkg, as right after a cloud server's first boot."""
+    busy = host.get_fact(facts.AptBusy, timeout=timeout)
+    if not busy:
+        host.noop("apt and dpkg are free")
+        return
+    message = (f"apt is still busy after {timeout} s ({busy}); wait for it to finish (or stop it), "
+               "then run postgressor deploy")  # fmt: skip
+    yield f"echo {shlex.quote(message)} >&2; exit 1"
+
+
+@operation()
+def apt_index_update(packages: list[str]) -> Generator[str, None, None]:
+    """``apt-get update`` when one of ``packages`` is not installed (then always, so a repository added just before
+    is read), retried while another process holds apt's lists lock. A converged box is never changed because its
+    package index aged."""
+    installed = host.get_fact(DebPackages)
+    missing = [name for name in packages if name.split("=")[0] not in installed]
+    if not missing:
+        host.noop("every package is installed: the package index is left as it is")
+        return
+    yield retry_while_locked("apt-get update")
+
+
 @operation()
 def repair_interrupted_dpkg() -> Generator[str, None, None]:
-    """Finish a package run that an earlier, interrupted deploy left half-configured."""
+    """Finish a package run that an earlier, interrupted deploy left half-configured (never while one runs)."""
     if not host.get_fact(facts.DpkgInterrupted):
         host.noop("no interrupted package run to finish")
         return
-    yield "DEBIAN_FRONTEND=noninteractive dpkg --configure -a --force-confdef --force-confold"
+    yield retry_while_locked("DEBIAN_FRONTEND=noninteractive dpkg --configure -a --force-confdef --force-confold")
 
 
 @operation()

@@ -14,6 +14,8 @@ from pyinfra.operations import apt, files, server, systemd
 from postgressor.box import facts
 from postgressor.box.layout import POSTGRES_PORT, SSHD_DROP_IN, SSHD_OLD_DROP_IN
 from postgressor.box.operations import (
+    apt_idle,
+    apt_index_update,
     firewall,
     hardening_effective,
     marked,
@@ -53,10 +55,12 @@ def apply_on_change(label: str, command: str, marker: str, paths: list[str], op:
 
 @deploy("Base system")
 def base(spec: BoxSpec) -> None:
+    apt_idle(name="apt and dpkg free (first-boot upgrades finish first)")
     repair_interrupted_dpkg(name="Finish an interrupted package run")
     if spec.source == "pgdg":
-        apt.packages(name="Tools for the PGDG repository", packages=["curl", "ca-certificates", "gnupg"],
-                     update=True, cache_time=3600, extra_install_args=APT_ARGS)  # fmt: skip
+        tools = ["curl", "ca-certificates", "gnupg"]
+        apt_index_update(name="Package index (for the PGDG tools)", packages=tools)
+        apt.packages(name="Tools for the PGDG repository", packages=tools, extra_install_args=APT_ARGS)
         files.download(name="PGDG signing key", src="https://www.postgresql.org/media/keys/ACCC4CF8.asc",
                        dest=PGDG_KEY, mode="644")  # fmt: skip
         apt.repo(
@@ -65,9 +69,11 @@ def base(spec: BoxSpec) -> None:
             f"{spec.distro.codename}-pgdg main",
             filename="pgdg",
         )
-    # One apt transaction for everything: each one costs minutes on a slow box.
-    apt.packages(name="Install packages", packages=[*BASE_PACKAGES, *spec.packages], update=True,
-                 cache_time=3600, no_recommends=True, extra_install_args=APT_ARGS)  # fmt: skip
+    # One apt transaction for everything: each one costs minutes on a slow box. The index is refreshed only when
+    # something is to be installed (then always, so a repository added above is read).
+    packages = [*BASE_PACKAGES, *spec.packages]
+    apt_index_update(name="Package index", packages=packages)
+    apt.packages(name="Install packages", packages=packages, no_recommends=True, extra_install_args=APT_ARGS)
 
     files.template(name="Unattended security upgrades", src=template("auto-upgrades.j2"),
                    dest="/etc/apt/apt.conf.d/20auto-upgrades", mode="644")  # fmt: skip
