@@ -133,6 +133,70 @@ def test_ssh_verb_runs_one_command(stack: Stack) -> None:
     assert proc.stdout.strip() == "postgressor"
 
 
+def test_logs_reads_each_services_journal(stack: Stack) -> None:
+    # A fresh PostgreSQL entry ("Reloading PostgreSQL Cluster 15-main..."), however long ago the golden box booted.
+    assert stack.sh("systemctl reload postgresql@15-main").ok
+    proc = stack.cli("logs", "postgres", "-n", "20", timeout=300)
+    assert "PostgreSQL Cluster 15-main" in proc.stdout, proc.stdout + proc.stderr
+    assert all(line.split(" ", 2)[1] == "postgres" for line in proc.stdout.splitlines() if not line.startswith(" "))
+    records = [json.loads(line) for line in stack.cli("--json", "logs", "all", "--since", "1h", timeout=300).stdout
+               .splitlines()]  # fmt: skip
+    assert records and all(set(r) == {"time", "service", "unit", "priority", "message"} for r in records)
+    assert any(r["service"] == "postgres" and r["unit"] == "postgresql@15-main.service" for r in records), records
+    assert {r["service"] for r in records} <= {"postgres", "electric", "gateway", "caddy", "backup"}
+    # No scheduled backup has run yet (the first one runs during the deploy): the timers still answer.
+    backup = stack.cli("logs", "backup", timeout=300, check=False)
+    assert backup.returncode == 0, backup.stderr
+    bad = stack.cli("logs", "--since", "yesterday", check=False)
+    assert bad.returncode == 2 and "--since 'yesterday' is not a time" in bad.stderr
+
+
+def test_logs_follow_streams_until_ctrl_c(stack: Stack) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "postgressor", "logs", "gateway", "-f"], cwd=stack.project, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump(stream: IO[str]) -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, args=(proc.stdout,), daemon=True).start()
+    try:
+        first = lines.get(timeout=180)  # the newest entries come first (SSH to a slow VM included)
+        assert first is not None and first.split(" ", 2)[1] == "gateway", proc.stderr.read() if first is None else first
+        # A new entry arrives while following: systemd's own lines about restarting the gateway, stamped (UTC,
+        # to the second, as the plain lines are) no earlier than the box's clock before the restart.
+        before = stack.sh("date -u +%Y-%m-%dT%H:%M:%SZ").stdout.strip()
+        assert stack.sh("systemctl restart postgressor-gateway").ok
+        deadline = time.monotonic() + 180
+        seen: list[str] = []
+        while not any(line[:20] >= before and line.split(" ", 2)[1] == "gateway" for line in seen):
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "logs -f ended by itself: " + "".join(seen[-20:])
+            seen.append(line)
+    except queue.Empty:
+        proc.kill()
+        pytest.fail("logs -f printed nothing new within 180 s", pytrace=False)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("logs -f did not end within 30 s of Ctrl-C", pytrace=False)
+    err = proc.stderr.read()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    # Nothing keeps following on the box once the session is gone.
+    deadline = time.monotonic() + 60
+    while stack.sh("pgrep -f '[j]ournalctl.*--follow'").ok:  # [j]: the pattern does not match this command
+        assert time.monotonic() < deadline, "journalctl --follow still runs on the box"
+        time.sleep(2)
+
+
 def test_second_deploy_changes_nothing(stack: Stack) -> None:
     result = stack.cli_json("deploy")
     changed = [op["name"] for op in result["deploy"]["operations"] if op["status"] == "changed"]

@@ -34,6 +34,10 @@ GATEWAY_UNIT = "postgressor-gateway"
 CADDY_UNIT = "caddy"
 SYNC_UNITS = (ELECTRIC_UNIT, GATEWAY_UNIT)  # the units that read PostgreSQL (stopped around a restore)
 
+BACKUP_UNIT = "pgbackrest-backup"  # a template unit: one instance per backup type (pgbackrest-backup@full)
+BACKUP_KINDS = ("full", "diff")  # the scheduled backup types, each with its own timer
+SCHEDULED_BACKUP_TIMERS = {kind: f"pgbackrest-{kind}.timer" for kind in BACKUP_KINDS}
+
 PGBACKREST_STANZA = "main"
 PGBACKREST_CONF = "/etc/pgbackrest/pgbackrest.conf"
 PGBACKREST_LOCAL_REPO = "/var/lib/pgbackrest"  # the repository when it is not on S3
@@ -53,6 +57,12 @@ def secret_path(name: str) -> str:
 def postgres_unit(version: int | str) -> str:
     """systemd unit of the Debian/Ubuntu ``main`` cluster of PostgreSQL ``version`` (e.g. ``postgresql@17-main``)."""
     return f"postgresql@{version}-main"
+
+
+def backup_unit(kind: str = "*") -> str:
+    """The backup service of type ``kind`` (``pgbackrest-backup@full``); the default ``*`` is the glob that
+    journalctl and systemctl match every instance with."""
+    return f"{BACKUP_UNIT}@{kind}"
 
 
 def postgres_conf_dir(version: int | str) -> str:

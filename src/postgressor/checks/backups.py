@@ -9,7 +9,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from postgressor.box.layout import PGBACKREST, PGBACKREST_STANZA, psql
+from postgressor.box.layout import BACKUP_KINDS, BACKUP_UNIT, PGBACKREST, PGBACKREST_STANZA, backup_unit, psql
 from postgressor.errors import PostgressorError
 from postgressor.remote.ssh import CommandResult, run
 from postgressor.state import HostRecord
@@ -150,7 +150,8 @@ def backup_status(host: HostRecord) -> dict[str, Any]:
     script = (
         f'echo @@info; {PGBACKREST} --output=json info 2>&1; rc=$?; echo; echo "@@info_rc=$rc"; '
         f"echo @@archiver; {psql(ARCHIVER_SQL)} 2>&1; "
-        'echo @@units; for t in full diff; do echo "$t=$(systemctl is-failed pgbackrest-backup@$t.service)"; done'
+        f"echo @@units; for t in {' '.join(BACKUP_KINDS)}; do "
+        f'echo "$t=$(systemctl is-failed {BACKUP_UNIT}@$t.service)"; done'
     )
     result = run_backup_command(host, script, timeout=120)
     sections = _sections(result.stdout)
@@ -176,7 +177,7 @@ def backup_status(host: HostRecord) -> dict[str, Any]:
         report["archiver"] = None
     problems.append(archive_problem(report["archiver"]))
     units = dict(line.split("=", 1) for line in sections.get("units", "").splitlines() if "=" in line)
-    report["failed_units"] = [f"pgbackrest-backup@{t}" for t, state in units.items() if state.strip() == "failed"]
+    report["failed_units"] = [backup_unit(t) for t, state in units.items() if state.strip() == "failed"]
     if report["failed_units"]:
         problems.append(f"scheduled backup {', '.join(report['failed_units'])} failed; see 'journalctl -u "
                         f"{report['failed_units'][0]}' on the box")  # fmt: skip

@@ -19,6 +19,7 @@ from postgressor.cli import (
     host_key_cmds,
     jwt_cmds,
     lifecycle_cmds,
+    logs_cmds,
     migrate_cmds,
     servers_cmds,
 )
@@ -172,6 +173,7 @@ def _global(
 app.command("init")(config_cmds.init)
 app.add_typer(config_cmds.config_app, name="config")
 lifecycle_cmds.register(app)
+app.command("logs")(logs_cmds.logs)
 app.command("regions")(advisor_cmds.regions)
 app.command("cost")(advisor_cmds.cost)
 app.command("recommend")(advisor_cmds.recommend)

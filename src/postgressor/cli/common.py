@@ -139,6 +139,13 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def emit_json_line(data: Any) -> None:
+    """One compact JSON object on its own line, flushed (a stream of results; a later failure stays on stderr)."""
+    _Output.json_emitted = True
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.flush()
+
+
 def json_emitted() -> bool:
     return _Output.json_emitted
 

@@ -1,14 +1,18 @@
-"""SSH to the box: key generation, waiting for sshd, host-key pinning, and running one command."""
+"""SSH to the box: key generation, waiting for sshd, host-key pinning, and running one command (its output whole,
+or streamed line by line)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import shlex
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -146,15 +150,88 @@ def connect(host: HostRecord, timeout: float = 20) -> paramiko.SSHClient:
     return client
 
 
+def as_root(host: HostRecord, command: str) -> str:
+    """``command`` as root: unchanged for root, else through passwordless sudo (quoted whole)."""
+    return command if host.user == "root" else f"sudo -n sh -c {shlex.quote(command)}"
+
+
 def run(host: HostRecord, command: str, timeout: float = 120) -> CommandResult:
     """Run one command (as root via sudo when the user is not root)."""
     client = connect(host)
     try:
-        if host.user != "root":
-            command = f"sudo -n sh -c {shlex.quote(command)}"
+        command = as_root(host, command)
         _, stdout, stderr = client.exec_command(command, timeout=timeout)
         out = stdout.read().decode(errors="replace")
         err = stderr.read().decode(errors="replace")
         return CommandResult(stdout.channel.recv_exit_status(), out, err)
     finally:
         client.close()
+
+
+KEEPALIVE = 30  # seconds between SSH keepalives on a streamed command
+STDERR_KEPT = 64 * 1024  # bytes of a streamed command's stderr kept for its error message (the last ones)
+
+
+def stream(host: HostRecord, command: str, on_line: Callable[[str], None], poll: float = 1.0) -> CommandResult:
+    """Run one command (as root, as ``run``) and hand each line of its stdout to ``on_line`` as it arrives.
+
+    Lines are decoded as UTF-8 (undecodable bytes replaced) without their newline. Returns the exit status and
+    the stderr (its last STDERR_KEPT bytes); ``stdout`` is empty, it went to ``on_line``. Waits at most ``poll``
+    seconds at a time, so Ctrl-C (KeyboardInterrupt) ends it promptly; the session is then closed, which
+    ends the command's stdin on the box. The exit status is -1 when the session ended without one (the connection
+    was lost). Errors: as ``connect``.
+    """
+    client = connect(host)
+    channel: paramiko.Channel | None = None
+    try:
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(KEEPALIVE)  # a quiet followed journal keeps its connection through NAT and firewalls
+        channel = transport.open_session()
+        channel.settimeout(poll)
+        channel.exec_command(as_root(host, command))
+        stderr = bytearray()
+        pump(channel, on_line, stderr)
+        status = channel.recv_exit_status()
+        _drain_stderr(channel, stderr)
+        return CommandResult(status, "", stderr.decode(errors="replace"))
+    finally:
+        if channel is not None:
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                channel.shutdown_write()  # EOF on the command's stdin
+        client.close()
+
+
+class LineChannel(Protocol):
+    """What ``pump`` reads: the part of paramiko's Channel it uses."""
+
+    def recv(self, nbytes: int) -> bytes: ...
+    def recv_stderr_ready(self) -> bool: ...
+    def recv_stderr(self, nbytes: int) -> bytes: ...
+
+
+def pump(channel: LineChannel, on_line: Callable[[str], None], stderr: bytearray) -> None:
+    """Read ``channel``'s stdout to its end, calling ``on_line`` for each complete line (a last line without a
+    newline too), and append what arrives on stderr meanwhile to ``stderr`` (its last STDERR_KEPT bytes kept).
+    A read that times out (``socket.timeout``) is retried."""
+    pending = b""
+    while True:
+        _drain_stderr(channel, stderr)  # as we go: a stderr nobody reads would fill the window and stall stdout
+        try:
+            chunk = channel.recv(65536)
+        except TimeoutError:
+            continue
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            on_line(line.decode(errors="replace"))
+    if pending:
+        on_line(pending.decode(errors="replace"))
+    _drain_stderr(channel, stderr)
+
+
+def _drain_stderr(channel: LineChannel, stderr: bytearray) -> None:
+    while channel.recv_stderr_ready():
+        stderr += channel.recv_stderr(32768)
+        del stderr[:-STDERR_KEPT]

@@ -50,6 +50,7 @@ def test_electric_port_reaches_every_user_from_one_place(monkeypatch: pytest.Mon
         (r"ls /etc/postgresql", "the PostgreSQL version lookup"),
         (r"runuser -u postgres -- psql", "the psql command"),
         (r"127\.0\.0\.1:3000|\b3000\b", "Electric's port"),
+        (r"pgbackrest-(backup@|full\.timer|diff\.timer)", "the backup units"),
     ],
 )
 def test_no_second_definition_in_the_package(pattern: str, what: str) -> None:

@@ -15,6 +15,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from postgressor.box.deploys.base import APT_ARGS, template
 from postgressor.box.layout import (
+    BACKUP_UNIT,
     CIPHER_SECRET,
     PGBACKREST,
     PGBACKREST_CONF,
@@ -22,7 +23,9 @@ from postgressor.box.layout import (
     PGBACKREST_STANZA,
     S3_KEY_SECRET,
     S3_KEY_SECRET_SECRET,
+    SCHEDULED_BACKUP_TIMERS,
     SECRETS_DIR,
+    backup_unit,
     secret_path,
 )
 from postgressor.box.operations import (
@@ -37,8 +40,8 @@ from postgressor.box.operations import (
 from postgressor.box.spec import BackupSpec, BoxSpec
 
 DROPIN = "conf.d/60-postgressor-backup.conf"
-SERVICE = "pgbackrest-backup@.service"
-TIMERS = {"full": "pgbackrest-full.timer", "diff": "pgbackrest-diff.timer"}
+SERVICE = f"{BACKUP_UNIT}@.service"
+TIMERS = SCHEDULED_BACKUP_TIMERS
 
 
 def box_secret(name: str) -> str:
@@ -135,7 +138,7 @@ def backup(spec: BoxSpec) -> None:
     for kind, schedule in (("full", backup.full_schedule), ("diff", backup.diff_schedule)):
         timers.append(files.template(name=f"{kind} backup timer", src=template("pgbackrest-backup.timer.j2"),
                                      dest=f"/etc/systemd/system/{TIMERS[kind]}", mode="644", kind=kind,
-                                     schedule=schedule))  # fmt: skip
+                                     unit=backup_unit(kind), schedule=schedule))  # fmt: skip
     reload = f"systemctl daemon-reload && systemctl try-restart {' '.join(TIMERS.values())}"
     paths = [f"/etc/systemd/system/{name}" for name in (SERVICE, *TIMERS.values())]
     server.shell(name="Load backup units", commands=[marked(reload, "backup-units")],
