@@ -196,6 +196,9 @@ class ElectricConfig(Section):
     image_archive: Path | None = None  # a `docker save` tarball loaded instead of pulling (air-gapped boxes)
     docker_bridge: str = "172.17.0.1/16"  # Docker's bridge; PostgreSQL also listens on its address for Electric
     health_timeout: int = Field(300, ge=10, description="seconds to wait for /v1/health = 200")
+    slot_warn_share: float = Field(
+        0.8, gt=0, le=1, description="status warns when a slot retains this share of max_slot_wal_keep_size"
+    )
 
     @field_validator("version")
     @classmethod

@@ -190,3 +190,47 @@ def test_broken_gateway_setting_is_rolled_back_while_clients_keep_getting_200(st
     assert len(stack.cli_json("backup", "list")["backups"]) == 1  # no second "first" backup
     with https(stack) as client:
         assert client.get("/health").status_code == 200
+
+
+PSQL = "cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1"
+
+
+def test_a_lost_electric_slot_fails_status_and_deploy_rebuilds_electric(stack: Stack) -> None:
+    # Electric's slot as the real Electric makes it (the VM's stand-in does not stream), then WAL past a tiny
+    # max_slot_wal_keep_size with nothing consuming it: PostgreSQL invalidates the slot at a checkpoint.
+    made = stack.sh(
+        f"{PSQL} -d app -c \"SELECT 1 FROM pg_create_logical_replication_slot('electric_slot_default', 'pgoutput')\" "
+        f"&& {PSQL} -c \"ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'\" -c 'SELECT pg_reload_conf()' && "
+        "touch /var/lib/electric/shape-of-the-old-timeline"
+    )
+    assert made.ok, made.stderr
+    try:
+        state = ""
+        for _ in range(5):
+            churn = stack.sh(
+                f"{PSQL} -d app -c 'CREATE TABLE IF NOT EXISTS wal_filler AS SELECT 1 AS g' "
+                "-c 'INSERT INTO wal_filler SELECT g FROM generate_series(1, 100000) g' "
+                "-c 'SELECT pg_switch_wal()' -c 'CHECKPOINT' && "
+                f"{PSQL} -c \"SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'electric_slot_default'\"",
+                timeout=600,
+            )
+            assert churn.ok, churn.stderr
+            state = churn.stdout.strip().splitlines()[-1]
+            if state in ("lost", "unreserved"):
+                break
+        assert state in ("lost", "unreserved"), state
+        status = stack.cli("--json", "status", check=False)
+        assert status.returncode == 1
+        error = json.loads(status.stdout)["error"]
+        assert error.startswith(f"replication slot electric_slot_default is {state}"), error
+        assert "postgressor deploy" in error
+    finally:
+        assert stack.sh(f"{PSQL} -c 'ALTER SYSTEM RESET max_slot_wal_keep_size' -c 'SELECT pg_reload_conf()' && "
+                        f"{PSQL} -d app -c 'DROP TABLE IF EXISTS wal_filler'").ok  # fmt: skip
+    result = stack.cli_json("deploy")
+    assert result["deploy"]["failed"] == 0
+    changed = [op["name"] for op in result["deploy"]["operations"] if op["status"] == "changed"]
+    assert changed == ["Electric | Electric's replication slot usable (rebuilt when lost)"], changed
+    assert not stack.sh("test -e /var/lib/electric/shape-of-the-old-timeline").ok  # its shapes are rebuilt
+    assert stack.sh("systemctl is-active electric").stdout.strip() == "active"
+    assert stack.cli("status").returncode == 0

@@ -23,6 +23,9 @@ POSTGRES_PORT = 5432
 ELECTRIC_PORT = 3000  # Electric's HTTP API, bound to 127.0.0.1 only
 ELECTRIC_STORAGE = "/var/lib/electric"  # Electric's shape cache (ELECTRIC_STORAGE_DIR)
 ELECTRIC_ENV = f"{CONFIG_DIR}/electric.env"
+# Electric 1.7.12's default replication slot (packages/sync-service/lib/electric/application.ex, slot_name)
+ELECTRIC_SLOT = "electric_slot_default"
+LOST_SLOT_STATES = ("lost", "unreserved")  # pg_replication_slots.wal_status: WAL the slot needs is (being) removed
 
 GATEWAY_HOME = "/opt/postgressor/gateway"  # the gateway's wheels, virtualenv and code
 GATEWAY_CONFIG = f"{CONFIG_DIR}/gateway.toml"

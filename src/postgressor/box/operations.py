@@ -14,7 +14,15 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
 
 from postgressor.box import facts
-from postgressor.box.layout import MARKERS_DIR, SECRETS_DIR, SSHD_DROP_INS, postgres_unit, psql, secret_path
+from postgressor.box.layout import (
+    LOST_SLOT_STATES,
+    MARKERS_DIR,
+    SECRETS_DIR,
+    SSHD_DROP_INS,
+    postgres_unit,
+    psql,
+    secret_path,
+)
 
 SWAP_HEADROOM_MB = 1024  # left free after the swap file, for packages and PostgreSQL's first WAL
 
@@ -151,6 +159,30 @@ def hardening_effective(
         f"printf '%s (set in %s, read in that order: the first value wins); fix or remove the file that wins, "
         f"then run postgressor deploy\\n' {shlex.quote(message)} \"$files\" >&2; exit 1"
     )
+
+
+@operation()
+def electric_slot_usable(slot: str, unit: str, storage: str, database: str) -> Generator[str, None, None]:
+    """Rebuild Electric from the database when PostgreSQL invalidated its slot (``max_slot_wal_keep_size``
+    exceeded): stop it, drop the slot, clear its shape storage and start it, so it creates the slot again and
+    clients resync, as a restore does. Any other slot state (or no slot yet) is left alone. A logical slot is
+    dropped from its own ``database``."""
+    state = host.get_fact(
+        facts.PostgresScalar,
+        sql=f"SELECT wal_status FROM pg_replication_slots WHERE slot_name = {_sql_literal(slot)}",  # noqa: S608
+    )
+    if state not in LOST_SLOT_STATES:
+        host.noop(f"replication slot {slot} is {state or 'not created yet'}")
+        return
+    drop = psql(f"SELECT pg_drop_replication_slot({_sql_literal(slot)})", database)
+    yield (
+        f"systemctl stop {shlex.quote(unit)} && {drop} >/dev/null && "
+        f"find {shlex.quote(storage)} -mindepth 1 -delete && systemctl start {shlex.quote(unit)}"
+    )
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _generate(path: str) -> str:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from postgressor.box.layout import CADDY_UNIT, SYNC_UNITS, electric_health_url, postgres_unit, psql
+from postgressor.box.layout import (
+    CADDY_UNIT,
+    ELECTRIC_SLOT,
+    LOST_SLOT_STATES,
+    SYNC_UNITS,
+    electric_health_url,
+    postgres_unit,
+    psql,
+)
 from postgressor.checks.backups import backup_status
 from postgressor.config import Settings
 from postgressor.errors import PostgressorError
@@ -27,6 +35,40 @@ def power_state(settings: Settings, state: StackState) -> str:
         return provider.power_state()
     except PostgressorError as err:
         return f"unknown ({err})"
+
+
+SIZE_UNITS = {"kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+
+
+def slot_problems(postgres: dict[str, Any], warn_share: float) -> tuple[str, list[str]]:
+    """(the first lost slot as one line, or ''; warnings) for the slots in ``postgres`` (status's SQL report).
+
+    A slot whose ``wal_status`` is ``lost`` or ``unreserved`` has lost WAL it needs (``max_slot_wal_keep_size``
+    was exceeded): its consumer cannot stream any more. One retaining ``warn_share`` of that limit or more is a
+    warning: it is about to be invalidated."""
+    lost = ""
+    warnings = []
+    limit = _setting_bytes(postgres.get("settings", {}).get("max_slot_wal_keep_size", ""))
+    for slot in postgres.get("slots") or []:
+        name, retained = slot.get("name"), slot.get("retained_bytes")
+        if slot.get("wal_status") in LOST_SLOT_STATES and not lost:
+            fix = ("run 'postgressor deploy': it rebuilds Electric's shapes and slot, and clients resync"
+                   if name == ELECTRIC_SLOT else "drop it and create it again in its consumer")  # fmt: skip
+            lost = (f"replication slot {name} is {slot['wal_status']}: PostgreSQL removed WAL it still needs "
+                    f"(max_slot_wal_keep_size), so its consumer can no longer stream; {fix}")  # fmt: skip
+        elif limit and retained is not None and float(retained) >= warn_share * limit:
+            warnings.append(f"replication slot {name} retains {float(retained) / (1 << 20):.0f} MB of WAL, "
+                            f"{float(retained) / limit:.0%} of max_slot_wal_keep_size: is its consumer "
+                            "running and keeping up?")  # fmt: skip
+    return lost, warnings
+
+
+def _setting_bytes(value: str) -> int:
+    """``"1024MB"`` -> bytes; 0 for -1 (no limit) or anything unreadable."""
+    for unit, size in SIZE_UNITS.items():
+        if value.endswith(unit) and value[: -len(unit)].isdigit():
+            return int(value[: -len(unit)]) * size
+    return 0
 
 
 def status(settings: Settings, stack: str) -> dict[str, Any]:
@@ -76,6 +118,12 @@ def status(settings: Settings, stack: str) -> dict[str, Any]:
         report["postgres"] = None
     if report["postgres"] is None:
         report["error"] = (result.stderr.strip().splitlines() or ["PostgreSQL did not answer"])[-1]
+    else:
+        lost, warnings = slot_problems(report["postgres"], settings.electric.slot_warn_share)
+        if lost:
+            report["error"] = lost
+        if warnings:
+            report["warnings"] = warnings
     if settings.sync_enabled():
         units = {k.removeprefix("unit_"): v for k, v in values.items() if k.startswith("unit_")}
         report["sync"] = {"units": units, "electric_health": values.get("electric_health", "")}

@@ -284,7 +284,9 @@ def _render_status(report: dict[str, Any]) -> None:
     pg = report.get("postgres") or {}
     console.print(f"postgresql {pg.get('version', '?')}: service {report['service']}")
     if report.get("error"):
-        console.print(f"[red]error[/]: {report['error']}")
+        console.print(f"[red]error[/]: {escape(report['error'])}")
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning[/]: {escape(warning)}")
     table = Table("setting", "value", box=None)
     for name, value in (pg.get("settings") or {}).items():
         table.add_row(name, str(value))

@@ -17,6 +17,7 @@ from postgressor.box.grammar import hostname_problem
 from postgressor.box.layout import (
     CADDY_UNIT,
     ELECTRIC_ENV,
+    ELECTRIC_SLOT,
     ELECTRIC_STORAGE,
     ELECTRIC_UNIT,
     GATEWAY_CONFIG,
@@ -34,6 +35,7 @@ from postgressor.box.operations import (
     composed_file,
     digest,
     docker_image,
+    electric_slot_usable,
     generated_secret,
     http_ready,
 )
@@ -100,6 +102,8 @@ def electric(spec: BoxSpec) -> None:
         digest=digest(sync.image, str(sync.electric_port), *env_lines),
     )
     systemd.service(name="Electric running", service=ELECTRIC_UNIT, running=True, enabled=True)
+    electric_slot_usable(name="Electric's replication slot usable (rebuilt when lost)", slot=ELECTRIC_SLOT,
+                         unit=ELECTRIC_UNIT, storage=ELECTRIC_STORAGE, database=spec.database)  # fmt: skip
     http_ready(
         name="Electric healthy (/v1/health = 200)",
         url=health,
