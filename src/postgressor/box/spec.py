@@ -183,6 +183,8 @@ def box_spec(settings: Settings, distro: Distro) -> BoxSpec:
     if sync:
         # apparmor: Docker refuses to start containers without apparmor_parser when the kernel enables AppArmor
         packages += ["docker.io", "apparmor", "caddy", "python3-venv", "curl"]
+    if settings.backup.enabled:
+        packages.append("pgbackrest")  # in the one base transaction: each apt run costs minutes on a slow box
     listen = ["localhost", *([sync.bridge_ip] if sync else [])]
     private_network = ""
     ports = [22, 80, 443, *settings.hardening.extra_ports]

@@ -31,6 +31,7 @@ from postgressor.box.layout import (
 from postgressor.box.operations import (
     applied,
     apply_config_command,
+    apt_index_update,
     composed_file,
     generated_secret,
     marked,
@@ -97,9 +98,10 @@ def archive_settings(spec: BackupSpec) -> dict[str, str]:
 def backup(spec: BoxSpec) -> None:
     backup = spec.backup
     assert backup is not None
-    # Its own transaction, after the base one: the base install stays one apt run.
-    apt.packages(name="Install pgBackRest", packages=["pgbackrest"], update=True, cache_time=3600,
-                 no_recommends=True, extra_install_args=APT_ARGS)  # fmt: skip
+    # The base transaction installs it (spec.packages); this only repairs a box where it was removed since.
+    apt_index_update(name="Package index (for pgBackRest)", packages=["pgbackrest"])
+    apt.packages(name="Install pgBackRest", packages=["pgbackrest"], no_recommends=True,
+                 extra_install_args=APT_ARGS)  # fmt: skip
     generated_secret(name="Backup encryption passphrase", name_on_box=CIPHER_SECRET)
     if backup.s3_endpoint:
         files.directory(name="Secrets directory", path=SECRETS_DIR, mode="700")
