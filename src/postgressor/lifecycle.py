@@ -27,7 +27,7 @@ from postgressor.opwatch import DetailListener, OpWatch
 from postgressor.preflight import carried_keys, check_drops
 from postgressor.preflight import check as preflight
 from postgressor.providers import get_provider
-from postgressor.providers.base import Log, Provider
+from postgressor.providers.base import Log, Provider, SizeChange
 from postgressor.remote.ssh import known_hosts_path
 from postgressor.state import HostRecord, StackState, load_state, open_state, require_state
 
@@ -137,14 +137,36 @@ def deploy_host(
     return specs[0], result
 
 
+def size_change(settings: Settings, stack: str, log: Log) -> SizeChange | None:
+    """The resize ``up`` would make to the stack's existing server (its size read from the provider), None when
+    there is none; a UsageError when the provider cannot make it (a smaller disk, a provider without sizes)."""
+    if load_state(settings.state_dir, stack) is None:
+        return None
+    _, provider = _provider(settings, stack, log)
+    return provider.size_change()
+
+
 def up(
-    settings: Settings, stack: str, log: Log, listener: OpListener, detail: DetailListener | None = None
+    settings: Settings,
+    stack: str,
+    log: Log,
+    listener: OpListener,
+    detail: DetailListener | None = None,
+    resize: SizeChange | None = None,
 ) -> UpResult:
+    """Provision and deploy. A size setting that differs from the existing server's resizes it first, but only
+    the change ``resize`` confirms (``size_change`` as the user saw it); then the deploy re-tunes PostgreSQL."""
     preflight(settings)
     existing = load_state(settings.state_dir, stack)
     if existing is not None and existing.host is not None:
         check_drops(settings, existing.deployed_keys, stack)  # before the provider starts anything
     state, provider = _provider(settings, stack, log)
+    change = provider.size_change()
+    if change is not None:
+        if change != resize:
+            raise UsageError(f"stack '{stack}' would resize its server ({change.describe()}) without a confirmed "
+                             "resize; run 'postgressor up' and confirm (or pass --yes)")  # fmt: skip
+        provider.resize(change)
     host = provider.provision()
     spec, result = deploy_host(settings, state, host, listener, detail=detail)
     return UpResult(stack, host, result, spec)

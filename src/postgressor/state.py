@@ -71,6 +71,13 @@ class StackState:
         self.save()
         return resource
 
+    def update(self, kind: str, **details: Any) -> None:
+        """Merge ``details`` into the recorded ``kind`` (its id and creation time stay) and save."""
+        recorded = self.find(kind)
+        assert recorded is not None, kind
+        recorded.details = {**recorded.details, **details}
+        self.save()
+
     def remove(self, kind: str) -> None:
         self.resources = [r for r in self.resources if r.kind != kind]
         self.save()

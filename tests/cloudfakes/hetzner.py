@@ -15,7 +15,12 @@ from cloudfakes.base import FakeAPI, Reply, Request, match_labels
 
 TOKEN = "test-hcloud-token"
 LOCATIONS = {"fsn1": "DE", "nbg1": "DE", "hel1": "FI", "ash": "US", "hil": "US", "sin": "SG"}
-SERVER_TYPES = {"cx23", "cx33", "cpx12", "cpx22", "cax11"}
+# name -> (cores, memory GB, disk GB, architecture, storage_type), as GET /server_types answers them.
+SERVER_TYPES = {
+    "cx23": (2, 4.0, 40, "x86", "local"), "cx33": (4, 8.0, 80, "x86", "local"),
+    "cpx12": (1, 2.0, 40, "x86", "local"), "cpx22": (2, 4.0, 80, "x86", "local"),
+    "cpx32": (4, 8.0, 160, "x86", "local"), "cax11": (2, 4.0, 40, "arm", "local"),
+}  # fmt: skip
 IMAGES = {"debian-12", "debian-13", "ubuntu-24.04"}
 # Called when a server is created (e.g. to boot a VM); returns the server's public IPv4.
 OnCreate = Callable[[dict[str, Any], dict[str, Any]], str]
@@ -43,6 +48,7 @@ class FakeHetzner(FakeAPI):
         # command -> the error object its actions end with (answered "running" first, "error" when read back)
         self.failing_actions: dict[str, dict[str, Any]] = {}
         self.power_actions: list[tuple[int, str]] = []
+        self.change_types: list[tuple[int, str, bool]] = []  # (server, type, upgrade_disk) accepted
 
     # ---- helpers
 
@@ -75,6 +81,19 @@ class FakeHetzner(FakeAPI):
         if req.method == "GET" and ident in self.actions:
             return 200, {"action": self.actions[ident]}
         return error(404, "not_found", f"action with ID '{ident}' not found")
+
+    @staticmethod
+    def server_type(name: str) -> dict[str, Any]:
+        cores, memory, disk, arch, storage = SERVER_TYPES[name]
+        return {"id": sorted(SERVER_TYPES).index(name) + 1, "name": name, "description": name.upper(),
+                "category": "shared", "cores": cores, "memory": memory, "disk": disk, "prices": [],
+                "storage_type": storage, "cpu_type": "shared", "architecture": arch, "deprecation": None,
+                "locations": []}  # fmt: skip
+
+    def _server_types(self, req: Request, ident: int | None) -> Reply:
+        if req.method == "GET" and ident is None:
+            return self._page("server_types", [{**self.server_type(n), "labels": {}} for n in SERVER_TYPES], req)
+        return error(404, "not_found", f"server_type with ID '{ident}' not found")
 
     def _server_view(self, server: dict[str, Any]) -> dict[str, Any]:
         # initializing (created) and starting (powered on) turn running after boot_polls GETs; stopping turns off.
@@ -143,6 +162,8 @@ class FakeHetzner(FakeAPI):
         return error(404, "not_found", f"firewall with ID '{ident}' not found")
 
     def _servers(self, req: Request, ident: int | None) -> Reply:
+        if req.method == "POST" and ident in self.servers and req.path.endswith("/actions/change_type"):
+            return self._change_type(self.servers[ident], req.body)
         if req.method == "POST" and ident in self.servers and "/actions/" in req.path:
             return self._server_action(self.servers[ident], req.path.rsplit("/", 1)[1])
         if req.method == "GET" and ident is None:
@@ -163,7 +184,9 @@ class FakeHetzner(FakeAPI):
     def _server_action(self, server: dict[str, Any], action: str) -> Reply:
         """poweron/poweroff as the API documents them: 201 with the action ("start_server"/"stop_server");
         powering on a running server (or off an off one) is accepted and changes nothing."""
-        commands = {"poweron": ("start_server", "off", "starting"), "poweroff": ("stop_server", "running", "stopping")}
+        commands = {"poweron": ("start_server", "off", "starting"), "poweroff": ("stop_server", "running", "stopping"),
+                    # an ACPI request: its action only says it was sent; the server turns off after boot_polls GETs
+                    "shutdown": ("shutdown_server", "running", "stopping")}  # fmt: skip
         if action not in commands:
             return error(404, "not_found", f"no action {action!r}")
         command, before, after = commands[action]
@@ -171,6 +194,34 @@ class FakeHetzner(FakeAPI):
             server["status"], server["polls"] = after, 0
         self.power_actions.append((server["id"], action))
         return 201, {"action": self._action(command, server["id"], "server")}
+
+    def _change_type(self, server: dict[str, Any], body: dict[str, Any]) -> Reply:
+        """POST /servers/{id}/actions/change_type as the API reference documents it ("Change the Type of a
+        Server", docs.hetzner.cloud/reference/cloud): the server must be off (``server_not_stopped``); only to a
+        type of the same storage_type with an equal or bigger disk (``invalid_server_type``); upgrade_disk=false
+        keeps the disk size; afterwards Hetzner "starts it again". The docs give the codes, not the HTTP
+        statuses (the SDK reads only the code): 422 here. An arm type for an x86 server is refused the same way.
+        A scripted ``failing_actions["change_server_type"]`` ends the action in error and changes nothing."""
+        if set(body) != {"server_type", "upgrade_disk"} or not isinstance(body["upgrade_disk"], bool):
+            return error(422, "invalid_input", "server_type and upgrade_disk (boolean) are required")
+        if server["status"] != "off":
+            return error(422, "server_not_stopped", "The action requires a stopped server")
+        name = body["server_type"]
+        if name not in SERVER_TYPES:
+            return error(422, "invalid_input", f"unknown server type {name!r}")
+        new, old = self.server_type(name), server["server_type"]
+        if new["storage_type"] != old["storage_type"] or new["architecture"] != old["architecture"] \
+                or new["disk"] < server["primary_disk_size"]:
+            return error(422, "invalid_server_type", "The server type does not fit for the given server or is "
+                                                     "deprecated")  # fmt: skip
+        action = self._action("change_server_type", server["id"], "server")
+        if "change_server_type" not in self.failing_actions:
+            server["server_type"] = new
+            if body["upgrade_disk"]:
+                server["primary_disk_size"] = new["disk"]
+            server["status"], server["polls"] = "starting", 0
+        self.change_types.append((server["id"], name, body["upgrade_disk"]))
+        return 201, {"action": action}
 
     def _create_server(self, body: dict[str, Any]) -> Reply:
         if body.get("location") not in LOCATIONS:
@@ -193,7 +244,7 @@ class FakeHetzner(FakeAPI):
         server = {
             "id": ident, "name": body["name"], "status": "initializing", "created": "2026-11-01T00:00:00+00:00",
             "labels": body.get("labels", {}), "polls": 0,
-            "server_type": {"id": 1, "name": body["server_type"], "cores": 2, "memory": 4.0, "disk": 40},
+            "server_type": self.server_type(body["server_type"]),
             "location": {"id": 1, "name": body["location"], "country": LOCATIONS[body["location"]],
                          "city": body["location"], "network_zone": "eu-central"},
             "image": {"id": 2, "name": body["image"], "type": "system", "os_flavor": "debian"},
@@ -202,7 +253,8 @@ class FakeHetzner(FakeAPI):
                            "firewalls": [{"id": f, "status": "applied"} for f in firewalls]},
             "private_net": [], "volumes": [], "rescue_enabled": False, "locked": False,
             "backup_window": None, "outgoing_traffic": 0, "ingoing_traffic": 0, "included_traffic": 21990232555520,
-            "primary_disk_size": 40, "protection": {"delete": False, "rebuild": False}, "iso": None,
+            "primary_disk_size": SERVER_TYPES[body["server_type"]][2],
+            "protection": {"delete": False, "rebuild": False}, "iso": None,
             "placement_group": None, "load_balancers": [],
         }
         ip = self.on_create(server, body) if self.on_create else f"192.0.2.{ident % 250}"

@@ -68,10 +68,11 @@ class FakeOCI(FakeAPI):
         self.page_size = 2  # small, so every list a provider makes must follow opc-next-page
         self.list_lag = 0  # instance lists that do not show the last launched instance yet
         self._lagging: str | None = None
+        self.power_actions: list[tuple[str, str]] = []
+        self.updates: list[dict[str, Any]] = []  # UpdateInstance bodies accepted
 
     # ---- helpers
 
-        self.power_actions: list[tuple[str, str]] = []
     def _id(self, kind: str) -> str:
         return f"ocid1.{kind}.oc1.ap-mumbai-1.fake{next(self.counter):04d}"
 
@@ -94,7 +95,8 @@ class FakeOCI(FakeAPI):
         if item["lifecycleState"] in ("PROVISIONING", "STARTING") and item["_polls"] > self.boot_polls:
             item["lifecycleState"] = "RUNNING"
         elif item["lifecycleState"] == "STOPPING" and item["_polls"] > 1:
-            item["lifecycleState"] = "STOPPED"
+            item["lifecycleState"] = "STARTING" if item.pop("_reboot", False) else "STOPPED"
+            item["_polls"] = 0
         elif item["lifecycleState"] == "TERMINATING" and item["_polls"] > 1:
             item["lifecycleState"] = "TERMINATED"
 
@@ -276,6 +278,8 @@ class FakeOCI(FakeAPI):
     def _r_instances(self, req: Request, ident: str | None) -> Reply:
         if req.method == "POST" and ident is not None and "action" in req.query:
             return self._instance_action(self.items[ident], req.query["action"])
+        if req.method == "PUT" and ident is not None:
+            return self._update_instance(self.items[ident], req.body)
         return self._generic("Instance", req, ident, lambda body: self._launch(req, body))
 
     def _instance_action(self, item: dict[str, Any], action: str) -> Reply:
@@ -289,6 +293,29 @@ class FakeOCI(FakeAPI):
             return error(409, "IncorrectState", f"Instance is in {item['lifecycleState']} state, cannot {action}")
         item["lifecycleState"], item["_polls"] = after, 0
         self.power_actions.append((item["id"], action))
+        return 200, self.view(item)
+
+    def _update_instance(self, item: dict[str, Any], body: dict[str, Any]) -> Reply:
+        """UpdateInstance (PUT /instances/{id}, core API 20160918) for shape changes: "If the instance is running
+        when you change the shape, the instance is rebooted" (UpdateInstanceDetails.shape), so a running one goes
+        STOPPING, then STARTING, then RUNNING at the new size; a stopped one stays stopped. A1.Flex takes 1-80
+        OCPUs and 1-64 GB of memory per OCPU, at most 512 GB (Compute Shapes page, as read for REFERENCE §4; not
+        re-checked). The fake's only image is an A1 one, so another shape is refused as incompatible with it.
+        Answers 200 with the Instance."""
+        if item["lifecycleState"] not in ("RUNNING", "STOPPED"):
+            return error(409, "IncorrectState", f"Instance is in {item['lifecycleState']} state, cannot update")
+        shape = body.get("shape") or item["shape"]
+        if shape != "VM.Standard.A1.Flex":
+            return error(400, "InvalidParameter", f"Shape {shape} is not compatible with the instance's image")
+        config = {**item["shapeConfig"], **(body.get("shapeConfig") or {})}
+        ocpus, memory = config["ocpus"], config["memoryInGBs"]
+        if not 1 <= ocpus <= 80 or not ocpus <= memory <= min(64 * ocpus, 512):
+            return error(400, "InvalidParameter", f"The shape {shape} does not support {ocpus:g} OCPUs with "
+                                                  f"{memory:g} GB of memory (1-64 GB per OCPU, at most 512 GB)")
+        item["shape"], item["shapeConfig"] = shape, {"ocpus": ocpus, "memoryInGBs": memory}
+        if item["lifecycleState"] == "RUNNING":
+            item["lifecycleState"], item["_polls"], item["_reboot"] = "STOPPING", 0, True
+        self.updates.append(body)
         return 200, self.view(item)
 
     def _launch(self, req: Request, body: dict[str, Any]) -> Reply:

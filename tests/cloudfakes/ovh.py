@@ -16,7 +16,9 @@ from cloudfakes.base import FakeAPI, Reply, Request
 APP_KEY, APP_SECRET, CONSUMER_KEY = "fake-app-key", "fake-app-secret", "fake-consumer-key"
 PROJECT = "0123456789abcdef0123456789abcdef"
 REGIONS = ("GRA11", "SBG5", "SGP1", "AP-SOUTH-MUM-1")
-FLAVORS = {"d2-4": "flavor-d2-4", "d2-8": "flavor-d2-8", "b3-8": "flavor-b3-8"}
+FLAVORS = {"d2-4": "flavor-d2-4", "d2-8": "flavor-d2-8", "b3-8": "flavor-b3-8", "b3-16": "flavor-b3-16"}
+# name -> (vcpus, ram MB, disk GB), as the catalogue lists them
+FLAVOR_SPECS = {"d2-4": (2, 4000, 50), "d2-8": (4, 8000, 50), "b3-8": (2, 8000, 50), "b3-16": (4, 16000, 100)}
 
 
 def error(status: int, message: str, code: str | None = None) -> Reply:
@@ -39,6 +41,8 @@ class FakeOVH(FakeAPI):
         self.instances: dict[str, dict[str, Any]] = {}
         self.created = 0
         self.power_actions: list[tuple[str, str]] = []
+        self.resizes: list[tuple[str, str]] = []  # (instance, flavorId) accepted
+        self.failed_resizes = 0  # resizes that end in ERROR
 
     def register(self, name: str = "fake-ovh") -> str:
         """Add this server to ovh.client.ENDPOINTS (the SDK accepts only known names); returns the name."""
@@ -78,8 +82,9 @@ class FakeOVH(FakeAPI):
 
     def _flavor(self, req: Request, ident: str | None) -> Reply:
         region = req.query.get("region")
-        return 200, [{"id": f"{fid}-{region}", "name": name, "region": region, "osType": "linux", "vcpus": 2,
-                      "ram": 4000, "disk": 50, "available": True} for name, fid in FLAVORS.items()]
+        return 200, [{"id": f"{fid}-{region}", "name": name, "region": region, "osType": "linux",
+                      "vcpus": FLAVOR_SPECS[name][0], "ram": FLAVOR_SPECS[name][1], "disk": FLAVOR_SPECS[name][2],
+                      "available": True} for name, fid in FLAVORS.items()]  # fmt: skip
 
     def _image(self, req: Request, ident: str | None) -> Reply:
         region = req.query.get("region")
@@ -108,6 +113,12 @@ class FakeOVH(FakeAPI):
 
     def _view(self, instance: dict[str, Any]) -> dict[str, Any]:
         instance["_polls"] += 1
+        if instance["status"] == "RESIZE" and instance["_polls"] > self.boot_polls:
+            failed = self.failed_resizes > 0
+            self.failed_resizes -= failed
+            instance["status"] = "ERROR" if failed else instance.pop("_resumes")
+            if not failed:
+                instance["flavorId"] = instance["_resize_to"]
         if instance.get("_starting") and instance["_polls"] > self.boot_polls:  # OpenStack: SHUTOFF until active
             instance["status"], instance["_starting"] = "ACTIVE", False
         if instance["status"] == "BUILD" and instance["_polls"] > self.boot_polls and self.failed_builds:
@@ -123,6 +134,8 @@ class FakeOVH(FakeAPI):
         action = req.path.rstrip("/").rsplit("/", 1)[1]
         if req.method == "POST" and ident in self.instances and action in ("start", "stop"):
             return self._power(self.instances[ident], action)
+        if req.method == "POST" and ident in self.instances and action == "resize":
+            return self._resize(self.instances[ident], req.body)
         if req.method == "GET" and ident is None:
             region = req.query.get("region")
             return 200, [self._view(i) for i in self.instances.values() if not region or i["region"] == region]
@@ -134,6 +147,26 @@ class FakeOVH(FakeAPI):
             del self.instances[ident]
             return 200, None
         return error(404, f"Instance {ident} not found")
+
+    def _resize(self, instance: dict[str, Any], body: dict[str, Any]) -> Reply:
+        """POST …/instance/{id}/resize {flavorId} ("Migrate your instance to another flavor"; answers the
+        instance). From ACTIVE or SHUTOFF only (OpenStack's rule; else 409). OVHcloud's guide allows only a
+        flavor with at least the same disk: a smaller one is a 400 here, with a message of the fake's own (the
+        real wording is not verified). Then RESIZE for boot_polls GETs, and back to the status it had at the new
+        flavor (OVHcloud confirms the resize itself, as far as its API shows: it has no confirm call; not
+        verified); ``failed_resizes`` ends it in ERROR at the old flavor instead."""
+        flavors = {f"{fid}-{instance['region']}": name for name, fid in FLAVORS.items()}
+        if set(body or {}) != {"flavorId"} or body["flavorId"] not in flavors:
+            return error(400, "Invalid flavorId")
+        if instance["status"] not in ("ACTIVE", "SHUTOFF") or instance.get("_starting"):
+            return error(409, f"Instance {instance['id']} is {instance['status']}, cannot resize")
+        old, new = FLAVOR_SPECS[flavors[instance["flavorId"]]], FLAVOR_SPECS[flavors[body["flavorId"]]]
+        if new[2] < old[2]:
+            return error(400, f"Cannot resize to a flavor with a smaller disk ({new[2]} GB < {old[2]} GB)")
+        instance["_resumes"], instance["_resize_to"] = instance["status"], body["flavorId"]
+        instance["status"], instance["_polls"] = "RESIZE", 0
+        self.resizes.append((instance["id"], body["flavorId"]))
+        return 200, self._view(instance)
 
     def _power(self, instance: dict[str, Any], action: str) -> Reply:
         """start (SHUTOFF -> ACTIVE) and stop (ACTIVE -> SHUTOFF), answered with null like the API's void

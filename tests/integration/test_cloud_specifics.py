@@ -223,7 +223,7 @@ def test_ovh_region_the_project_lacks(ovh: Cloud) -> None:
 
 
 def test_ovh_unknown_flavor_lists_known_ones(ovh: Cloud) -> None:
-    with pytest.raises(PostgressorError, match=r"no flavor 'x9-999' in GRA11 \(known: b3-8, d2-4, d2-8\)"):
+    with pytest.raises(PostgressorError, match=r"no flavor 'x9-999' in GRA11 \(known: b3-16, b3-8, d2-4, d2-8\)"):
         ovh.provider(Recorder(), size="x9-999").provision()
 
 

@@ -65,6 +65,38 @@ class BillPlan:
                 "unverified": [t for t in ((s.unverified if s else "unpriced"), r.unverified) if t]}  # fmt: skip
 
 
+def resize_lines(provider: str, region: str, server: str, old: tuple[str, str], new: tuple[str, str],
+                 notes: tuple[str, ...] = (), cat: Catalogue | None = None) -> list[str]:  # fmt: skip
+    """What a resize changes: the sizes (provider's name, catalogue's name) and their catalogue prices, dated."""
+    cat = cat or load()
+    before, after = (bill_plan(provider, region, priced, "", cat) for _, priced in (old, new))
+    currency = cat.providers[provider].currency
+    symbol = {"EUR": "€", "USD": "$"}.get(currency, currency + " ")
+
+    def shape(plan: BillPlan) -> str:
+        s = plan.size  # the disk is left out: whether it grows is the provider's rule (see the notes)
+        return f" ({s.vcpus} vCPU, {s.ram_gb:g} GB RAM)" if s else ""
+
+    def price(plan: BillPlan) -> str:
+        return f"{symbol}{plan.size.price_in(region):,.2f}/month" if plan.size else "unpriced"
+
+    sources = dict.fromkeys(f"{'live' if s.live else f'checked {s.checked_on}'}, {s.source}"
+                            for plan in (before, after) if (s := plan.size) is not None)  # fmt: skip
+    out = [f"resize:   {cat.providers[provider].title} server {server} in {region}",
+           f"from:     {old[0]}{shape(before)}", f"to:       {new[0]}{shape(after)}",
+           f"price:    {price(before)} → {price(after)} excl. VAT" + (f" ({'; '.join(sources)})" if sources else "")]
+    out += [f"note:     {text}" for text in notes]
+    for plan in (before, after):
+        if plan.size is None:
+            out.append(f"caveat:   the catalogue has no price for {plan.size_name} in {region}; check the provider's "
+                       "price list")  # fmt: skip
+        elif plan.size.unverified:
+            out.append(f"caveat:   {plan.size.unverified}")
+    out.append("downtime: the server restarts to change size; PostgreSQL is down meanwhile, then the deploy re-tunes "
+               "it for the new RAM and CPUs")  # fmt: skip
+    return list(dict.fromkeys(out))
+
+
 def bill_plan(provider: str, region_code: str, size_name: str, image: str, cat: Catalogue | None = None) -> BillPlan:
     """The plan for a ``size_name`` server of ``provider`` in ``region_code`` (a catalogue size name)."""
     cat = cat or load()

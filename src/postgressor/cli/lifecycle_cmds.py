@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from postgressor import lifecycle as stacks
+from postgressor.advisor.bill import resize_lines
 from postgressor.box.converge import OpReport
 from postgressor.checks import status as status_check
 from postgressor.cli.backup_cmds import render_status as render_backup_status
@@ -190,14 +191,15 @@ def up(
     user: str | None = typer.Option(None, "--user", help="ssh provider: login user (root or NOPASSWD sudo)."),
     port: int | None = typer.Option(None, "--port", help="ssh provider: SSH port."),
     key: Path | None = typer.Option(None, "--key", help="ssh provider: private key file."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Create billed resources without asking "
-                             "(required without a terminal)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Create billed resources or resize the server without "
+                             "asking (required without a terminal)."),
 ) -> None:
     """Create (or find) the stack's server, harden it and install PostgreSQL. Safe to re-run.
 
     With no provider configured, --region picks the best-ranked cloud provider serving it whose
     credentials are present. Before a billed server is created the plan and its price are shown and
-    confirmed (--yes skips the question).
+    confirmed (--yes skips the question). A --size (or 'size') other than the existing cloud server's
+    resizes it the same way (old → new size and price, confirmed), then the deploy re-tunes PostgreSQL.
     """
     ssh = {
         k: v for k, v in {"host": host, "user": user, "port": port, "key_path": key}.items() if v is not None
@@ -210,9 +212,15 @@ def up(
         for line in bill.lines():
             say(line)
         confirm(f"Create this billed {bill.title} server?", yes)
+    change = stacks.size_change(settings, name, say)
+    if change is not None:
+        for line in resize_lines(change.provider, change.region, change.server, (change.old, change.old_priced),
+                                 (change.new, change.new_priced), change.notes):  # fmt: skip
+            say(line)
+        confirm(f"Resize the server from {change.describe()}?", yes)
     reporter = Reporter(global_options(ctx).json)
     try:
-        result = stacks.up(settings, name, reporter.log, reporter.op, reporter.detail)
+        result = stacks.up(settings, name, reporter.log, reporter.op, reporter.detail, resize=change)
     finally:
         reporter.close()
     _finish(ctx, result, "up", reporter)

@@ -4,12 +4,33 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from postgressor.config import Settings
+from postgressor.errors import UsageError
 from postgressor.remote.ssh import known_hosts_path, pin_host_key, write_known_hosts
 from postgressor.state import HostRecord, StackState
 
 Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SizeChange:
+    """A resize ``up`` would make: the server's size now (read from the provider) and the one asked for."""
+
+    provider: str
+    region: str
+    server: str  # the provider's id of the server
+    old: str  # as the provider names sizes (OCI: shape with OCPUs and memory)
+    new: str
+    old_priced: str  # the catalogue's name for each size (differs only for OCI's flexible shapes)
+    new_priced: str
+    target: dict[str, Any] = field(default_factory=dict, compare=False)  # the provider's own parameters
+    notes: tuple[str, ...] = field(default=(), compare=False)  # the provider's rules that apply (disk kept, ...)
+
+    def describe(self) -> str:
+        return f"{self.old} → {self.new}"
 
 
 class Provider(ABC):
@@ -49,6 +70,23 @@ class Provider(ABC):
         """Connection details of the existing server, starting it first if the provider can."""
         assert self.state.host is not None
         return self.state.host
+
+    def size_change(self) -> SizeChange | None:
+        """The resize a ``size`` setting asks of the stack's existing server, refused with a UsageError when the
+        provider cannot make it; None when there is nothing to resize."""
+        if self.settings.size and self.state.host is not None:
+            raise UsageError(
+                f"provider '{self.name}' cannot resize its server ({self.resize_hint()}); drop --size and 'size' "
+                "from postgressor.toml"
+            )
+        return None
+
+    def resize_hint(self) -> str:
+        return "resize it where it runs, then run 'postgressor deploy' so PostgreSQL's tuning follows"
+
+    def resize(self, change: SizeChange) -> None:
+        """Change the server to ``change.new`` and record it once the provider confirms; the server runs after."""
+        raise UsageError(f"provider '{self.name}' cannot resize its server ({self.resize_hint()})")
 
     @abstractmethod
     def destroy(self) -> list[str]:

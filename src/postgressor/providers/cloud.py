@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from postgressor.config import Settings
-from postgressor.errors import PostgressorError
+from postgressor.errors import PostgressorError, UsageError
 from postgressor.providers import retry
-from postgressor.providers.base import Log, Provider
+from postgressor.providers.base import Log, Provider, SizeChange
 from postgressor.remote.ssh import generate_keypair, wait_for_ssh
 from postgressor.state import HostRecord, Resource, StackState
 
@@ -149,12 +149,82 @@ class CloudProvider(Provider):
     @abstractmethod
     def default_size(self) -> str: ...
 
+    # ---- resizing: what each provider supplies
+
+    @abstractmethod
+    def read_size(self, id: str) -> dict[str, Any] | None:
+        """The server's size as the provider reports it, in the keys the state records it under (``Found``
+        details); None when the server is gone."""
+
+    @abstractmethod
+    def asked_size(self, current: dict[str, Any]) -> dict[str, Any]:
+        """The size the settings ask for, in the same keys (what they leave unset stays ``current``'s)."""
+
+    @abstractmethod
+    def size_names(self, size: dict[str, Any]) -> tuple[str, str]:
+        """How the provider names ``size``, and the catalogue's name for it (for the price)."""
+
+    def check_resize(self, id: str, current: dict[str, Any], asked: dict[str, Any]) -> tuple[str, ...]:
+        """Refuse (UsageError, with the provider's rule) a change the provider would refuse, before any change;
+        else notes on what the provider keeps or changes besides CPUs and memory."""
+        return ()
+
+    @abstractmethod
+    def change_size(self, change: SizeChange) -> None:
+        """Resize and wait until the provider reports the new size; on a failure, leave the server running
+        again if this call stopped it, then raise."""
+
+    def resize_requested(self) -> bool:
+        """Only a size the user asked for (flag or config) resizes; the default size never does."""
+        return bool(self.settings.size)
+
     @abstractmethod
     def ssh_timeout(self) -> float: ...
 
     @abstractmethod
     def resolve(self, name: str) -> str:
         """The provider's region code for a code or city (advisor.regions.resolve_region); UsageError if none."""
+
+    def size_change(self) -> SizeChange | None:
+        recorded = self.state.find("server")
+        if recorded is None or not self.resize_requested():
+            return None
+        with self.translated("reading the server's size"):
+            current = self.api("read the server's size", lambda: self.read_size(recorded.id))
+            if current is None:
+                return None  # gone at the provider: up creates a new one at the asked size
+            asked = self.asked_size(current)
+            if asked == current:
+                return None
+            notes = self.check_resize(recorded.id, current, asked)
+            (old, old_priced), (new, new_priced) = self.size_names(current), self.size_names(asked)
+        return SizeChange(self.name, self.region, recorded.id, old, new, old_priced, new_priced, asked, notes)
+
+    def resize(self, change: SizeChange) -> None:
+        """Resize, then record the new size; a failure leaves the old size recorded and says where the server is."""
+        self.log(f"resizing {self.title} server {change.server}: {change.describe()}")
+        try:
+            self.change_size(change)
+        except UsageError as err:
+            raise UsageError(f"{err}; the state still records {change.old}") from None
+        except (PostgressorError, *self.api_errors) as err:  # type: ignore[misc]  # a tuple of exception classes
+            reason = str(err) if isinstance(err, PostgressorError) else str(self.explain(err) or retry.short(err))
+            raise PostgressorError(
+                f"{self.title} could not resize server {change.server} to {change.new} ({reason}); the state still "
+                f"records {change.old}; {self.power_after_failure(change.server)}"
+            ) from None
+        self.state.update("server", **change.target)
+        self.log(f"{self.title} server {change.server} is now {change.new}")
+
+    def power_after_failure(self, id: str) -> str:
+        """Where a failed resize left the server, and what to do next."""
+        try:
+            power = self.api("read the server's power state", lambda: self.server_power(id))
+        except Exception:  # the resize error matters more; this is only a hint
+            return "its power state is unknown: check the provider's console, then run 'postgressor up'"
+        if power == "running":
+            return "the server runs at its old size: run 'postgressor up' to try again"
+        return f"the server is {power}: 'postgressor up' starts it (and retries the resize)"
 
     def find_all(self, kind: str) -> list[Found]:
         """Resources of ``kind`` carrying this stack's labels/tags (or unique name)."""

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
-from hcloud import APIException, Client, HCloudException
+from hcloud import APIException, Client, HCloudException, exponential_backoff_function
+from hcloud.actions import ActionFailedException, ActionTimeoutException
 from hcloud.firewalls import Firewall, FirewallRule
 from hcloud.images import Image
 from hcloud.locations import Location
@@ -18,6 +19,8 @@ from hcloud.ssh_keys import SSHKey
 from postgressor.advisor.catalogue import load
 from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
+from postgressor.providers import retry
+from postgressor.providers.base import SizeChange
 from postgressor.providers.cloud import (
     OPEN_PORTS,
     PROJECT_LABEL,
@@ -34,6 +37,8 @@ TRANSIENT_CODES = {
     "maintenance", "locked", "resource_in_use",  # in use: a firewall still detaching from a deleted server
 }  # fmt: skip
 MIN_DEFAULT_RAM_GB = 4
+SHUTDOWN_TIMEOUT = 180  # seconds an ACPI shutdown may take before the server is powered off hard
+ACTION_POLLS = 200  # polls of a change_type action (1, 2, 4, 8 then every 10 s: about half an hour)
 
 
 class HetznerProvider(CloudProvider):
@@ -63,7 +68,8 @@ class HetznerProvider(CloudProvider):
         if self._client is None:
             token, _ = self._token()
             client = Client(token=token, api_endpoint=self.settings.hetzner.api_endpoint,
-                            application_name="postgressor", timeout=(10, 60))  # fmt: skip
+                            application_name="postgressor", timeout=(10, 60), poll_max_retries=ACTION_POLLS,
+                            poll_interval=exponential_backoff_function(base=1.0, multiplier=2, cap=10.0))  # fmt: skip
             # The SDK retries 429/502/504 with real sleeps and would repeat a POST /servers blindly;
             # our retry layer does it instead (injectable sleep, look-before-recreate).
             for base in (client._client, client._client_hetzner):
@@ -212,8 +218,6 @@ class HetznerProvider(CloudProvider):
 
         found = self.ensure("server", create)
         self._power_on(int(found.id))
-        if found.details.get("type") and found.details["type"] != self.size and self.settings.size:
-            self.log(f"the stack's server is a {found.details['type']}; --size {self.size} is ignored (no resizing)")
         server = self.poll("the server start", lambda: self._starting(int(found.id), actions),
                            lambda s: s.status == "running", timeout=600, interval=3)  # fmt: skip
         ipv4 = self._server_found(server).details["ipv4"]
@@ -251,6 +255,91 @@ class HetznerProvider(CloudProvider):
         if server.status == "off":
             self.log(f"Hetzner server {id} is off; powering it on")
             self.api("power the server on", lambda: self.client.servers.power_on(Server(id=id)))
+
+
+    # ---- resizing: POST /servers/{id}/actions/change_type (docs.hetzner.cloud/reference/cloud, "Change the Type
+    # of a Server"): only on a server that is off, to a type of the same storage_type with an equal or bigger
+    # disk; upgrade_disk=false keeps the disk, so a later downgrade stays possible. Then Hetzner starts it again.
+
+    def read_size(self, id: str) -> dict[str, Any] | None:
+        try:
+            server = self.client.servers.get_by_id(int(id))
+        except APIException as err:
+            if err.code == "not_found":
+                return None
+            raise
+        return {"type": server.server_type.name if server.server_type else ""}
+
+    def asked_size(self, current: dict[str, Any]) -> dict[str, Any]:
+        return {"type": self.size}
+
+    def size_names(self, size: dict[str, Any]) -> tuple[str, str]:
+        return str(size["type"]), str(size["type"])
+
+    def check_resize(self, id: str, current: dict[str, Any], asked: dict[str, Any]) -> tuple[str, ...]:
+        server = self.client.servers.get_by_id(int(id))
+        new = self.client.server_types.get_by_name(asked["type"])
+        if new is None:
+            known = ", ".join(s.name for s in load().sizes_of("hetzner"))
+            raise UsageError(f"Hetzner has no server type '{asked['type']}'; pick another --size (e.g. {known})")
+        old: Any = server.server_type
+        disk = server.primary_disk_size or 0
+        why = ""
+        if new.architecture != old.architecture:
+            why = f"it is {new.architecture} and the server's disk holds an {old.architecture} system"
+        elif new.storage_type != old.storage_type:
+            why = f"its disk is {new.storage_type} storage, the server's is {old.storage_type}; Hetzner keeps the kind"
+        elif (new.disk or 0) < disk:
+            why = (f"its disk ({new.disk} GB) is smaller than the server's ({disk} GB) and Hetzner never shrinks a "
+                   f"disk; pick a type with at least {disk} GB")  # fmt: skip
+        if why:
+            raise UsageError(f"Hetzner cannot change server {id} from {old.name} to {new.name}: {why}")
+        return (f"the disk stays {disk} GB (upgrade_disk=false), so a smaller type stays possible later",)
+
+    def change_size(self, change: SizeChange) -> None:
+        id = int(change.server)
+        stopped_here = self._shut_down(id)
+        try:
+            action = self.client.servers.change_type(Server(id=id), ServerType(name=change.target["type"]),
+                                                     upgrade_disk=False)  # fmt: skip
+            action.wait_until_finished()  # the SDK's waiter: raises when the action ends in error
+        except (HCloudException, requests.RequestException) as err:
+            if stopped_here:
+                self._restart(id)
+            if isinstance(err, ActionFailedException | ActionTimeoutException):
+                error: Any = err.action.error or {}
+                raise PostgressorError(f"the change_type action {err.action.id} ended in "
+                                       f"{error.get('code', err.action.status)}: {error.get('message', '')}"
+                                       .rstrip(": ")) from None  # fmt: skip
+            raise
+        self._restart(id)
+
+    def _shut_down(self, id: int) -> bool:
+        """Stop the server for change_type: an ACPI shutdown (PostgreSQL stops cleanly), a hard power-off if it
+        does not finish in time. False when it was off already."""
+        servers = self.client.servers
+        if servers.get_by_id(id).status == "off":
+            return False
+        self.log(f"shutting Hetzner server {id} down to change its type (PostgreSQL stops cleanly)")
+        self.api("shut the server down", lambda: servers.shutdown(Server(id=id)))
+        # The shutdown action only says the ACPI request was sent (API docs), so wait for "off".
+        try:
+            self.poll("the server to shut down", lambda: servers.get_by_id(id), lambda s: s.status == "off",
+                      timeout=SHUTDOWN_TIMEOUT, interval=3)  # fmt: skip
+        except PostgressorError:
+            self.log(f"server {id} did not shut down within {SHUTDOWN_TIMEOUT} s; powering it off")
+            self.api("power the server off", lambda: servers.power_off(Server(id=id))).wait_until_finished()
+        return True
+
+    def _restart(self, id: int) -> None:
+        """Power the server on (unless change_type already did) and wait until it runs; never raises, so the
+        error that led here is the one reported."""
+        try:
+            self._power_on(id)
+            self.poll("the server start", lambda: self.client.servers.get_by_id(id),
+                      lambda s: s.status == "running", timeout=600, interval=3)  # fmt: skip
+        except (PostgressorError, HCloudException, requests.RequestException) as err:
+            self.log(f"could not start server {id} again: {retry.short(err)}")
 
 
 def _location(server: Any) -> str:

@@ -35,6 +35,9 @@ class LocalProvider(Provider):
                 "install them (apt-get install debootstrap e2fsprogs qemu-utils)"
             )
 
+    def resize_hint(self) -> str:
+        return "the VM's memory and CPUs are [local] memory_mb and cpus, applied when it is created"
+
     @property
     def key_path(self) -> Path:
         return self.state.stack_dir / "id_ed25519"

@@ -21,6 +21,7 @@ from oci.exceptions import ClientError, ServiceError
 from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.providers import retry
+from postgressor.providers.base import SizeChange
 from postgressor.providers.cloud import (
     OPEN_PORTS,
     PROJECT_LABEL,
@@ -37,6 +38,7 @@ FREE_OCPUS, FREE_MEMORY_GB = 2, 12
 IMAGE_OS, IMAGE_VERSION = "Canonical Ubuntu", "24.04"
 VCN_CIDR, SUBNET_CIDR = "10.77.0.0/16", "10.77.1.0/24"
 DEAD = ("TERMINATING", "TERMINATED")
+RESIZE_TIMEOUT = 1800  # seconds for an instance to come back at its new shape
 
 
 def is_capacity(err: BaseException) -> bool:
@@ -201,7 +203,7 @@ class OracleProvider(CloudProvider):
     def _find_instances(self) -> list[Found]:
         compute, _, _ = self.clients
         instances = self._mine(self._all(compute.list_instances, self.compartment, display_name=self.resource_name()))
-        return [Found(i.id, {"availability_domain": i.availability_domain}) for i in instances]
+        return [Found(i.id, {"availability_domain": i.availability_domain, **_size_of(i)}) for i in instances]
 
     def _find_in_vcns(self, lister: Any) -> list[Found]:
         found: list[Found] = []
@@ -359,7 +361,7 @@ class OracleProvider(CloudProvider):
                 try:
                     token = f"pgsr-{self.creation_token}-{round_no}-{n}"
                     instance = compute.launch_instance(details, opc_retry_token=token).data
-                    return Found(instance.id, {"availability_domain": ad})
+                    return Found(instance.id, {"availability_domain": ad, **_size_of(instance)})
                 except ServiceError as err:
                     if not (is_capacity(err) or err.code == "NotAuthorizedOrNotFound"):
                         raise
@@ -376,6 +378,62 @@ class OracleProvider(CloudProvider):
             "memory_gb or --size), or retry later ('postgressor up' resumes)"
         )
 
+    # ---- resizing: UpdateInstance with a shape and, for flexible shapes, OCPUs and memory (core API 20160918,
+    # UpdateInstanceDetails): "If the instance is running when you change the shape, the instance is rebooted."
+
+    def resize_requested(self) -> bool:
+        return bool(self.settings.size) or bool({"ocpus", "memory_gb"} & self.settings.oracle.model_fields_set)
+
+    def read_size(self, id: str) -> dict[str, Any] | None:
+        compute, _, _ = self.clients
+        try:
+            instance = compute.get_instance(id).data
+        except ServiceError as err:
+            if err.status == 404:
+                return None
+            raise
+        return None if instance.lifecycle_state in DEAD else _size_of(instance)
+
+    def asked_size(self, current: dict[str, Any]) -> dict[str, Any]:
+        cfg, chosen = self.settings.oracle, self.settings.oracle.model_fields_set
+        return {"shape": self.settings.size or current["shape"],
+                "ocpus": cfg.ocpus if "ocpus" in chosen else current["ocpus"],
+                "memory_gb": cfg.memory_gb if "memory_gb" in chosen else current["memory_gb"]}  # fmt: skip
+
+    def size_names(self, size: dict[str, Any]) -> tuple[str, str]:
+        shape, ocpus, memory = size["shape"], size["ocpus"], size["memory_gb"]
+        if not shape.endswith(".Flex"):
+            return shape, shape
+        priced = f"{shape.removeprefix('VM.Standard.')} {ocpus:g} OCPU / {memory:g} GB"
+        if shape == DEFAULT_SHAPE and ocpus <= FREE_OCPUS and memory <= FREE_MEMORY_GB and \
+                self.region == self.region_hint():
+            priced += " (Always Free)"  # as billing_plan names it: the A1 limit, home region only
+        return f"{shape} {ocpus:g} OCPU / {memory:g} GB", priced
+
+    def change_size(self, change: SizeChange) -> None:
+        compute, _, _ = self.clients
+        target, id = change.target, change.server
+        config = (core.UpdateInstanceShapeConfigDetails(ocpus=target["ocpus"], memory_in_gbs=target["memory_gb"])
+                  if target["shape"].endswith(".Flex") else None)  # fmt: skip
+        details = core.UpdateInstanceDetails(shape=target["shape"], shape_config=config)
+        self.api("update the instance's shape", lambda: compute.update_instance(id, details))  # same values: idempotent
+        self.log(f"OCI instance {id} reboots into its new shape; waiting until it runs")
+
+        def settled(response: Any) -> bool:
+            instance = response.data
+            return instance.lifecycle_state in DEAD or (
+                _size_of(instance) == target and instance.lifecycle_state in ("RUNNING", "STOPPED"))
+
+        try:
+            final = oci.wait_until(compute, self.api("read the instance", lambda: compute.get_instance(id)),
+                                   evaluate_response=settled, max_interval_seconds=15,
+                                   max_wait_seconds=RESIZE_TIMEOUT).data  # fmt: skip
+        except oci.exceptions.MaximumWaitTimeExceeded:
+            raise PostgressorError(f"OCI instance {id} did not come back at its new shape within "
+                                   f"{RESIZE_TIMEOUT} s") from None  # fmt: skip
+        if final.lifecycle_state in DEAD:
+            raise PostgressorError(f"OCI instance {id} is {final.lifecycle_state}")
+
     def _public_ip(self, instance: str) -> str:
         compute, network, _ = self.clients
         attachments = self._all(compute.list_vnic_attachments, self.compartment, instance_id=instance)
@@ -383,3 +441,10 @@ class OracleProvider(CloudProvider):
             if attachment.lifecycle_state == "ATTACHED":
                 return str(network.get_vnic(attachment.vnic_id).data.public_ip or "")
         return ""
+
+
+def _size_of(instance: Any) -> dict[str, Any]:
+    """An instance's shape, OCPUs and memory, as the state records them."""
+    config = instance.shape_config
+    return {"shape": instance.shape, "ocpus": float(config.ocpus) if config else 0.0,
+            "memory_gb": float(config.memory_in_gbs) if config else 0.0}  # fmt: skip

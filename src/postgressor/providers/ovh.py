@@ -14,6 +14,7 @@ from ovh import exceptions as ovherr
 
 from postgressor.advisor.regions import resolve_region
 from postgressor.errors import PostgressorError, UsageError
+from postgressor.providers.base import SizeChange
 from postgressor.providers.cloud import (
     NAME_PREFIX,
     CloudProvider,
@@ -181,6 +182,63 @@ class OVHProvider(CloudProvider):
             raise PostgressorError(f"OVHcloud has no {what} '{name}' in {self.region} (known: {known}); "
                                    f"pick one with {'--size' if what == 'flavor' else '[ovh] image'}")  # fmt: skip
         return str(matches[-1]["id"])
+
+    # ---- resizing: POST /cloud/project/{serviceName}/instance/{instanceId}/resize {flavorId} ("Migrate your
+    # instance to another flavor", api.ovh.com console, answers the instance). OVHcloud's guide resizes only to a
+    # flavor with at least the instance's disk; checked here from the flavors' "disk" before any change.
+
+    def _flavors(self) -> list[dict[str, Any]]:
+        if self._flavor_list is None:
+            self._flavor_list = [f for f in self.client.get(self.path("flavor"), region=self.region)
+                                 if f.get("osType") == "linux"]  # fmt: skip
+        return self._flavor_list
+
+    _flavor_list: list[dict[str, Any]] | None = None
+
+    def _flavor(self, id: str) -> dict[str, Any]:
+        return next((f for f in self._flavors() if f.get("id") == id), {"id": id, "name": id})
+
+    def read_size(self, id: str) -> dict[str, Any] | None:
+        try:
+            instance = self.client.get(self.path("instance", id))
+        except ovherr.ResourceNotFoundError:
+            return None
+        return {"flavor": str(instance.get("flavorId", ""))}
+
+    def asked_size(self, current: dict[str, Any]) -> dict[str, Any]:
+        return {"flavor": self._pick("flavor", self._flavors(), self.size)}
+
+    def size_names(self, size: dict[str, Any]) -> tuple[str, str]:
+        name = str(self._flavor(size["flavor"]).get("name", size["flavor"]))
+        return name, name
+
+    def check_resize(self, id: str, current: dict[str, Any], asked: dict[str, Any]) -> tuple[str, ...]:
+        old, new = self._flavor(current["flavor"]), self._flavor(asked["flavor"])
+        if int(new.get("disk") or 0) < int(old.get("disk") or 0):
+            bigger = ", ".join(sorted(str(f["name"]) for f in self._flavors()
+                                      if int(f.get("disk") or 0) >= int(old.get("disk") or 0)))  # fmt: skip
+            raise UsageError(
+                f"OVHcloud cannot resize instance {id} from {old['name']} to {new['name']}: its disk "
+                f"({new.get('disk')} GB) is smaller than the instance's ({old.get('disk')} GB) and OVHcloud resizes "
+                f"only to a flavor with at least the same disk; pick one of {bigger}"
+            )
+        if int(new.get("disk") or 0) > int(old.get("disk") or 0):
+            return (f"the disk grows to {new.get('disk')} GB with the flavor; OVHcloud cannot shrink it back, so "
+                    "smaller flavors stay out of reach",)  # fmt: skip
+        return ()
+
+    def change_size(self, change: SizeChange) -> None:
+        id, flavor = change.server, change.target["flavor"]
+        self.client.post(self.path("instance", id, "resize"), flavorId=flavor)  # not retried: not idempotent
+        # OpenStack passes through RESIZE (and VERIFY_RESIZE until the resize is confirmed) to ACTIVE, or SHUTOFF
+        # for an instance that was stopped; ERROR when the resize failed.
+        instance = self.poll("the resize", lambda: self.client.get(self.path("instance", id)),
+                             lambda i: i.get("status") == "ERROR" or (i.get("flavorId") == flavor and
+                                                                      i.get("status") in ("ACTIVE", "SHUTOFF")),
+                             timeout=1800, interval=5)  # fmt: skip
+        if instance.get("status") == "ERROR":
+            raise PostgressorError(f"OVHcloud instance {id} is in ERROR after the resize; check it in the console "
+                                   "(or open a ticket), then run 'postgressor up' again")  # fmt: skip
 
     def create_server(self, public_key: str) -> str:
         regions = self.api("list the project's regions", lambda: self.client.get(self.path("region")))
