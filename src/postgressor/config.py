@@ -254,6 +254,9 @@ class BackupConfig(Section):
     full_schedule: str = "Sun *-*-* 01:30:00"  # systemd OnCalendar
     diff_schedule: str = "Mon..Sat *-*-* 01:30:00"
     archive_timeout: int = Field(300, ge=0, le=86400, description="force a WAL switch after this many seconds")
+    archive_queue_max_mb: int | None = Field(
+        None, ge=16, description="WAL waiting to be archived beyond this is dropped (default: 15% of the disk)"
+    )
     s3_endpoint: str = ""  # e.g. fsn1.your-objectstorage.com; empty: repository on the box's disk
     s3_region: str = ""
     s3_bucket: str = ""

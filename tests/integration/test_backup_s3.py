@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -54,6 +54,7 @@ from postgressor.box.layout import (
     S3_KEY_SECRET,
     S3_KEY_SECRET_SECRET,
     SECRETS_DIR,
+    WAL_DROPPED_MARK,
 )
 from postgressor.box.operations import compose_command
 from postgressor.box.spec import BackupSpec, Distro, box_spec
@@ -266,12 +267,13 @@ def spec_for_moto(url: str, path: str = "/stack-test", key: str = "AKIAEX", key_
 
 def local_lines(spec: BackupSpec, work: Path, datadir: Path, port: int) -> list[str]:
     """The deploy's config lines (secrets still `$(cat file)`), the stanza pointed at the throwaway cluster."""
-    lines = conf_lines(spec)
+    lines = conf_lines(spec, queue_mb=spec.archive_queue_max_mb or 1024)
     lines = [f"pg1-path={datadir}" if line.startswith("pg1-path=") else line for line in lines]
     lines = [f"pg1-socket-path={work}" if line.startswith("pg1-socket-path=") else line for line in lines]
     lines.append(f"pg1-port={port}")
+    lines = [f"spool-path={work}/spool" if line.startswith("spool-path=") else line for line in lines]
     glob = lines.index("[global]") + 1
-    lines[glob:glob] = [f"log-path={work}/log", f"lock-path={work}/lock", f"spool-path={work}/spool"]
+    lines[glob:glob] = [f"log-path={work}/log", f"lock-path={work}/lock"]
     return lines
 
 
@@ -415,3 +417,35 @@ def test_wrong_passphrase_cannot_read_the_repository(rig: Rig) -> None:
     info = parse_info(proc.stdout)
     assert info["status"]["code"] != 0
     assert info_problem(info).startswith("backup repository: ")
+
+
+def ready_segments(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'").fetchone()
+    return int(row[0])  # type: ignore[index]
+
+
+def test_an_unreachable_repository_drops_the_archive_queue_at_its_cap(rig: Rig, moto: Moto) -> None:
+    """Asynchronous archive-push with archive-push-queue-max (the deploy's pgbackrest.conf): when S3 refuses every
+    push, WAL piles up in pg_wal only to the cap; then pgBackRest drops the queue and says so in PostgreSQL's log
+    (the line `status` looks for), and PostgreSQL keeps running."""
+    rig.pgbackrest("stanza-create")
+    rig.pgbackrest("check")
+    rig.spec = replace(rig.spec, archive_queue_max_mb=16)  # one WAL segment's worth, so the test stays small
+    rig.write_secret(S3_KEY_SECRET_SECRET, moto.key_secret[:-4] + "XXXX")  # a rotated key: every push is a 403
+    rig.compose()
+    assert "archive-push-queue-max=16MB" in rig.config.read_text()
+    log = rig.work / "data.log"
+    with rig.connect(rig.port) as conn:
+        conn.execute("CREATE TABLE filler (g int, pad text)")
+        deadline = time.monotonic() + 240
+        while WAL_DROPPED_MARK not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "pgBackRest never dropped the queue:\n" + log.read_text()[-2000:]
+            conn.execute("INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g")
+            conn.execute("SELECT pg_switch_wal()")
+            time.sleep(1)
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # still serving
+        # Dropped, not piled up: the queue is emptied, so few segments wait (each new one counts again).
+        deadline = time.monotonic() + 60
+        while ready_segments(conn) > 2:
+            assert time.monotonic() < deadline, f"{ready_segments(conn)} segments still wait to be archived"
+            time.sleep(1)

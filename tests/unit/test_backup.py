@@ -16,7 +16,14 @@ from postgressor.box.deploys.backup import backup, conf_lines
 from postgressor.box.deploys.postgres import postgresql
 from postgressor.box.spec import Distro, backup_spec, box_spec
 from postgressor.checks import backups as health
-from postgressor.checks.backups import archive_problem, backup_status, info_problem, parse_info
+from postgressor.checks.backups import (
+    archive_problem,
+    backup_status,
+    dropped_at,
+    dropped_problem,
+    info_problem,
+    parse_info,
+)
 from postgressor.cli import app
 from postgressor.config import load_settings, masked_dump
 from postgressor.day2 import backups
@@ -458,3 +465,24 @@ def test_backup_commands_refuse_when_disabled(project: Path) -> None:
 def test_backup_now_rejects_an_unknown_type(project: Path) -> None:
     result = CliRunner().invoke(app, ["backup", "now", "--type", "weekly"])
     assert result.exit_code == 2 and "weekly" in result.output
+
+
+DROP = ("2026-11-25 05:10:57.547 P00   WARN: dropped WAL file '000000010000000000000009' because archive queue "
+        "exceeded 1024MB")
+
+
+def test_wal_dropped_after_the_last_backup_fails_status_saying_when(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = (f"@@info\n{json.dumps([INFO])}\n@@info_rc=0\n@@archiver\n{json.dumps(ARCHIVER_OK)}\n"
+           f"@@dropped\n{DROP}\n@@units\nfull=inactive\ndiff=inactive\n")  # fmt: skip
+    seen = fake_box(monkeypatch, out)
+    report = backup_status(HostRecord("h", 22, "root", "k"))
+    assert report["wal_dropped_at"] == "2026-11-25T05:10:57+00:00"
+    assert report["error"].startswith("WAL was dropped from the archive queue at 2026-11-25T05:10:57+00:00")
+    assert "backup now --type full" in report["error"]
+    assert "/var/log/pgbackrest/main-archive-push-async.log" in seen[0]
+
+
+def test_a_backup_after_the_drop_restarts_the_chain() -> None:
+    assert dropped_problem("2026-11-25T05:10:57+00:00", {"stop": "2026-11-25T06:00:00+00:00"}) == ""
+    assert dropped_problem("2026-11-25T05:10:57+00:00", {"stop": "2026-11-25T04:00:00+00:00"})
+    assert dropped_problem(None, None) == "" and dropped_at("") is None

@@ -44,6 +44,11 @@ SCHEDULED_BACKUP_TIMERS = {kind: f"pgbackrest-{kind}.timer" for kind in BACKUP_K
 PGBACKREST_STANZA = "main"
 PGBACKREST_CONF = "/etc/pgbackrest/pgbackrest.conf"
 PGBACKREST_LOCAL_REPO = "/var/lib/pgbackrest"  # the repository when it is not on S3
+PGBACKREST_SPOOL = "/var/spool/pgbackrest"  # asynchronous archive-push's queue acknowledgements
+# pgBackRest's warning when it drops queued WAL (archive-push-queue-max): in PostgreSQL's log, and with a
+# timestamp (the box's clock, UTC on the images postgressor deploys to) in the asynchronous archive-push log
+WAL_DROPPED_MARK = "because archive queue exceeded"
+PGBACKREST_ASYNC_LOG = f"/var/log/pgbackrest/{PGBACKREST_STANZA}-archive-push-async.log"
 # pgBackRest as postgres, reading PGBACKREST_CONF (so no secret is ever on its command line)
 PGBACKREST = f"cd / && runuser -u postgres -- pgbackrest --stanza={PGBACKREST_STANZA}"
 # File names under SECRETS_DIR (not secrets themselves).

@@ -67,6 +67,7 @@ class BackupSpec:
     full_schedule: str
     diff_schedule: str
     archive_timeout: int
+    archive_queue_max_mb: int | None = None  # None: ARCHIVE_QUEUE_SHARE of the box's disk, read at deploy time
     s3_endpoint: str = ""  # empty: repository on local disk
     s3_region: str = ""
     s3_bucket: str = ""
@@ -96,6 +97,7 @@ def backup_spec(settings: Settings, pg_version: int) -> BackupSpec:
     common = dict(
         pg_version=pg_version, retention_full=cfg.retention_full, retention_diff=cfg.retention_diff,
         full_schedule=cfg.full_schedule, diff_schedule=cfg.diff_schedule, archive_timeout=cfg.archive_timeout,
+        archive_queue_max_mb=cfg.archive_queue_max_mb,
     )  # fmt: skip
     if not cfg.s3:
         return BackupSpec(**common)  # type: ignore[arg-type]

@@ -6,10 +6,20 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from datetime import UTC, datetime
 from typing import Any
 
-from postgressor.box.layout import BACKUP_KINDS, BACKUP_UNIT, PGBACKREST, PGBACKREST_STANZA, backup_unit, psql
+from postgressor.box.layout import (
+    BACKUP_KINDS,
+    BACKUP_UNIT,
+    PGBACKREST,
+    PGBACKREST_ASYNC_LOG,
+    PGBACKREST_STANZA,
+    WAL_DROPPED_MARK,
+    backup_unit,
+    psql,
+)
 from postgressor.errors import PostgressorError
 from postgressor.remote.ssh import CommandResult, run
 from postgressor.state import HostRecord
@@ -145,11 +155,34 @@ def archive_problem(archiver: dict[str, Any] | None) -> str:
     return ""
 
 
+def dropped_at(line: str) -> str | None:
+    """When pgBackRest last dropped queued WAL (ISO-8601 UTC), from its async log line
+    ``2026-11-30 16:10:57.547 P00   WARN: dropped WAL file '...' because archive queue exceeded 16MB``; else None."""
+    found = re.match(r"(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}:\d{2})", line.strip())
+    return f"{found.group(1)}T{found.group(2)}+00:00" if found else None
+
+
+def dropped_problem(dropped: str | None, last_backup: dict[str, Any] | None) -> str:
+    """Why point-in-time recovery is broken since WAL was dropped from the archive queue, or '' when a backup
+    finished after the drop (it restarts the chain)."""
+    if dropped is None:
+        return ""
+    stop = (last_backup or {}).get("stop")
+    if stop and datetime.fromisoformat(stop) > datetime.fromisoformat(dropped):
+        return ""
+    return (
+        f"WAL was dropped from the archive queue at {dropped} (the repository was unreachable longer than "
+        "backup.archive_queue_max_mb allows, so PostgreSQL kept running): point-in-time recovery cannot reach past "
+        "that point; once 'postgressor backup check' passes, run 'postgressor backup now --type full'"
+    )
+
+
 def backup_status(host: HostRecord) -> dict[str, Any]:
     """Last good backup, WAL archiving (pg_stat_archiver) and the scheduled backups; ``error`` when broken."""
     script = (
         f'echo @@info; {PGBACKREST} --output=json info 2>&1; rc=$?; echo; echo "@@info_rc=$rc"; '
         f"echo @@archiver; {psql(ARCHIVER_SQL)} 2>&1; "
+        f"echo @@dropped; grep -h {shlex.quote(WAL_DROPPED_MARK)} {PGBACKREST_ASYNC_LOG} 2>/dev/null | tail -n 1; "
         f"echo @@units; for t in {' '.join(BACKUP_KINDS)}; do "
         f'echo "$t=$(systemctl is-failed {BACKUP_UNIT}@$t.service)"; done'
     )
@@ -176,6 +209,8 @@ def backup_status(host: HostRecord) -> dict[str, Any]:
     except (ValueError, IndexError):
         report["archiver"] = None
     problems.append(archive_problem(report["archiver"]))
+    report["wal_dropped_at"] = dropped_at(sections.get("dropped", ""))
+    problems.append(dropped_problem(report["wal_dropped_at"], report["last_backup"]))
     units = dict(line.split("=", 1) for line in sections.get("units", "").splitlines() if "=" in line)
     report["failed_units"] = [backup_unit(t) for t, state in units.items() if state.strip() == "failed"]
     if report["failed_units"]:

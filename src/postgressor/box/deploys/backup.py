@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from io import StringIO
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
+from postgressor.box import facts
 from postgressor.box.deploys.base import APT_ARGS, template
 from postgressor.box.layout import (
     BACKUP_UNIT,
@@ -20,6 +22,7 @@ from postgressor.box.layout import (
     PGBACKREST,
     PGBACKREST_CONF,
     PGBACKREST_LOCAL_REPO,
+    PGBACKREST_SPOOL,
     PGBACKREST_STANZA,
     S3_KEY_SECRET,
     S3_KEY_SECRET_SECRET,
@@ -50,9 +53,23 @@ def box_secret(name: str) -> str:
     return f"$(cat {secret_path(name)})"
 
 
-def conf_lines(spec: BackupSpec, secret: Callable[[str], str] = box_secret) -> list[str]:
-    """pgbackrest.conf, line by line; ``secret(name)`` renders each secret."""
-    lines = ["# Managed by postgressor: edit postgressor.toml [backup] instead.", "[global]"]
+ARCHIVE_QUEUE_SHARE = 0.15  # of the disk: with max_slot_wal_keep_size (20 %), pg_wal stays well below full
+MIN_ARCHIVE_QUEUE_MB = 256
+
+
+def archive_queue_mb(spec: BackupSpec, disk_kb: int) -> int:
+    """The archive queue's cap in MB: ``spec.archive_queue_max_mb``, else ARCHIVE_QUEUE_SHARE of ``disk_kb``."""
+    if spec.archive_queue_max_mb:
+        return spec.archive_queue_max_mb
+    return max(MIN_ARCHIVE_QUEUE_MB, int(disk_kb * ARCHIVE_QUEUE_SHARE) // 1024)
+
+
+def conf_lines(spec: BackupSpec, secret: Callable[[str], str] = box_secret, queue_mb: int = 1024) -> list[str]:
+    """pgbackrest.conf, line by line; ``secret(name)`` renders each secret. WAL is archived asynchronously and at
+    most ``queue_mb`` of it waits: beyond that pgBackRest drops the queue (PostgreSQL keeps running, the PITR chain
+    breaks there and a new full backup is needed; ``status`` says when)."""
+    lines = ["# Managed by postgressor: edit postgressor.toml [backup] instead.", "[global]",
+             "archive-async=y", f"spool-path={PGBACKREST_SPOOL}", f"archive-push-queue-max={queue_mb}MB"]  # fmt: skip
     if spec.s3_endpoint:
         lines += [
             "repo1-type=s3",
@@ -117,8 +134,11 @@ def backup(spec: BoxSpec) -> None:
     files.directory(name="pgBackRest log directory", path="/var/log/pgbackrest", user="postgres",
                     group="postgres", mode="750")  # fmt: skip
     files.directory(name="pgBackRest config directory", path="/etc/pgbackrest", mode="755")
-    composed_file(name="pgbackrest.conf (0600, postgres)", path=PGBACKREST_CONF, lines=conf_lines(backup),
-                  owner="postgres")  # fmt: skip
+    files.directory(name="pgBackRest spool directory", path=PGBACKREST_SPOOL, user="postgres", group="postgres",
+                    mode="750")  # fmt: skip
+    queue_mb = archive_queue_mb(backup, host.get_fact(facts.MachineSize).disk_kb)
+    composed_file(name="pgbackrest.conf (0600, postgres)", path=PGBACKREST_CONF,
+                  lines=conf_lines(backup, queue_mb=queue_mb), owner="postgres")  # fmt: skip
     applied(name=f"Stanza {PGBACKREST_STANZA}", marker="pgbackrest-stanza", digest=backup.repo_id,
             command=f"{PGBACKREST} stanza-create")  # fmt: skip
 
