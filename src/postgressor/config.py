@@ -242,6 +242,39 @@ class HttpsConfig(Section):
         return _checked(grammar.email_problem, value)
 
 
+MIN_CIPHER_PASS = 20  # characters; `openssl rand -base64 48` gives 64, a box-generated passphrase has 40
+MAKE_CIPHER_PASS = "openssl rand -base64 48"  # noqa: S105 (a command the refusals suggest, not a secret)
+
+
+def cipher_pass_problem(value: str) -> str:
+    """Why ``value`` cannot be a repository passphrase ('' when it can); never quotes the value."""
+    if not value:
+        return f"empty; make one with '{MAKE_CIPHER_PASS}'"
+    if not re.fullmatch(r"[!-~]+", value):
+        return ("may hold only printable ASCII without spaces (it is one line of pgbackrest.conf); check it was "
+                "pasted whole")  # fmt: skip
+    if len(value) < MIN_CIPHER_PASS:
+        return (f"{len(value)} characters, fewer than {MIN_CIPHER_PASS}; make a strong one with "
+                f"'{MAKE_CIPHER_PASS}'")  # fmt: skip
+    return ""
+
+
+def _read_secret_file(path: Path, name: str) -> str:
+    """The first line of the secret file ``path`` (``~`` expanded); ValueError (one line) when unreadable."""
+    full = path.expanduser()
+    try:
+        text = full.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{name}: {full} not found; point it at the file holding the passphrase") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or "not UTF-8 text"
+        raise ValueError(f"{name}: cannot read {full} ({reason}); fix its permissions or point it elsewhere") from None
+    lines = text.splitlines()
+    if len(lines) > 1 and any(line.strip() for line in lines[1:]):
+        raise ValueError(f"{name}: {full} holds more than one line; keep only the passphrase in it")
+    return lines[0].strip() if lines else ""
+
+
 SCHEDULE = re.compile(r"^[A-Za-z0-9*.,:/~ -]{1,80}$")  # a systemd OnCalendar expression, one line
 
 
@@ -266,6 +299,11 @@ class BackupConfig(Section):
     s3_uri_style: Literal["host", "path"] = "host"
     s3_port: int = Field(443, ge=1, le=65535)
     s3_verify_tls: bool = True
+    # The repository's encryption passphrase, held by the user (required with S3: a repository must be readable
+    # without the box). Prefer POSTGRESSOR_BACKUP__CIPHER_PASS; cipher_pass_file names a file holding it instead.
+    # Neither given (local repository only): the box generates one and keeps it.
+    cipher_pass: SecretStr | None = None
+    cipher_pass_file: Path | None = None
 
     @field_validator("full_schedule", "diff_schedule")
     @classmethod
@@ -295,6 +333,19 @@ class BackupConfig(Section):
             if secret is not None and not re.fullmatch(r"[!-~]+", secret.get_secret_value()):
                 raise ValueError(f"{name} may hold only printable ASCII without spaces (it is one line of "
                                  "pgbackrest.conf); check it was pasted whole")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
+    def _cipher_pass_usable(self) -> BackupConfig:
+        """Read ``cipher_pass_file`` into ``cipher_pass``; the passphrase is one line of pgbackrest.conf."""
+        if self.cipher_pass_file is not None:
+            if self.cipher_pass is not None:
+                raise ValueError("cipher_pass and cipher_pass_file are both set; keep one of them")
+            self.cipher_pass = SecretStr(_read_secret_file(self.cipher_pass_file, "cipher_pass_file"))
+        if self.cipher_pass is not None:
+            problem = cipher_pass_problem(self.cipher_pass.get_secret_value())
+            if problem:
+                raise ValueError(f"cipher_pass: {problem}")
         return self
 
     def _s3_fields(self) -> dict[str, object]:

@@ -13,16 +13,18 @@ from pyinfra.api import Host
 from pyinfra.facts.server import Arch, LinuxDistribution
 
 from postgressor.box.converge import DeployResult, Deploys, OpListener, run_deploys, ssh_inventory
-from postgressor.box.deploys.backup import backup
+from postgressor.box.deploys.backup import CIPHER_MISMATCH, backup
 from postgressor.box.deploys.base import base
 from postgressor.box.deploys.postgres import postgresql
 from postgressor.box.deploys.sync import caddy, electric, gateway
-from postgressor.box.facts import CarriedSettings, CloudInitDone, PythonVersion
+from postgressor.box.facts import CarriedSettings, CloudInitDone, PythonVersion, SecretDigest
 from postgressor.box.gateway_bundle import gateway_bundle
+from postgressor.box.layout import CIPHER_SECRET
+from postgressor.box.operations import same_secret
 from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact
 from postgressor.config import Settings
 from postgressor.day2 import destroy as safe_destroy
-from postgressor.errors import PostgressorError, UsageError
+from postgressor.errors import ConfigError, PostgressorError, UsageError
 from postgressor.opwatch import DetailListener, OpWatch
 from postgressor.preflight import carried_keys, check_drops
 from postgressor.preflight import check as preflight
@@ -87,6 +89,17 @@ def read_box(box: Host) -> BoxFacts:
     return BoxFacts(distro, box.get_fact(PythonVersion), box.get_fact(Arch), tuple(carried))
 
 
+def check_cipher_custody(box: Host, spec: BoxSpec) -> None:
+    """Refuse (exit 2, before any change) a user-held passphrase that differs from the one the box's repository
+    already uses: only SHA-256 digests are compared, the box's value never leaves it."""
+    held = spec.backup.cipher_pass if spec.backup is not None else ""
+    if not held:
+        return
+    on_box: str = box.get_fact(SecretDigest, secret=CIPHER_SECRET)
+    if on_box and not same_secret(held, on_box):
+        raise ConfigError(CIPHER_MISMATCH)
+
+
 def deploys_for(spec: BoxSpec, facts: BoxFacts, host: HostRecord) -> Deploys:
     """The deploys for ``spec``, in order: base, PostgreSQL, backups if enabled, then Electric, gateway, Caddy."""
     deploys: Deploys = [(base, {"spec": spec}), (postgresql, {"spec": spec})]
@@ -119,6 +132,7 @@ def deploy_host(
         # Also what the box's own files hold: a box deployed before names were recorded, or from elsewhere.
         check_drops(settings, sorted({*state.deployed_keys, *found.carried}), state.stack, drop)
         spec = box_spec(settings, found.distro)
+        check_cipher_custody(box, spec)
         specs.append(spec)
         if not dry_run:  # recorded first: a cut-off run may already have installed this version
             state.pg_version = spec.pg_version

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from postgressor.config import IDENTIFIER, Settings
+from postgressor.config import IDENTIFIER, MAKE_CIPHER_PASS, Settings
 from postgressor.errors import ConfigError
 
 # Supabase's own minimum for the legacy HS256 JWT secret: "JWT_SECRET=your-super-secret-jwt-token-with-at-least-
@@ -169,6 +169,19 @@ def normalize_ref(ref: str) -> str:
     return name
 
 
+def _backups(settings: Settings) -> bool:
+    return settings.backup.enabled
+
+
+def _cipher_custody(settings: Settings) -> Iterator[str]:
+    backup = settings.backup
+    if backup.s3 and backup.cipher_pass is None:
+        yield (f"backup.cipher_pass: an S3 repository must stay readable when the box is lost, so you hold its "
+               f"passphrase: make one with '{MAKE_CIPHER_PASS}', keep it in your password manager or CI secrets "
+               f"and set {env_name('backup.cipher_pass')} (or backup.cipher_pass_file); for a box already backing "
+               "up, 'postgressor backup passphrase' shows the one it uses")  # fmt: skip
+
+
 RULES: tuple[Rule, ...] = (
     Rule("sync.tables", _sync, _tables_listed),
     Rule("supabase.jwt_secret", _sync, _key_source),
@@ -179,6 +192,7 @@ RULES: tuple[Rule, ...] = (
     Rule("sync.tables.owner_column", _sync, _owner_columns),
     Rule("electric.docker_bridge", _sync, _docker_bridge),
     Rule("electric.image_archive", _sync, _image_archive),
+    Rule("backup.cipher_pass", _backups, _cipher_custody),
 )
 
 

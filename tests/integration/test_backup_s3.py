@@ -73,7 +73,9 @@ BUCKET = "postgressor-backups"
 BOOTSTRAP_KEY, BOOTSTRAP_SECRET = "AKIABOOTSTRAPONLY000", "bootstrap-secret-not-a-user-key"
 NO_AUTH_CALLS = 3  # CreateUser, PutUserPolicy, CreateAccessKey
 S3_POLICY = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'
-CIPHER = "test-cipher-passphrase-0123456789abcdef"
+# A user-held passphrase shaped like `openssl rand -base64 48` output ('+' and '/'), plus the '=' of base64
+# padding: pgBackRest reads it whole from the composed pgbackrest.conf line.
+CIPHER = "u8+Yc/Qf0rT3kWz+9mN/aB4dE7gH1jL5pS8vX2yZ6cR0tU3wQ9eK1oI4nM7bV2x=="
 
 
 def account() -> pwd.struct_passwd | None:
@@ -258,7 +260,7 @@ def spec_for_moto(url: str, path: str = "/stack-test", key: str = "AKIAEX", key_
     settings = load_settings(backup={
         "s3_endpoint": "127.0.0.1", "s3_region": "us-east-1", "s3_bucket": BUCKET, "s3_path": path,
         "s3_key": key, "s3_key_secret": key_secret, "s3_uri_style": "path", "s3_port": port,
-        "s3_verify_tls": False,
+        "s3_verify_tls": False, "cipher_pass": CIPHER,
     })  # fmt: skip
     spec = box_spec(settings, Distro("debian", 12, "bookworm")).backup
     assert spec is not None
@@ -340,7 +342,7 @@ def test_generated_s3_config_has_the_repository_and_no_literal_secret() -> None:
 def test_the_box_composes_the_keys_from_its_secret_files(rig: Rig, moto: Moto) -> None:
     command = compose_command(str(rig.config), conf_lines(spec_for_moto(moto.url, key=moto.key,
                                                                         key_secret=moto.key_secret)))  # fmt: skip
-    assert moto.key not in command and moto.key_secret not in command  # never on a command line
+    assert moto.key not in command and moto.key_secret not in command and CIPHER not in command  # never in argv
     lines = rig.config.read_text().splitlines()
     assert f"repo1-s3-key={moto.key}" in lines and f"repo1-s3-key-secret={moto.key_secret}" in lines
     assert f"repo1-cipher-pass={CIPHER}" in lines

@@ -277,3 +277,18 @@ def test_carried_settings_fact_counts_only_values_the_files_really_hold(tmp_path
     out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
     assert CarriedSettings().process(out.splitlines()) == ["supabase.jwt_secret"]
     assert "s3cret-value" not in out
+
+
+def test_rule_cipher_custody(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POSTGRESSOR_BACKUP__CIPHER_PASS", raising=False)
+    s3 = ('[backup]\ns3_endpoint = "fsn1.your-objectstorage.com"\ns3_region = "fsn1"\ns3_bucket = "b"\n'
+          's3_key = "AKIAEXAMPLE"\ns3_key_secret = "s3cr3t"\n')  # fmt: skip
+    found = problems(tmp_path, s3)
+    assert len(found) == 1 and "\n" not in found[0]
+    assert found[0].startswith("backup.cipher_pass: an S3 repository must stay readable when the box is lost")
+    for needed in ("openssl rand -base64 48", "password manager", "POSTGRESSOR_BACKUP__CIPHER_PASS",
+                   "postgressor backup passphrase"):  # fmt: skip
+        assert needed in found[0]
+    assert problems(tmp_path, s3 + f'cipher_pass = "{"p" * 40}"\n') == []
+    assert problems(tmp_path, "") == []  # a local repository: the box keeps its own passphrase
+    assert problems(tmp_path, s3.replace("[backup]\n", "[backup]\nenabled = false\n")) == []

@@ -6,7 +6,7 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from postgressor.box.layout import GATEWAY_CONFIG, PGBACKREST_CONF, psql
+from postgressor.box.layout import GATEWAY_CONFIG, PGBACKREST_CONF, psql, secret_digest_command
 from postgressor.box.tuning import Machine
 
 
@@ -118,6 +118,21 @@ class ComposedFileCurrent(FactBase[bool]):
     @staticmethod
     def default() -> bool:
         return False
+
+
+class SecretDigest(FactBase[str]):
+    """SHA-256 hex digest of the box's secret file ``secret`` (a name under SECRETS_DIR), '' when it has none: the value
+    itself never leaves the box (compare with ``operations.secret_digest``)."""
+
+    def command(self, secret: str) -> str:
+        return f"{secret_digest_command(secret)}; true"
+
+    def process(self, output: list[str]) -> str:
+        return output[0].strip() if output else ""
+
+    @staticmethod
+    def default() -> str:
+        return ""
 
 
 class DockerImagePresent(FactBase[bool]):

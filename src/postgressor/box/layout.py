@@ -62,6 +62,14 @@ def secret_path(name: str) -> str:
     return f"{SECRETS_DIR}/{name}"
 
 
+def secret_digest_command(name: str) -> str:
+    """Shell printing the SHA-256 hex digest of secret ``name`` as pgbackrest.conf reads it (``$(cat file)``:
+    trailing newlines dropped), or nothing when the file is absent or empty. Only the digest leaves the box; printf
+    is a shell builtin, so the value is in no process's argv."""
+    path = shlex.quote(secret_path(name))
+    return f"if [ -s {path} ]; then printf '%s' \"$(cat {path})\" | sha256sum | cut -d' ' -f1; fi"
+
+
 def postgres_unit(version: int | str) -> str:
     """systemd unit of the Debian/Ubuntu ``main`` cluster of PostgreSQL ``version`` (e.g. ``postgresql@17-main``)."""
     return f"postgresql@{version}-main"

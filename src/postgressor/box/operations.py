@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import posixpath
 import re
 import shlex
 from collections.abc import Generator
+from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import operation
+from pyinfra.api import FileUploadCommand, operation
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
 
@@ -198,6 +200,34 @@ def generated_secret(name_on_box: str) -> Generator[str, None, None]:
         host.noop(f"{path} exists (a secret is made once and kept)")
         return
     yield f"set -e; {_generate(path)}; mv {path}.new {path}"
+
+
+def secret_digest(value: str) -> str:
+    """SHA-256 hex digest of a secret as the box's ``SecretDigest`` fact computes it for its file."""
+    return hashlib.sha256(value.rstrip("\n").encode()).hexdigest()
+
+
+def same_secret(value: str, digest_on_box: str) -> bool:
+    """True when the box's file (``digest_on_box``, from ``SecretDigest``) holds ``value``."""
+    return hmac.compare_digest(secret_digest(value), digest_on_box)
+
+
+@operation()
+def held_secret(name_on_box: str, value: str, mismatch: str) -> Generator[object, None, None]:
+    """A secret the user holds, uploaded to the box root-only (0600, never in a command). One the box already holds
+    is never replaced: a different value there fails the operation with the one line ``mismatch`` (compared by
+    SHA-256 digest, so neither value is shown)."""
+    path = secret_path(name_on_box)
+    on_box = host.get_fact(facts.SecretDigest, secret=name_on_box)
+    if on_box and same_secret(value, on_box):
+        host.noop(f"{path} holds the given secret (same digest)")
+        return
+    if on_box:
+        yield f"echo {shlex.quote(mismatch)} >&2; exit 1"
+        return
+    yield f"install -d -m 0700 {SECRETS_DIR}"
+    yield FileUploadCommand(StringIO(value), path, remote_temp_filename=host.get_temp_filename(path))
+    yield f"chown root:root {path} && chmod 600 {path}"
 
 
 @operation()

@@ -77,6 +77,7 @@ class BackupSpec:
     s3_verify_tls: bool = True
     s3_key: str = ""  # secret values: uploaded to the box only, never in commands or output
     s3_key_secret: str = ""
+    cipher_pass: str = ""  # the user-held repository passphrase (secret); empty: the box generates and keeps one
 
     @property
     def data_dir(self) -> str:
@@ -88,7 +89,7 @@ class BackupSpec:
         where = f"s3://{self.s3_endpoint}/{self.s3_bucket}{self.s3_path}" if self.s3_endpoint else PGBACKREST_LOCAL_REPO
         return digest(where, PGBACKREST_STANZA, str(self.pg_version))
 
-    def __repr__(self) -> str:  # keep the S3 keys out of any log or traceback
+    def __repr__(self) -> str:  # keep the S3 keys and the passphrase out of any log or traceback
         return f"BackupSpec(pg_version={self.pg_version}, repo={'s3' if self.s3_endpoint else 'local'})"
 
 
@@ -98,6 +99,7 @@ def backup_spec(settings: Settings, pg_version: int) -> BackupSpec:
         pg_version=pg_version, retention_full=cfg.retention_full, retention_diff=cfg.retention_diff,
         full_schedule=cfg.full_schedule, diff_schedule=cfg.diff_schedule, archive_timeout=cfg.archive_timeout,
         archive_queue_max_mb=cfg.archive_queue_max_mb,
+        cipher_pass=cfg.cipher_pass.get_secret_value() if cfg.cipher_pass is not None else "",
     )  # fmt: skip
     if not cfg.s3:
         return BackupSpec(**common)  # type: ignore[arg-type]

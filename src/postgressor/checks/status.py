@@ -9,6 +9,7 @@ from postgressor.box.layout import (
     CADDY_UNIT,
     ELECTRIC_SLOT,
     LOST_SLOT_STATES,
+    PGBACKREST_LOCAL_REPO,
     SYNC_UNITS,
     electric_health_url,
     postgres_unit,
@@ -20,6 +21,11 @@ from postgressor.errors import PostgressorError
 from postgressor.providers import get_provider
 from postgressor.remote.ssh import HostKeyMismatch, run
 from postgressor.state import StackState, recorded_version, require_state
+
+LOCAL_REPOSITORY_NOTE = (
+    f"the backup repository is on the box's own disk ({PGBACKREST_LOCAL_REPO}): it undoes mistakes but does not "
+    "survive the loss of the box; configure an S3 repository ([backup] s3_*) for that"
+)
 
 STATUS_SETTINGS = (
     "wal_level", "max_wal_senders", "max_replication_slots", "max_slot_wal_keep_size", "listen_addresses",
@@ -73,7 +79,8 @@ def _setting_bytes(value: str) -> int:
 
 def status(settings: Settings, stack: str) -> dict[str, Any]:
     """The stack's health as data: ``reachable``, ``service``, ``postgres`` (version, settings, slots), ``sync``
-    and ``backup`` when enabled, and ``error`` (the first problem) when anything is broken."""
+    and ``backup`` when enabled, ``warnings`` and ``notes`` (lines that do not fail status; a local backup
+    repository is noted), and ``error`` (the first problem) when anything is broken."""
     state = require_state(settings.state_dir, stack)
     assert state.host is not None
     unit = postgres_unit(recorded_version(state))
@@ -132,6 +139,8 @@ def status(settings: Settings, stack: str) -> dict[str, Any]:
             report.setdefault("error", f"sync not healthy: inactive {broken or 'none'}, Electric health "
                                        f"{values.get('electric_health') or 'no answer'}")  # fmt: skip
     if settings.backup.enabled:
+        if not settings.backup.s3:
+            report["notes"] = [LOCAL_REPOSITORY_NOTE]
         report["backup"] = backup_status(state.host)
         if report["backup"].get("error"):
             report.setdefault("error", report["backup"]["error"])

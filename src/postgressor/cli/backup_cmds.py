@@ -96,14 +96,34 @@ def check(ctx: typer.Context) -> None:
 def passphrase(
     ctx: typer.Context,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (required without a terminal)."),
+    check: bool = typer.Option(False, "--check", help="Only say whether the passphrase you hold "
+                               "(backup.cipher_pass) is the box's; prints neither."),
 ) -> None:
-    """Print the repository's encryption passphrase (kept only on the box): store it somewhere safe."""
+    """Print the repository's encryption passphrase and how to hold it yourself (an S3 repository needs that).
+
+    --check compares the one you hold with the box's by digest: exit 0 when they match, 1 when not."""
+    held = settings_for(ctx).backup.cipher_pass
+    quiet = global_options(ctx).json
+    if check:
+        if held is None:
+            raise UsageError("backup.cipher_pass is not set here; set POSTGRESSOR_BACKUP__CIPHER_PASS (or "
+                             "backup.cipher_pass_file) to the passphrase you hold, then check again")  # fmt: skip
+        found = backups.custody_on_box(_host(ctx), held.get_secret_value())
+        if quiet:
+            emit_json({"ok": found == backups.YOURS, "custody": found})
+        else:
+            console.print(backups.CUSTODY_STEPS[found], markup=False)
+        if found != backups.YOURS:
+            raise typer.Exit(1)
+        return
     confirm("Print the backup encryption passphrase on this terminal?", yes)
     secret = backups.passphrase(_host(ctx))
-    if global_options(ctx).json:
-        emit_json({"passphrase": secret})
-    else:
-        console.print(secret, markup=False)
+    found = backups.custody(secret, held.get_secret_value() if held is not None else None)
+    if quiet:
+        emit_json({"passphrase": secret, "custody": found, "next": backups.CUSTODY_STEPS[found]})
+        return
+    console.print(secret, markup=False)  # stdout holds the passphrase alone; the guidance goes to stderr
+    err_console.print(backups.CUSTODY_STEPS[found], markup=False)
 
 
 def restore(

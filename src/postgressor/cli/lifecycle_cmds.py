@@ -295,6 +295,8 @@ def _render_status(report: dict[str, Any]) -> None:
         console.print(f"[red]error[/]: {escape(report['error'])}")
     for warning in report.get("warnings", []):
         console.print(f"[yellow]warning[/]: {escape(warning)}")
+    for note in report.get("notes", []):
+        console.print(f"note: {escape(note)}")
     table = Table("setting", "value", box=None)
     for name, value in (pg.get("settings") or {}).items():
         table.add_row(name, str(value))

@@ -7,6 +7,7 @@ secret ever travels in argv, output or the state file.
 
 from __future__ import annotations
 
+import hmac
 import json
 import shlex
 from collections.abc import Callable
@@ -21,8 +22,10 @@ from postgressor.box.layout import (
     postgres_log,
     postgres_unit,
     psql,
+    secret_digest_command,
     secret_path,
 )
+from postgressor.box.operations import same_secret
 from postgressor.checks.backups import backup_status, info, info_problem, pgbackrest_error, run_backup_command
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.state import HostRecord
@@ -65,11 +68,42 @@ def check(host: HostRecord) -> dict[str, Any]:
             "archiver": status["archiver"], "archive": status["archive"]}  # fmt: skip
 
 
+MISSING_ON_BOX = "the box has no backup passphrase yet; run 'postgressor deploy'"
+# Who can read the repository: the passphrase the user holds (backup.cipher_pass) compared with the box's.
+YOURS, DIFFERS, BOX_ONLY = "yours", "differs", "box only"
+CUSTODY_STEPS = {
+    YOURS: "the passphrase you hold (backup.cipher_pass) is the box's: the repository stays readable without the box",
+    DIFFERS: ("the passphrase you hold (backup.cipher_pass) is NOT the box's: replace it with the box's own; every "
+              "deploy refuses until they match"),
+    BOX_ONLY: ("only the box holds this passphrase, so losing the box loses every backup: store it in your password "
+               "manager or CI secrets as POSTGRESSOR_BACKUP__CIPHER_PASS (or in a 0600 file named by "
+               "backup.cipher_pass_file); the next 'postgressor deploy' checks that it is the box's, by digest, and "
+               "never changes it; 'postgressor backup passphrase --check' confirms it at any time"),
+}  # fmt: skip
+
+
 def passphrase(host: HostRecord) -> str:
+    """The box's repository passphrase (it travels over SSH only); PostgressorError when it has none."""
     result = run_backup_command(host, f"cat {secret_path(CIPHER_SECRET)}")
     if not result.ok or not result.stdout.strip():
-        raise PostgressorError("the box has no backup passphrase yet; run 'postgressor deploy'")
+        raise PostgressorError(MISSING_ON_BOX)
     return result.stdout.strip()
+
+
+def custody(box_passphrase: str, held: str | None) -> str:
+    """YOURS, DIFFERS or BOX_ONLY: whether ``held`` (the user's backup.cipher_pass) is ``box_passphrase``."""
+    if held is None:
+        return BOX_ONLY
+    return YOURS if hmac.compare_digest(held.encode(), box_passphrase.encode()) else DIFFERS
+
+
+def custody_on_box(host: HostRecord, held: str) -> str:
+    """YOURS or DIFFERS for ``held``, compared by SHA-256 digest: the box's passphrase does not leave it."""
+    result = run_backup_command(host, secret_digest_command(CIPHER_SECRET))
+    on_box = result.stdout.strip() if result.ok else ""
+    if not on_box:
+        raise PostgressorError(MISSING_ON_BOX)
+    return YOURS if same_secret(held, on_box) else DIFFERS
 
 
 # ---- restore ---------------------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ class FakeHost:
     def noop(self, description: str) -> None:
         self.noops.append(description)
 
+    def get_temp_filename(self, hash_key: str | None = None, **kwargs: Any) -> str:
+        return f"/tmp/pyinfra-upload-of{hash_key or ''}"
+
 
 def fixtures(kind: str) -> list[tuple[str, dict[str, Any]]]:
     """(``name/case``, fixture) for every ``fixtures/<kind>/<name>/<case>.json``."""

@@ -1,8 +1,9 @@
 """Backups with pgBackRest: WAL archiving, an encrypted repository (local disk or S3), scheduled backups.
 
-The repository passphrase is generated on the box and stays there; S3 keys come from the controller's
-configuration and are uploaded (0600), never put on a command line. pgbackrest.conf is composed on the box
-from those secret files, owned by postgres, 0600.
+The repository passphrase is the user's when given (backup.cipher_pass, required with S3): uploaded (0600) and
+never replacing a different one the box already holds. Without it (a local repository) the box generates one and
+keeps it. S3 keys come from the controller's configuration and are uploaded (0600) too; no secret is ever put on a
+command line. pgbackrest.conf is composed on the box from those secret files, owned by postgres, 0600.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from postgressor.box.operations import (
     apt_index_update,
     composed_file,
     generated_secret,
+    held_secret,
     marked,
     postgres_config_current,
     reapply_if_stale,
@@ -46,6 +48,14 @@ from postgressor.box.spec import BackupSpec, BoxSpec
 DROPIN = "conf.d/60-postgressor-backup.conf"
 SERVICE = f"{BACKUP_UNIT}@.service"
 TIMERS = SCHEDULED_BACKUP_TIMERS
+
+
+# The one line a deploy stops with when the user's passphrase is not the box's (lifecycle checks it first).
+CIPHER_MISMATCH = (
+    "backup.cipher_pass differs from the passphrase the box's backup repository is encrypted with (compared by "
+    "digest, neither is shown), and a deploy never changes it: set POSTGRESSOR_BACKUP__CIPHER_PASS to the box's "
+    "own ('postgressor backup passphrase' shows it)"
+)
 
 
 def box_secret(name: str) -> str:
@@ -119,7 +129,11 @@ def backup(spec: BoxSpec) -> None:
     apt_index_update(name="Package index (for pgBackRest)", packages=["pgbackrest"])
     apt.packages(name="Install pgBackRest", packages=["pgbackrest"], no_recommends=True,
                  extra_install_args=APT_ARGS)  # fmt: skip
-    generated_secret(name="Backup encryption passphrase", name_on_box=CIPHER_SECRET)
+    if backup.cipher_pass:
+        held_secret(name="Backup encryption passphrase (yours, 0600)", name_on_box=CIPHER_SECRET,
+                    value=backup.cipher_pass, mismatch=CIPHER_MISMATCH)  # fmt: skip
+    else:
+        generated_secret(name="Backup encryption passphrase", name_on_box=CIPHER_SECRET)
     if backup.s3_endpoint:
         files.directory(name="Secrets directory", path=SECRETS_DIR, mode="700")
         files.put(name="S3 access key (0600)", src=StringIO(backup.s3_key), dest=secret_path(S3_KEY_SECRET),
