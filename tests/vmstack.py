@@ -19,7 +19,7 @@ import pytest
 
 from postgressor.remote.ssh import CommandResult, known_hosts_path, run, wait_for_ssh, write_known_hosts
 from postgressor.state import HostRecord, StackState, load_state
-from postgressor.vm import image, machine
+from postgressor.vm import cloudimage, machine
 
 
 @dataclass
@@ -99,6 +99,7 @@ class Golden:
 
     project: Path
     up_result: dict[str, Any]
+    image: Path  # the cloud image under the golden's disk
     memory_mb: int
     cpus: int
     extra_ports: list[int]
@@ -134,9 +135,9 @@ def hmp(monitor: Path, command: str, timeout: float = 600) -> str:
     return reply.decode(errors="replace")
 
 
-def save_golden(box: Stack, memory_mb: int, cpus: int, extra_ports: list[int]) -> Golden:
+def save_golden(box: Stack, image: Path, memory_mb: int, cpus: int, extra_ports: list[int]) -> Golden:
     """Pause ``box``'s VM, write its RAM and devices to a file, and stop QEMU; its disk becomes a backing file."""
-    golden = Golden(box.project, box.up_result, memory_mb, cpus, extra_ports)
+    golden = Golden(box.project, box.up_result, image, memory_mb, cpus, extra_ports)
     monitor = golden.stack_dir / "monitor.sock"
     hmp(monitor, "stop")
     hmp(monitor, f'migrate "exec:cat > {golden.vm_state}"')  # without -d the monitor waits for the end
@@ -177,9 +178,11 @@ def restore(golden: Golden, project: Path) -> Stack:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     spec = machine.VMSpec(
-        directory=stack_dir, image=image.base_image(), public_key=(stack_dir / "id_ed25519.pub").read_text(),
-        memory_mb=golden.memory_mb, cpus=golden.cpus, accel="tcg", extra_ports=golden.extra_ports,
+        directory=stack_dir, image=cloudimage.inspect(golden.image),
+        public_key=(stack_dir / "id_ed25519.pub").read_text(), memory_mb=golden.memory_mb, cpus=golden.cpus,
+        accel="tcg", extra_ports=golden.extra_ports, hostname="postgressor-default",
     )  # fmt: skip
+    assert (stack_dir / "seed.iso").is_file(), "the copy boots from the golden's NoCloud seed too"
     command = [*machine.qemu_command(spec, ports, "tcg"), "-incoming", f"exec:cat {golden.vm_state}"]
     proc = subprocess.run(command, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -1,7 +1,9 @@
-"""The golden stack's project: the fullest configuration the VM tests need, provisioned once per run."""
+"""The golden stack's project: the fullest configuration the VM tests need, provisioned once per run on the
+cloud image stand-in (tests/cloudimage_builder.py), booted through cloud-init as the clouds' images are."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from electric_standin_image import IMAGE, build_archive
@@ -16,6 +18,7 @@ LOCAL = f"""provider = "local"
 memory_mb = {MEMORY_MB}
 cpus = {CPUS}
 forward_ports = {FORWARDED}
+image = {{image}}
 """
 
 # What the box runs, whichever provider made it: sync for `items` (Electric's stand-in), backups on by default.
@@ -47,5 +50,5 @@ def write_box_files(root: Path) -> str:
     return BOX.format(secret=SECRET, issuer=ISSUER, image=IMAGE, archive=archive)
 
 
-def write_golden_project(root: Path) -> None:
-    (root / "postgressor.toml").write_text(LOCAL + write_box_files(root))
+def write_golden_project(root: Path, image: Path) -> None:
+    (root / "postgressor.toml").write_text(LOCAL.format(image=json.dumps(str(image))) + write_box_files(root))

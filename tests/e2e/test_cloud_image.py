@@ -1,28 +1,21 @@
-"""`postgressor up --provider local` with `local.image` set: a cloud image booted with a NoCloud seed.
+"""The golden box, provisioned by `postgressor up --provider local` with `local.image` set: a cloud image booted
+with a NoCloud seed, as the clouds hand out their images.
 
 The image is tests/cloudimage_builder.py's stand-in for Debian's genericcloud qcow2 (its own bootloader,
-cloud-init, no keys): the VM gets its root key, hostname and host keys only from postgressor's seed.
+cloud-init, no keys): the VM gets its root key, hostname and host keys only from postgressor's seed. This module
+checks what cloud-init and the image did on its own copy of the golden box (conftest.py).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import cloudimage_builder
 from postgressor.vm.machine import running_pid
-from vmstack import Stack, provisioned
-
-
-@pytest.fixture(scope="module")
-def cloud_image() -> Path:
-    missing = cloudimage_builder.missing_tools()
-    if missing:
-        pytest.fail(f"the cloud image test needs {', '.join(missing)}: run scripts/setup", pytrace=False)
-    return cloudimage_builder.ensure_cloud_image()
+from vmstack import Stack
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +24,8 @@ def image_stamp(cloud_image: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, cloud_image: Path, image_stamp: tuple[int, int]) -> Iterator[Stack]:
-    project = tmp_path_factory.mktemp("cloudimage-project")
-    # Its own VM, the only module that provisions one besides the golden stack: booting the cloud image through
-    # cloud-init is the subject. Backups are the golden's subject (test_backup_drill.py), so off here.
-    (project / "postgressor.toml").write_text(
-        'provider = "local"\n\n[backup]\nenabled = false\n\n'
-        f'[local]\nmemory_mb = 2048\ncpus = 2\nimage = {json.dumps(str(cloud_image))}\n'
-    )
-    with provisioned(project) as box:
-        yield box
-
-
-def test_up_deployed_postgres_on_the_cloud_image(stack: Stack) -> None:
+def test_up_deployed_postgres_on_the_cloud_image(stack: Stack, image_stamp: tuple[int, int]) -> None:
+    # image_stamp is taken here, before anything runs, for the last test's comparison
     assert stack.up_result["deploy"]["failed"] == 0
     assert stack.up_result["postgres"]["version"] == 15
     assert stack.sh("systemctl is-active postgresql@15-main").stdout.strip() == "active"

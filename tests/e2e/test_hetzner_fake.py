@@ -24,7 +24,7 @@ import pytest
 from golden_stack import write_box_files
 
 from cloudfakes.hetzner import TOKEN, FakeHetzner
-from postgressor.vm import image, machine
+from postgressor.vm import cloudimage, machine
 from vmstack import Golden, Stack, require_vm_tools
 
 VM_ADDRESS = "127.0.0.77"
@@ -51,12 +51,16 @@ class VMServers:
     def create(self, server: dict[str, Any], body: dict[str, Any]) -> str:
         assert self.api is not None and not self.specs, "one VM at a time on this machine"
         keys = [self.api.ssh_keys[k]["public_key"] for k in body["ssh_keys"]]
-        spec = machine.VMSpec(directory=self.root / str(server["id"]), image=image.base_image(),
-                              public_key=keys[0], memory_mb=2048, cpus=2, accel="tcg")
+        # A new instance-id and key in the NoCloud seed: cloud-init runs its per-instance steps again (new host
+        # keys, the registered root key), as on a server Hetzner creates from a snapshot image.
+        spec = machine.VMSpec(directory=self.root / str(server["id"]), image=cloudimage.inspect(self.golden.image),
+                              public_key=keys[0], memory_mb=2048, cpus=2, accel="tcg",
+                              hostname=f"hetzner-{server['id']}")  # fmt: skip
         spec.directory.mkdir(parents=True)
         overlay = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                                   str(self.golden.disk), str(spec.disk)], capture_output=True, text=True)  # fmt: skip
         assert overlay.returncode == 0, overlay.stderr
+        machine.create_disk(spec)  # writes the seed; the disk is there already
         command = machine.qemu_command(spec, {22: 22}, "tcg")
         command = [arg.replace("hostfwd=tcp:127.0.0.1:22-:22", f"hostfwd=tcp:{VM_ADDRESS}:22-:22") for arg in command]
         proc = subprocess.run(command, capture_output=True, text=True)
