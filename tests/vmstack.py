@@ -62,28 +62,24 @@ class Stack:
         return run(self.host, command, timeout=timeout)
 
 
-@contextmanager
-def provisioned(project: Path) -> Iterator[Stack]:
-    """`postgressor up` in ``project`` (its postgressor.toml written already); destroyed afterwards."""
-    require_vm_tools()
-    box = Stack(project, {})
-    try:
-        box.up_result = box.cli_json("up")
-        yield box
-    finally:
-        box.cli("destroy", "--yes", "--skip-final-backup", check=False, timeout=120)
-
-
 REQUIRED_TOOLS = ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4")
+
+
+def vm_tools_problem() -> str:
+    """What is missing to run the VM tests ('' when nothing is)."""
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"VM tests need {', '.join(missing)}: run scripts/setup or apt-get install them"
+    if os.geteuid() != 0:
+        return "VM tests build the base image with debootstrap and need root"
+    return ""
 
 
 def require_vm_tools() -> None:
     """VM tests never skip silently: a missing tool is a failure that says what to install."""
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"VM tests need {', '.join(missing)}: run scripts/setup or apt-get install them", pytrace=False)
-    if os.geteuid() != 0:
-        pytest.fail("VM tests build the base image with debootstrap and need root", pytrace=False)
+    problem = vm_tools_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
 
 
 # --- One provisioned box per run, restored for each module -------------------------------------------------

@@ -4,46 +4,147 @@ The golden stack is the fullest configuration the tests need (sync with Electric
 migration) on the cloud image stand-in, booted through cloud-init as the clouds' images are. `up` runs once,
 the paused VM is saved, and each module gets its own copy resumed from that state (vmstack.restore), so
 destructive scenarios never see each other's changes.
+
+The images and the golden stack are built in background threads as soon as collection selects a VM test, and
+the VM tests are moved last: the tests that need no VM run meanwhile (QEMU under TCG keeps about one of the
+machine's cores busy, so the other one is free for them).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-from collections.abc import Iterator
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import pytest
 from golden_stack import CPUS, FORWARDED, MEMORY_MB, write_golden_project
 
 import cloudimage_builder
-from vmstack import Golden, Stack, provisioned, restored, save_golden
+from postgressor.vm import image
+from vmstack import Golden, Stack, restored, save_golden, vm_tools_problem
+
+T = TypeVar("T")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/e2e/" in str(item.fspath):
-            item.add_marker(pytest.mark.vm)
+class Background(Generic[T]):
+    """``build()`` in a daemon thread; ``result()`` waits for it and fails the asking test if it raised."""
 
+    def __init__(self, what: str, build: Callable[[], T]) -> None:
+        self.what, self.build = what, build
+        self.value: T | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=what, daemon=True)
+        self.thread.start()
 
-@pytest.fixture(scope="session")
-def cloud_image() -> Path:
-    """The cloud image stand-in every golden box boots (built once with debootstrap, cached)."""
-    missing = cloudimage_builder.missing_tools()
-    if missing:
-        pytest.fail(f"the VM tests need {', '.join(missing)}: run scripts/setup", pytrace=False)
-    return cloudimage_builder.ensure_cloud_image()
-
-
-@pytest.fixture(scope="session")
-def golden(cloud_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Golden]:
-    project = tmp_path_factory.mktemp("golden")
-    write_golden_project(project, cloud_image)
-    with provisioned(project) as box:
-        saved = save_golden(box, cloud_image, MEMORY_MB, CPUS, FORWARDED)
+    def _run(self) -> None:
         try:
-            yield saved
-        finally:  # the overlays that used it are gone with their modules; free the disk space now
-            shutil.rmtree(saved.stack_dir, ignore_errors=True)
+            self.value = self.build()
+        except BaseException as err:  # reported to every test that needs it
+            self.error = err
+
+    def result(self) -> T:
+        self.thread.join()
+        if self.error is not None:
+            pytest.fail(f"{self.what} failed: {type(self.error).__name__}: {self.error}", pytrace=False)
+        assert self.value is not None
+        return self.value
+
+
+UP_TIMEOUT = 3600  # seconds for the golden's `up` under TCG
+
+
+class GoldenBuild:
+    """The cloud image, then `postgressor up` of the golden project and the saved VM; ``cancel`` ends the `up`."""
+
+    def __init__(self, root: Path) -> None:
+        self.project = root / "golden"
+        self.up: subprocess.Popen[str] | None = None
+        self.cancelled = False
+
+    def __call__(self) -> Golden:
+        missing = cloudimage_builder.missing_tools()
+        problem = vm_tools_problem() or (missing and f"the VM tests need {', '.join(missing)}: run scripts/setup")
+        if problem:
+            raise RuntimeError(problem)
+        cloud_image = cloudimage_builder.ensure_cloud_image()
+        self.project.mkdir()
+        write_golden_project(self.project, cloud_image)
+        box = Stack(self.project, {})
+        try:
+            if self.cancelled:
+                raise RuntimeError("cancelled")
+            self.up = subprocess.Popen([sys.executable, "-m", "postgressor", "--json", "up"], cwd=self.project,
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)  # fmt: skip
+            out, err = self.up.communicate(timeout=UP_TIMEOUT)
+            if self.up.returncode != 0:
+                raise RuntimeError(f"postgressor up exited {self.up.returncode}:\n{err}")
+            box.up_result = json.loads(out)
+            return save_golden(box, cloud_image, MEMORY_MB, CPUS, FORWARDED)
+        except BaseException:
+            box.cli("destroy", "--yes", "--skip-final-backup", check=False, timeout=120)
+            raise
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.up is not None and self.up.poll() is None:
+            self.up.terminate()
+
+
+GOLDEN = pytest.StashKey[Background[Golden]]()
+GOLDEN_BUILD = pytest.StashKey[GoldenBuild]()
+BASE_IMAGE = pytest.StashKey[Background[image.BaseImage]]()
+ROOT = pytest.StashKey[Path]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    vm_tests = [item for item in items if "tests/e2e/" in str(item.fspath)]
+    for item in vm_tests:
+        item.add_marker(pytest.mark.vm)
+    if not vm_tests or config.option.collectonly:
+        return
+    items[:] = [item for item in items if item not in vm_tests] + vm_tests
+    root = Path(tempfile.mkdtemp(prefix="postgressor-e2e-"))
+    config.stash[ROOT] = root
+    config.stash[GOLDEN_BUILD] = build = GoldenBuild(root)
+    config.stash[GOLDEN] = Background("provisioning the golden stack", build)
+    config.stash[BASE_IMAGE] = Background("building the base image", lambda: image.ensure_base_image(lambda _: None))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """End a build still running (an interrupted run), then remove the golden box and its files."""
+    config = session.config
+    if ROOT not in config.stash:
+        return
+    config.stash[GOLDEN_BUILD].cancel()
+    for key in (GOLDEN, BASE_IMAGE):
+        config.stash[key].thread.join()
+    golden = config.stash[GOLDEN].value
+    if golden is not None and (golden.project / ".postgressor" / "default.json").exists():
+        Stack(golden.project, {}).cli("destroy", "--yes", "--skip-final-backup", check=False, timeout=120)
+    shutil.rmtree(config.stash[ROOT], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def golden(request: pytest.FixtureRequest) -> Golden:
+    return request.config.stash[GOLDEN].result()
+
+
+@pytest.fixture(scope="session")
+def cloud_image(golden: Golden) -> Path:
+    """The cloud image stand-in under the golden box (built once with debootstrap, cached)."""
+    return golden.image
+
+
+@pytest.fixture(scope="session")
+def base_image(request: pytest.FixtureRequest) -> image.BaseImage:
+    return request.config.stash[BASE_IMAGE].result()
 
 
 @pytest.fixture(scope="module")

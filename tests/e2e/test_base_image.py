@@ -15,9 +15,11 @@ from postgressor.vm import image, machine
 from vmstack import require_vm_tools
 
 
-def test_the_base_image_boots_and_takes_the_key_from_the_kernel_command_line(tmp_path: Path) -> None:
+def test_the_base_image_boots_and_takes_the_key_from_the_kernel_command_line(
+    base_image: image.BaseImage, tmp_path: Path
+) -> None:
     require_vm_tools()
-    base = image.ensure_base_image(lambda line: None)
+    base = base_image  # built in the background while the tests that need no VM ran (conftest.py)
     key_path = tmp_path / "id_ed25519"
     public = generate_keypair(key_path, "postgressor-base-image-test")
     spec = machine.VMSpec(directory=tmp_path / "vm", image=base, public_key=public, accel="tcg")

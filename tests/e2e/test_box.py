@@ -204,6 +204,13 @@ def test_plan_on_the_converged_box_changes_nothing(stack: Stack) -> None:
     assert plan["operations"] and not [op for op in plan["operations"] if op["status"] == "would change"]
 
 
+HOLD_APT_LOCKS = (
+    "(setsid python3 -c \"import fcntl, time; held = [open(p, 'a') for p in ('/var/lib/apt/lists/lock', "
+    "'/var/lib/dpkg/lock-frontend')]; [fcntl.lockf(f, fcntl.LOCK_EX) for f in held]; time.sleep(30)\" "
+    "</dev/null >/dev/null 2>&1 &); sleep 5; lslocks -n -o PATH"
+)
+
+
 def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
     # Undo part of the hardening and make sshd actually run with it, so the re-run has real work. The drop-in
     # cloud-init writes on many images (passwords on) stays: the deploy's own drop-in must win over it.
@@ -214,6 +221,12 @@ def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
         "rm /etc/postgresql/15/main/conf.d/50-postgressor.conf && systemctl reload postgresql@15-main"
     )
     assert drift.ok, drift.stderr
+    # apt busy as at a cloud server's first boot, with a package to install: another process holds apt's lists
+    # lock and dpkg's frontend lock for 30 s. `apt-get update` alone would fail at once on the lists lock, and the
+    # install comes before the SSH step below, so reaching that step shows the deploy waited, then installed.
+    assert stack.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q python3-venv", timeout=600).ok
+    held = stack.sh(HOLD_APT_LOCKS)
+    assert "/var/lib/apt/lists/lock" in held.stdout and "/var/lib/dpkg/lock-frontend" in held.stdout, held
     proc = subprocess.Popen(
         [sys.executable, "-m", "postgressor", "deploy"], cwd=stack.project, stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -258,6 +271,7 @@ def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
     unfinished = [name for name in started if name not in finished]
     assert finished, "the kill came before any operation finished:\n" + "".join(seen)
     assert any("SSH: keys only" in name for name in unfinished), "".join(seen)
+    assert stack.sh("dpkg-query -W -f '${Status}' python3-venv").stdout == "install ok installed"
 
     first = stack.cli_json("deploy")
     assert first["deploy"]["failed"] == 0 and first["deploy"]["changed"] > 0
@@ -270,24 +284,6 @@ def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
     assert stack.sh("runuser -u postgres -- psql -XAtc 'SHOW max_slot_wal_keep_size'").stdout.strip() != "-1"
 
 
-HOLD_APT_LOCKS = (
-    "(setsid python3 -c \"import fcntl, time; held = [open(p, 'a') for p in ('/var/lib/apt/lists/lock', "
-    "'/var/lib/dpkg/lock-frontend')]; [fcntl.lockf(f, fcntl.LOCK_EX) for f in held]; time.sleep(30)\" "
-    "</dev/null >/dev/null 2>&1 &); sleep 5; lslocks -n -o PATH"
-)
-
-
-def test_a_deploy_that_must_install_waits_while_apt_is_busy(stack: Stack) -> None:
-    # As at a cloud server's first boot: another process holds apt's lists lock and dpkg's frontend lock (30 s)
-    # when the deploy has a package to install. `apt-get update` alone would fail at once on the lists lock.
-    assert stack.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q python3-venv", timeout=600).ok
-    held = stack.sh(HOLD_APT_LOCKS)
-    assert "/var/lib/apt/lists/lock" in held.stdout and "/var/lib/dpkg/lock-frontend" in held.stdout, held
-    result = stack.cli_json("deploy")
-    assert result["deploy"]["failed"] == 0
-    changed = {op["name"] for op in result["deploy"]["operations"] if op["status"] == "changed"}
-    assert {"Base system | Package index", "Base system | Install packages"} <= changed, changed
-    assert stack.sh("dpkg-query -W -f '${Status}' python3-venv").stdout == "install ok installed"
 
 
 def test_a_drop_in_that_wins_over_the_hardening_fails_the_deploy(stack: Stack) -> None:
