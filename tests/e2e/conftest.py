@@ -64,6 +64,7 @@ class GoldenBuild:
 
     def __init__(self, root: Path) -> None:
         self.project = root / "golden"
+        self.log = root / "golden-up.log"
         self.up: subprocess.Popen[str] | None = None
         self.cancelled = False
 
@@ -79,12 +80,15 @@ class GoldenBuild:
         try:
             if self.cancelled:
                 raise RuntimeError("cancelled")
-            self.up = subprocess.Popen([sys.executable, "-m", "postgressor", "--json", "up"], cwd=self.project,
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True)  # fmt: skip
-            out, err = self.up.communicate(timeout=UP_TIMEOUT)
+            # Its progress lines go to a file as they come: `tail -f` it to follow a slow run.
+            with self.log.open("w") as progress:
+                self.up = subprocess.Popen([sys.executable, "-m", "postgressor", "--json", "up"], cwd=self.project,
+                                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=progress,
+                                           text=True)  # fmt: skip
+                out, _ = self.up.communicate(timeout=UP_TIMEOUT)
             if self.up.returncode != 0:
-                raise RuntimeError(f"postgressor up exited {self.up.returncode}:\n{err}")
+                errors = [line for line in self.log.read_text().splitlines() if "error" in line]
+                raise RuntimeError(f"postgressor up exited {self.up.returncode}: {' / '.join(errors[-3:])}")
             box.up_result = json.loads(out)
             return save_golden(box, cloud_image, MEMORY_MB, CPUS, FORWARDED)
         except BaseException:
