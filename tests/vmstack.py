@@ -182,13 +182,17 @@ def restore(golden: Golden, project: Path) -> Stack:
     command = [*machine.qemu_command(spec, ports, "tcg"), "-incoming", f"exec:cat {golden.vm_state}"]
     proc = subprocess.run(command, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    box = Stack(project, golden.up_result)
-    host = box.host
-    seen = wait_for_ssh(host.address, host.port, timeout=300)
-    assert seen == host.host_key, "the restored copy must show the golden's host key"
-    write_known_hosts(known_hosts_path(box.state), replace(host))
-    clock = box.sh(f"date -u -s @{time.time():.3f} >/dev/null && date -u +%s")
-    assert clock.ok and abs(int(clock.stdout.strip()) - time.time()) < 30, clock
+    try:
+        box = Stack(project, golden.up_result)
+        host = box.host
+        seen = wait_for_ssh(host.address, host.port, timeout=300)
+        assert seen == host.host_key, "the restored copy must show the golden's host key"
+        write_known_hosts(known_hosts_path(box.state), replace(host))
+        clock = box.sh(f"date -u -s @{time.time():.3f} >/dev/null && date -u +%s")
+        assert clock.ok and abs(int(clock.stdout.strip()) - time.time()) < 30, clock
+    except BaseException:
+        machine.stop(spec.pid_file)  # no copy left running when it cannot be used
+        raise
     return box
 
 

@@ -85,7 +85,14 @@ class GoldenBuild:
                 self.up = subprocess.Popen([sys.executable, "-m", "postgressor", "--json", "up"], cwd=self.project,
                                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=progress,
                                            text=True)  # fmt: skip
-                out, _ = self.up.communicate(timeout=UP_TIMEOUT)
+                if self.cancelled:  # cancel() ran between the check above and Popen
+                    self.up.terminate()
+                try:
+                    out, _ = self.up.communicate(timeout=UP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.up.kill()
+                    self.up.wait()
+                    raise
             if self.up.returncode != 0:
                 errors = [line for line in self.log.read_text().splitlines() if "error" in line]
                 raise RuntimeError(f"postgressor up exited {self.up.returncode}: {' / '.join(errors[-3:])}")
@@ -107,10 +114,19 @@ BASE_IMAGE = pytest.StashKey[Background[image.BaseImage]]()
 ROOT = pytest.StashKey[Path]()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    vm_tests = [item for item in items if "tests/e2e/" in str(item.fspath)]
-    for item in vm_tests:
+def is_vm_test(item: pytest.Item) -> bool:
+    return "tests/e2e/" in str(item.fspath)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: `-m "not vm"` leaves them out
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if is_vm_test(item):
         item.add_marker(pytest.mark.vm)
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: only VM tests that will run start a build
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    vm_tests = [item for item in items if is_vm_test(item)]
     if not vm_tests or config.option.collectonly:
         return
     items[:] = [item for item in items if item not in vm_tests] + vm_tests

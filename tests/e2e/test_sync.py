@@ -216,9 +216,9 @@ def test_a_lost_electric_slot_fails_status_and_deploy_rebuilds_electric(stack: S
             )
             assert churn.ok, churn.stderr
             state = churn.stdout.strip().splitlines()[-1]
-            if state in ("lost", "unreserved"):
+            if state == "lost":  # a checkpoint removed WAL the slot needed ("unreserved" only on the way there)
                 break
-        assert state in ("lost", "unreserved"), state
+        assert state == "lost", state
         status = stack.cli("--json", "status", check=False)
         assert status.returncode == 1
         error = json.loads(status.stdout)["error"]

@@ -99,12 +99,13 @@ def test_an_s3_repository_without_a_held_passphrase_is_refused_in_one_line(tmp_p
 def test_a_held_passphrase_is_uploaded_0600_and_never_in_a_command() -> None:
     commands, result, uploads = run_fake(FRESH, backup={**S3, "cipher_pass": PASS})
     assert not result.failed
-    assert dict(uploads)[CIPHER_FILE] == PASS
+    assert dict(uploads)[f"{CIPHER_FILE}.new"] == PASS
     joined = "\n".join(commands)
     assert PASS not in joined and secret_digest(PASS) not in joined
-    assert f"chown root:root {CIPHER_FILE} && chmod 600 {CIPHER_FILE}" in joined
+    assert f"chown root:root {CIPHER_FILE}.new && chmod 600 {CIPHER_FILE}.new && if [ -s {CIPHER_FILE} ]" in joined
+    assert f"mv {CIPHER_FILE}.new {CIPHER_FILE}" in joined  # only when the box has none
     assert f"install -d -m 0700 {SECRETS_DIR}" in joined
-    assert "pgbackrest_cipher.new" not in joined  # nothing generated on the box
+    assert "> /etc/postgressor/secrets/pgbackrest_cipher.new" not in joined  # nothing generated on the box
     conf = next(c for c in commands if "pgbackrest.conf.new" in c)
     assert f'repo1-cipher-pass="$(cat {CIPHER_FILE})"' in conf
 

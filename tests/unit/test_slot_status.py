@@ -19,14 +19,20 @@ def slot(name: str, wal_status: str, retained: float | None) -> dict[str, Any]:
 
 def test_a_lost_electric_slot_fails_with_the_fix() -> None:
     lost, warnings = slot_problems(report(slot("electric_slot_default", "lost", None)), 0.8)
-    assert lost.startswith("replication slot electric_slot_default is lost: PostgreSQL removed WAL it still needs")
+    assert lost.startswith("replication slot electric_slot_default is lost: PostgreSQL removed WAL it still needed")
     assert "run 'postgressor deploy'" in lost and "\n" not in lost
     assert warnings == []
 
 
-def test_an_unreserved_slot_of_someone_else_fails_naming_it() -> None:
-    lost, _ = slot_problems(report(slot("e2e_slot", "unreserved", 2.0 * GB)), 0.8)
-    assert lost.startswith("replication slot e2e_slot is unreserved") and "drop it and create it again" in lost
+def test_a_lost_slot_of_someone_else_fails_naming_it() -> None:
+    lost, _ = slot_problems(report(slot("e2e_slot", "lost", None)), 0.8)
+    assert lost.startswith("replication slot e2e_slot is lost") and "drop it and create it again" in lost
+
+
+def test_an_unreserved_slot_fails_before_it_is_lost() -> None:
+    lost, _ = slot_problems(report(slot("electric_slot_default", "unreserved", 2.0 * GB)), 0.8)
+    assert lost.startswith("replication slot electric_slot_default is unreserved: PostgreSQL will remove WAL")
+    assert "start its consumer now" in lost
 
 
 def test_a_slot_near_the_limit_warns_and_one_below_does_not() -> None:

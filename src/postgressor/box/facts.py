@@ -222,8 +222,10 @@ class AptBusy(FactBase[str]):
             f"busy=$(lslocks -n -o COMMAND,PATH 2>/dev/null | awk -v locks='{' '.join(APT_LOCKS)}' "
             "'BEGIN {n = split(locks, l, \" \"); for (i = 1; i <= n; i++) want[l[i]] = 1} "
             "($2 in want) {print $1 \" holds \" $2}' | sort -u | paste -sd, -); "
-            f"for job in {' '.join(APT_JOBS)}; do systemctl is-active --quiet $job && busy=\"$busy${{busy:+, }}$job\"; "
-            "done; "
+            # a oneshot job is "activating" while it runs (is-active says no then)
+            f"for job in {' '.join(APT_JOBS)}; do "
+            'case "$(systemctl show -p ActiveState --value $job 2>/dev/null)" in active|activating|reloading) '
+            'busy="$busy${busy:+, }$job";; esac; done; '
             '[ -z "$busy" ] && break; [ "$(date +%s)" -ge "$end" ] && break; sleep 3; done; echo "busy:$busy"'
         )
 

@@ -25,7 +25,10 @@ ELECTRIC_STORAGE = "/var/lib/electric"  # Electric's shape cache (ELECTRIC_STORA
 ELECTRIC_ENV = f"{CONFIG_DIR}/electric.env"
 # Electric 1.7.12's default replication slot (packages/sync-service/lib/electric/application.ex, slot_name)
 ELECTRIC_SLOT = "electric_slot_default"
-LOST_SLOT_STATES = ("lost", "unreserved")  # pg_replication_slots.wal_status: WAL the slot needs is (being) removed
+# pg_replication_slots.wal_status: "lost" once WAL the slot needs was removed (for good); "unreserved" while it
+# is about to be (it may still recover if its consumer catches up)
+LOST_SLOT_STATE = "lost"
+LOSING_SLOT_STATE = "unreserved"
 
 GATEWAY_HOME = "/opt/postgressor/gateway"  # the gateway's wheels, virtualenv and code
 GATEWAY_CONFIG = f"{CONFIG_DIR}/gateway.toml"

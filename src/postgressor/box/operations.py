@@ -17,7 +17,7 @@ from pyinfra.facts.files import File
 
 from postgressor.box import facts
 from postgressor.box.layout import (
-    LOST_SLOT_STATES,
+    LOST_SLOT_STATE,
     MARKERS_DIR,
     SECRETS_DIR,
     SSHD_DROP_INS,
@@ -165,21 +165,26 @@ def hardening_effective(
 
 @operation()
 def electric_slot_usable(slot: str, unit: str, storage: str, database: str) -> Generator[str, None, None]:
-    """Rebuild Electric from the database when PostgreSQL invalidated its slot (``max_slot_wal_keep_size``
-    exceeded): stop it, drop the slot, clear its shape storage and start it, so it creates the slot again and
-    clients resync, as a restore does. Any other slot state (or no slot yet) is left alone. A logical slot is
-    dropped from its own ``database``."""
+    """Rebuild Electric from the database when PostgreSQL invalidated its slot (``wal_status`` lost:
+    ``max_slot_wal_keep_size`` was exceeded): stop it, drop the slot from its own ``database`` (ending a walsender
+    that still holds it), clear its shape storage and start it again, so it creates the slot and clients resync,
+    as a restore does. Electric is started again whatever happens. Any other state is left alone: an
+    ``unreserved`` slot can still recover once its consumer catches up."""
     state = host.get_fact(
         facts.PostgresScalar,
         sql=f"SELECT wal_status FROM pg_replication_slots WHERE slot_name = {_sql_literal(slot)}",  # noqa: S608
     )
-    if state not in LOST_SLOT_STATES:
+    if state != LOST_SLOT_STATE:
         host.noop(f"replication slot {slot} is {state or 'not created yet'}")
         return
-    drop = psql(f"SELECT pg_drop_replication_slot({_sql_literal(slot)})", database)
+    where = f"FROM pg_replication_slots WHERE slot_name = {_sql_literal(slot)}"
+    end_holder = psql(f"SELECT pg_terminate_backend(active_pid) {where} AND active_pid IS NOT NULL", database)
+    drop = psql(f"SELECT pg_drop_replication_slot(slot_name) {where}", database)  # none left: nothing to do
+    unit_q = shlex.quote(unit)
     yield (
-        f"systemctl stop {shlex.quote(unit)} && {drop} >/dev/null && "
-        f"find {shlex.quote(storage)} -mindepth 1 -delete && systemctl start {shlex.quote(unit)}"
+        f"trap 'systemctl start {unit_q}' EXIT; systemctl stop {unit_q}; {end_holder} >/dev/null; n=0; "
+        f"until {drop} >/dev/null; do n=$((n + 1)); [ $n -ge 10 ] && exit 1; sleep 1; done; "
+        f"find {shlex.quote(storage)} -mindepth 1 -delete"
     )
 
 
@@ -226,8 +231,13 @@ def held_secret(name_on_box: str, value: str, mismatch: str) -> Generator[object
         yield f"echo {shlex.quote(mismatch)} >&2; exit 1"
         return
     yield f"install -d -m 0700 {SECRETS_DIR}"
-    yield FileUploadCommand(StringIO(value), path, remote_temp_filename=host.get_temp_filename(path))
-    yield f"chown root:root {path} && chmod 600 {path}"
+    new = f"{path}.new"
+    yield FileUploadCommand(StringIO(value), new, remote_temp_filename=host.get_temp_filename(new))
+    # Moved in place only if the box still has none: a digest that failed to read never leads to an overwrite.
+    yield (
+        f"chown root:root {new} && chmod 600 {new} && if [ -s {path} ]; then rm -f {new}; "
+        f"echo {shlex.quote(mismatch)} >&2; exit 1; fi && mv {new} {path}"
+    )
 
 
 @operation()

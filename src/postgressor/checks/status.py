@@ -8,7 +8,8 @@ from typing import Any
 from postgressor.box.layout import (
     CADDY_UNIT,
     ELECTRIC_SLOT,
-    LOST_SLOT_STATES,
+    LOSING_SLOT_STATE,
+    LOST_SLOT_STATE,
     PGBACKREST_LOCAL_REPO,
     SYNC_UNITS,
     electric_health_url,
@@ -49,19 +50,22 @@ SIZE_UNITS = {"kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
 def slot_problems(postgres: dict[str, Any], warn_share: float) -> tuple[str, list[str]]:
     """(the first lost slot as one line, or ''; warnings) for the slots in ``postgres`` (status's SQL report).
 
-    A slot whose ``wal_status`` is ``lost`` or ``unreserved`` has lost WAL it needs (``max_slot_wal_keep_size``
-    was exceeded): its consumer cannot stream any more. One retaining ``warn_share`` of that limit or more is a
-    warning: it is about to be invalidated."""
+    A ``lost`` slot lost WAL it needs (``max_slot_wal_keep_size`` was exceeded): its consumer cannot stream any
+    more. An ``unreserved`` one is about to. One retaining ``warn_share`` of that limit or more is a warning."""
     lost = ""
     warnings = []
     limit = _setting_bytes(postgres.get("settings", {}).get("max_slot_wal_keep_size", ""))
     for slot in postgres.get("slots") or []:
         name, retained = slot.get("name"), slot.get("retained_bytes")
-        if slot.get("wal_status") in LOST_SLOT_STATES and not lost:
+        wal_status = slot.get("wal_status")
+        if wal_status == LOST_SLOT_STATE and not lost:
             fix = ("run 'postgressor deploy': it rebuilds Electric's shapes and slot, and clients resync"
                    if name == ELECTRIC_SLOT else "drop it and create it again in its consumer")  # fmt: skip
-            lost = (f"replication slot {name} is {slot['wal_status']}: PostgreSQL removed WAL it still needs "
+            lost = (f"replication slot {name} is lost: PostgreSQL removed WAL it still needed "
                     f"(max_slot_wal_keep_size), so its consumer can no longer stream; {fix}")  # fmt: skip
+        elif wal_status == LOSING_SLOT_STATE and not lost:
+            lost = (f"replication slot {name} is unreserved: PostgreSQL will remove WAL it still needs at the next "
+                    "checkpoint (max_slot_wal_keep_size); start its consumer now, or it will be lost")  # fmt: skip
         elif limit and retained is not None and float(retained) >= warn_share * limit:
             warnings.append(f"replication slot {name} retains {float(retained) / (1 << 20):.0f} MB of WAL, "
                             f"{float(retained) / limit:.0%} of max_slot_wal_keep_size: is its consumer "
