@@ -269,6 +269,8 @@ def _read_secret_file(path: Path, name: str) -> str:
     except (OSError, UnicodeDecodeError) as err:
         reason = getattr(err, "strerror", None) or "not UTF-8 text"
         raise ValueError(f"{name}: cannot read {full} ({reason}); fix its permissions or point it elsewhere") from None
+    if full.stat().st_mode & 0o077:  # as ssh refuses a private key others can read
+        raise ValueError(f"{name}: {full} can be read by other users; run 'chmod 600 {full}'")
     lines = text.splitlines()
     if len(lines) > 1 and any(line.strip() for line in lines[1:]):
         raise ValueError(f"{name}: {full} holds more than one line; keep only the passphrase in it")

@@ -69,6 +69,7 @@ def test_bad_passphrases_are_one_line_without_the_value(backup: dict[str, Any], 
 def test_the_passphrase_from_a_file_or_the_environment_is_masked(monkeypatch: pytest.MonkeyPatch,
                                                                  tmp_path: Path) -> None:  # fmt: skip
     (tmp_path / "cipher.txt").write_text(PASS + "\n")
+    (tmp_path / "cipher.txt").chmod(0o600)
     from_file = load_settings(provider="local", backup={**S3, "cipher_pass_file": "cipher.txt"})
     assert from_file.backup.cipher_pass is not None and from_file.backup.cipher_pass.get_secret_value() == PASS
     monkeypatch.setenv("POSTGRESSOR_BACKUP__CIPHER_PASS", PASS)
@@ -78,6 +79,14 @@ def test_the_passphrase_from_a_file_or_the_environment_is_masked(monkeypatch: py
         assert PASS not in json.dumps(masked_dump(settings)) and PASS not in repr(settings)
         spec = stacks.box_spec(settings, stacks.Distro("debian", 12, "bookworm"))
         assert spec.backup is not None and spec.backup.cipher_pass == PASS and PASS not in repr(spec.backup)
+
+
+def test_a_passphrase_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "cipher.txt").write_text(PASS + "\n")
+    (tmp_path / "cipher.txt").chmod(0o644)
+    with pytest.raises(ConfigError, match=r"can be read by other users; run .chmod 600 .*cipher.txt.") as refused:
+        load_settings(provider="local", backup={**S3, "cipher_pass_file": str(tmp_path / "cipher.txt")})
+    assert PASS not in str(refused.value)
 
 
 @pytest.mark.parametrize("verb", [["up"], ["deploy"], ["plan"], ["config", "check"]])

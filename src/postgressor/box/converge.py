@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pyinfra.api import BaseStateCallback, Config, Host, Inventory, State
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
@@ -213,7 +214,9 @@ def run_deploys(
 class _FactMemo:
     """Read each fact once until the box changes: pyinfra 3 evaluates every operation twice (to plan, then to run)
     and reads its facts each time. A fact read again with the same arguments is answered from memory as long as no
-    operation has run a command or uploaded a file since; the first such command forgets everything read before."""
+    operation has run a command or uploaded a file since; the first such command forgets everything read before.
+    Facts marked ``volatile`` (what other processes or time change: locks, health, effective settings) are read
+    every time."""
 
     def __init__(self, box: Any) -> None:
         self.box = box
@@ -225,7 +228,12 @@ class _FactMemo:
         run, put = connector.run_shell_command, connector.put_file
 
         def get_fact(cls: Any, *args: Any, **kwargs: Any) -> Any:
-            key = (cls, repr((args, sorted(kwargs.items()))))
+            if getattr(cls, "volatile", False):  # what a process or a clock changes: read every time
+                return read_fact(cls, *args, **kwargs)
+            # pyinfra runs the read with the operation's connector arguments (_sudo, _su_user...): part of the key
+            current = getattr(self.box, "current_op_global_arguments", None) or {}
+            scope = repr(sorted((k, v) for k, v in current.items() if k in CONNECTOR_ARGUMENT_KEYS))
+            key = (cls, repr((args, sorted(kwargs.items()))) + scope)
             if key not in self.values:
                 self.reading += 1
                 try:

@@ -27,6 +27,8 @@ class MachineSize(FactBase[Machine]):
 class DpkgInterrupted(FactBase[bool]):
     """True when an earlier dpkg run was cut off and needs `dpkg --configure -a`."""
 
+    volatile = True  # read again each time (box/converge.py _FactMemo)
+
     def command(self) -> str:
         return "ls -A /var/lib/dpkg/updates 2>/dev/null | head -n 1"
 
@@ -148,6 +150,10 @@ class DockerImagePresent(FactBase[bool]):
 
 
 class HttpStatus(FactBase[str]):
+    """The HTTP status code a URL answers on the box ('' without an answer)."""
+
+    volatile = True  # read again each time (box/converge.py _FactMemo)
+
     def command(self, url: str) -> str:
         return f"curl -s -o /dev/null -m 5 -w '%{{http_code}}' {shlex.quote(url)} 2>/dev/null || true"
 
@@ -177,6 +183,8 @@ class EffectiveHardening(FactBase[dict]):
     """What the running services actually enforce, not what their files say: ``sshd -T``'s values for the keys in
     ``SSHD_KEYS``, whether fail2ban's ``sshd`` jail is up (``"fail2ban-sshd"``: ``"on"``/``"off"``) and apt's
     ``APT::Periodic::Unattended-Upgrade`` (``"unattended-upgrade"``), e.g. ``{"passwordauthentication": "no"}``."""
+
+    volatile = True  # read again each time (box/converge.py _FactMemo)
 
     SSHD_KEYS = ("passwordauthentication", "kbdinteractiveauthentication", "permitemptypasswords",
                  "permitrootlogin", "pubkeyauthentication")  # fmt: skip
@@ -216,6 +224,8 @@ class AptBusy(FactBase[str]):
     unattended-upgrades run), as at first boot; '' once free, else what still holds them (``"apt-get holds
     /var/lib/apt/lists/lock"``). Locks are read with ``lslocks`` (util-linux, on every Debian and Ubuntu)."""
 
+    volatile = True  # read again each time (box/converge.py _FactMemo)
+
     def command(self, timeout: int) -> str:
         return (
             f"end=$(( $(date +%s) + {int(timeout)} )); while :; do "
@@ -240,6 +250,8 @@ class AptBusy(FactBase[str]):
 class CloudInitDone(FactBase[bool]):
     """Waits until cloud-init has finished (it holds the apt lock on a fresh box); True on a box without it too.
     Read it with a ``_timeout``: the first boot of a cloud server can take minutes."""
+
+    volatile = True  # read again each time (box/converge.py _FactMemo)
 
     def command(self) -> str:
         return "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null 2>&1; fi; echo done"

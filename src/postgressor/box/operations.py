@@ -154,10 +154,11 @@ def hardening_effective(
     if not wrong_sshd:
         yield f"echo {shlex.quote(message + '; run postgressor deploy again once it is fixed')} >&2; exit 1"
         return
-    # One line naming the files that set those keys, in the order sshd reads them (the first value wins).
-    pattern = shlex.quote(f"^[[:space:]]*({'|'.join(wrong_sshd)})[[:space:]]")
+    # One line naming the files that set those keys, in the order sshd reads them (the first value wins): Debian's
+    # and Ubuntu's sshd_config include the drop-ins on its first line. "Key value" or "Key=value".
+    pattern = shlex.quote(f"^[[:space:]]*({'|'.join(wrong_sshd)})[[:space:]=]")
     yield (
-        f"files=$(grep -liE {pattern} /etc/ssh/sshd_config {SSHD_DROP_INS}/*.conf 2>/dev/null | paste -sd ' ' -); "
+        f"files=$(grep -liE {pattern} {SSHD_DROP_INS}/*.conf /etc/ssh/sshd_config 2>/dev/null | paste -sd ' ' -); "
         f"printf '%s (set in %s, read in that order: the first value wins); fix or remove the file that wins, "
         f"then run postgressor deploy\\n' {shlex.quote(message)} \"$files\" >&2; exit 1"
     )

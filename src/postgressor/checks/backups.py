@@ -182,7 +182,9 @@ def backup_status(host: HostRecord) -> dict[str, Any]:
     script = (
         f'echo @@info; {PGBACKREST} --output=json info 2>&1; rc=$?; echo; echo "@@info_rc=$rc"; '
         f"echo @@archiver; {psql(ARCHIVER_SQL)} 2>&1; "
-        f"echo @@dropped; grep -h {shlex.quote(WAL_DROPPED_MARK)} {PGBACKREST_ASYNC_LOG} 2>/dev/null | tail -n 1; "
+        # rotated logs too (logrotate may have moved the line): the newest drop, as lines start with their time
+        f"echo @@dropped; zgrep -h {shlex.quote(WAL_DROPPED_MARK)} {PGBACKREST_ASYNC_LOG}* 2>/dev/null "
+        "| sort | tail -n 1; "
         f"echo @@units; for t in {' '.join(BACKUP_KINDS)}; do "
         f'echo "$t=$(systemctl is-failed {BACKUP_UNIT}@$t.service)"; done'
     )

@@ -52,3 +52,34 @@ def test_a_change_makes_later_operations_read_the_fact_again() -> None:
     reads = [i for i, c in enumerate(commands) if "cat /etc/marker" in c]
     write = next(i for i, c in enumerate(commands) if "echo b" in c)
     assert len(reads) == 2 and reads[0] < write < reads[1], commands
+
+
+class Clock(FactBase[str]):
+    volatile = True  # what time or another process changes: never answered from memory
+
+    def command(self) -> str:
+        return "date +%s"
+
+    def process(self, output: list[str]) -> str:
+        return "\n".join(output)
+
+
+@operation()
+def clock_read() -> Any:
+    host.get_fact(Clock)
+    host.noop("read the clock")
+    yield from ()
+
+
+@deploy("Clocks")
+def clocks() -> None:
+    clock_read(name="first")
+    clock_read(name="second")
+
+
+def test_a_volatile_fact_is_read_every_time() -> None:
+    data = {"fake_responses": {"date +%s": "1"}, "fake_delay": 0, "fake_delay_jitter": 0}
+    inventory = Inventory(([("@fake/box", data)], {}))
+    run_deploys(inventory, [(clocks, {})], lambda name, report: None)
+    commands = [str(c) for c in next(iter(inventory)).connector.executed_commands]
+    assert sum("date +%s" in c for c in commands) == 4, commands  # two operations, each planned and run

@@ -30,7 +30,7 @@ def failure(seen: dict[str, str], etc_ssh: Path, monkeypatch: pytest.MonkeyPatch
 def test_a_drop_in_read_first_is_named_before_ours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "sshd_config.d").mkdir()
     (tmp_path / "sshd_config").write_text("Include /etc/ssh/sshd_config.d/*.conf\n#PasswordAuthentication yes\n")
-    (tmp_path / "sshd_config.d" / "00-aaa-image.conf").write_text("  PasswordAuthentication yes\n")
+    (tmp_path / "sshd_config.d" / "00-aaa-image.conf").write_text("  PasswordAuthentication=yes\n")
     (tmp_path / "sshd_config.d" / "00-postgressor.conf").write_text("PasswordAuthentication no\n")
     (tmp_path / "sshd_config.d" / "60-other.conf").write_text("X11Forwarding no\n")
     proc = failure({**ENFORCED, "passwordauthentication": "yes"}, tmp_path, monkeypatch)
@@ -39,7 +39,7 @@ def test_a_drop_in_read_first_is_named_before_ours(tmp_path: Path, monkeypatch: 
     d = tmp_path / "sshd_config.d"
     assert f"set in {d}/00-aaa-image.conf {d}/00-postgressor.conf, read in that order" in proc.stderr
     assert "sshd passwordauthentication is yes (want no)" in proc.stderr
-    assert "60-other" not in proc.stderr and "sshd_config " not in proc.stderr  # comments do not count
+    assert "60-other" not in proc.stderr and "/sshd_config " not in proc.stderr  # comments do not count
 
 
 def test_services_not_enforcing_fail_without_naming_sshd_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
