@@ -422,7 +422,7 @@ class OracleProvider(CloudProvider):
         def settled(response: Any) -> bool:
             instance = response.data
             return instance.lifecycle_state in DEAD or (
-                _size_of(instance) == target and instance.lifecycle_state in ("RUNNING", "STOPPED"))
+                at_size(instance, target) and instance.lifecycle_state in ("RUNNING", "STOPPED"))
 
         try:
             final = oci.wait_until(compute, self.api("read the instance", lambda: compute.get_instance(id)),
@@ -441,6 +441,14 @@ class OracleProvider(CloudProvider):
             if attachment.lifecycle_state == "ATTACHED":
                 return str(network.get_vnic(attachment.vnic_id).data.public_ip or "")
         return ""
+
+
+def at_size(instance: Any, target: dict[str, Any]) -> bool:
+    """True when ``instance`` has the ``target`` shape; for a Flex shape, its OCPUs and memory too (a fixed shape
+    has its own, whatever the request carried)."""
+    if not target["shape"].endswith(".Flex"):
+        return bool(instance.shape == target["shape"])
+    return _size_of(instance) == target
 
 
 def _size_of(instance: Any) -> dict[str, Any]:
