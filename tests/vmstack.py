@@ -151,6 +151,18 @@ def save_golden(box: Stack, image: Path, memory_mb: int, cpus: int, extra_ports:
     return golden
 
 
+def resume_incoming(monitor: Path, timeout: float = 300) -> None:
+    """Wait until QEMU has read the saved state (``-incoming``), then run the VM: it was saved paused, and a VM
+    migrated while paused stays paused on arrival."""
+    deadline = time.monotonic() + timeout
+    while "inmigrate" in (status := hmp(monitor, "info status")) or "VM status" not in status:
+        assert time.monotonic() < deadline, f"the saved state was not read within {timeout} s: {status[-200:]}"
+        time.sleep(0.5)
+    if "VM status: running" not in status:
+        hmp(monitor, "cont")
+    assert "VM status: running" in hmp(monitor, "info status"), "the restored copy does not run"
+
+
 LEFT_BEHIND = {"disk.qcow2", "qemu.pid", "monitor.sock", "console.log", "vm-state.bin", "known_hosts"}
 
 
@@ -183,6 +195,7 @@ def restore(golden: Golden, project: Path) -> Stack:
     proc = subprocess.run(command, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     try:
+        resume_incoming(spec.monitor)
         box = Stack(project, golden.up_result)
         host = box.host
         seen = wait_for_ssh(host.address, host.port, timeout=300)

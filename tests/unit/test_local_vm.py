@@ -226,3 +226,15 @@ def test_tcg_without_kvm_device_says_why(tmp_path: Path, monkeypatch: pytest.Mon
     assert machine._choose_accel("auto") == ("tcg", machine._choose_accel("auto")[1])
     assert "/dev/kvm does not exist" in machine._choose_accel("auto")[1]
     assert machine._choose_accel("kvm") == ("kvm", "")
+
+
+def test_every_path_qemu_gets_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # QEMU daemonizes into /; saving a VM's state (migration) reopens its disk by the name it was given.
+    monkeypatch.chdir(tmp_path)
+    image = cloudimage.CloudImage(tmp_path / "cloud.qcow2", "qcow2", 2 << 30)
+    spec = machine.VMSpec(directory=Path(".postgressor/default"), image=image, public_key=KEY)
+    cmd = machine.qemu_command(spec, PORTS, "tcg")
+    files = [part.split("=", 1)[1].split(",")[0] for arg in option_values(cmd, "-drive") for part in [arg]]
+    files += [option_values(cmd, "-serial")[0].removeprefix("file:"), option_values(cmd, "-pidfile")[0]]
+    assert files and all(Path(f).is_absolute() for f in files), files
+    assert str(tmp_path / ".postgressor/default/disk.qcow2") in files

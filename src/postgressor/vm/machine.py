@@ -133,7 +133,7 @@ def _record_accel(accel: str, reason: str = "") -> None:
 def _boot_args(spec: VMSpec) -> list[str]:
     if isinstance(spec.image, CloudImage):  # the image's own bootloader; cloud-init reads the seed
         return [
-            "-drive", f"file={spec.seed},if=ide,media=cdrom,readonly=on",
+            "-drive", f"file={spec.seed.resolve()},if=ide,media=cdrom,readonly=on",
             "-smbios", "type=1,serial=ds=nocloud",
         ]  # fmt: skip
     key = base64.b64encode(spec.public_key.strip().encode()).decode()
@@ -158,12 +158,13 @@ def qemu_command(spec: VMSpec, ports: dict[int, int], accel: str) -> list[str]:
     return [
         "qemu-system-x86_64", *cpu,
         "-smp", str(spec.cpus), "-m", str(spec.memory_mb),
-        "-display", "none", "-serial", f"file:{spec.console_log}",
-        "-drive", f"file={spec.disk},if=virtio,format=qcow2,cache=unsafe",
+        # absolute paths: a daemonized QEMU works from /, and saving its state reopens the disk by name
+        "-display", "none", "-serial", f"file:{spec.console_log.resolve()}",
+        "-drive", f"file={spec.disk.resolve()},if=virtio,format=qcow2,cache=unsafe",
         *_boot_args(spec),
         "-netdev", f"user,id=n0,{forwards}", "-device", "virtio-net-pci,netdev=n0",
         *_monitor_args(spec),
-        "-daemonize", "-pidfile", str(spec.pid_file),
+        "-daemonize", "-pidfile", str(spec.pid_file.resolve()),
     ]  # fmt: skip
 
 
