@@ -108,6 +108,10 @@ class GoldenBuild:
             self.up.terminate()
 
 
+def none() -> None:
+    """What a build that no selected test needs does."""
+
+
 GOLDEN = pytest.StashKey[Background[Golden]]()
 GOLDEN_BUILD = pytest.StashKey[GoldenBuild]()
 BASE_IMAGE = pytest.StashKey[Background[image.BaseImage]]()
@@ -130,11 +134,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not vm_tests or config.option.collectonly:
         return
     items[:] = [item for item in items if item not in vm_tests] + vm_tests
+    needs = {name for item in vm_tests for name in getattr(item, "fixturenames", ())}
     root = Path(tempfile.mkdtemp(prefix="postgressor-e2e-"))
     config.stash[ROOT] = root
     config.stash[GOLDEN_BUILD] = build = GoldenBuild(root)
-    config.stash[GOLDEN] = Background("provisioning the golden stack", build)
-    config.stash[BASE_IMAGE] = Background("building the base image", lambda: image.ensure_base_image(lambda _: None))
+    # Only what the selected tests use is built (a fixture's closure names what it depends on).
+    config.stash[GOLDEN] = Background("provisioning the golden stack", build if "golden" in needs else none)
+    config.stash[BASE_IMAGE] = Background(
+        "building the base image", (lambda: image.ensure_base_image(lambda _: None)) if "base_image" in needs else none
+    )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -67,7 +67,10 @@ def test_point_in_time_restore_brings_back_exactly_the_rows_before_the_noted_tim
 
     report = stack.cli_json("restore", "--to-time", noted, "--yes")
     assert report["ok"] and report["backup_set"] == taken["backup"]["label"]
-    assert report["stopped"] == ["postgresql@15-main"] and report["started"] == ["postgresql@15-main"]
+    # Electric and the gateway read PostgreSQL: stopped first, started again after it (the golden box runs sync).
+    sync_units = ["electric", "postgressor-gateway"]
+    assert report["stopped"] == [*sync_units, "postgresql@15-main"], report["stopped"]
+    assert report["started"] == ["postgresql@15-main", *sync_units], report["started"]
     rows = sql(stack, "SELECT batch || ':' || count(*) FROM pitr_items GROUP BY batch ORDER BY batch")
     assert rows.split() == ["one:5", "two:3"]
     assert sql(stack, "SELECT pg_is_in_recovery()") == "f"

@@ -28,7 +28,8 @@ def test_the_base_image_boots_and_takes_the_key_from_the_kernel_command_line(
         seen = wait_for_ssh("127.0.0.1", running.ports[22], timeout=600)
         assert seen.startswith("ssh-ed25519 ")
         host = HostRecord("127.0.0.1", running.ports[22], "root", str(key_path), seen)
-        result = run(host, "hostname && df --output=size -BG / | tail -1 && cat /root/.ssh/authorized_keys && "
+        # One value per line (authorized_keys is written without a final newline).
+        result = run(host, "hostname; df --output=size -BG / | tail -1; echo \"$(cat /root/.ssh/authorized_keys)\"; "
                            "systemctl is-active ssh", timeout=120)  # fmt: skip
         assert result.ok, result.stderr
         name, size, authorized, sshd = result.stdout.split("\n")[:4]
