@@ -18,6 +18,7 @@ import httpx
 import paramiko
 import pytest
 
+from postgressor.remote.ssh import wait_for_ssh
 from postgressor.vm.machine import running_pid
 from vmstack import Stack
 
@@ -227,6 +228,7 @@ def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
         "rm /etc/postgresql/15/main/conf.d/50-postgressor.conf && systemctl reload postgresql@15-main"
     )
     assert drift.ok, drift.stderr
+    wait_for_ssh("127.0.0.1", stack.host.port, timeout=120)  # sshd re-executes itself on reload
     # apt busy as at a cloud server's first boot, with a package to install: another process holds apt's lists
     # lock and dpkg's frontend lock for 30 s. `apt-get update` alone would fail at once on the lists lock, and the
     # install comes before the SSH step below, so reaching that step shows the deploy waited, then installed.
@@ -297,6 +299,7 @@ def test_a_drop_in_that_wins_over_the_hardening_fails_the_deploy(stack: Stack) -
     # `sshd -t` still passes. The deploy checks `sshd -T` and stops with one line naming the files.
     sneaky = "/etc/ssh/sshd_config.d/00-aaa-image.conf"
     assert stack.sh(f"echo 'PasswordAuthentication yes' > {sneaky} && systemctl reload ssh").ok
+    wait_for_ssh("127.0.0.1", stack.host.port, timeout=120)  # sshd re-executes itself on reload
     try:
         proc = stack.cli("deploy", check=False)
         assert proc.returncode == 1, proc.stderr
@@ -306,6 +309,7 @@ def test_a_drop_in_that_wins_over_the_hardening_fails_the_deploy(stack: Stack) -
         assert "Traceback" not in proc.stderr
     finally:
         assert stack.sh(f"rm -f {sneaky} && systemctl reload ssh").ok
+    wait_for_ssh("127.0.0.1", stack.host.port, timeout=120)  # sshd re-executes itself on reload
     test_password_ssh_login_is_refused(stack)
 
 
