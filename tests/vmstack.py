@@ -135,6 +135,10 @@ def save_golden(box: Stack, image: Path, memory_mb: int, cpus: int, extra_ports:
     """Pause ``box``'s VM, write its RAM and devices to a file, and stop QEMU; its disk becomes a backing file."""
     golden = Golden(box.project, box.up_result, image, memory_mb, cpus, extra_ports)
     monitor = golden.stack_dir / "monitor.sock"
+    # The saved RAM holds the guest's page cache, but a cold boot of the disk (the fake Hetzner's servers) sees
+    # only what reached it: flush first, or files written in the last seconds are empty there.
+    flushed = box.sh("sync")
+    assert flushed.ok, flushed.stderr
     hmp(monitor, "stop")
     hmp(monitor, f'migrate "exec:cat > {golden.vm_state}"')  # without -d the monitor waits for the end
     status = hmp(monitor, "info migrate")
