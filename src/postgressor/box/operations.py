@@ -25,12 +25,18 @@ from postgressor.box.layout import (
     psql,
     secret_path,
 )
+from postgressor.box.quoting import sql_literal
 
 SWAP_HEADROOM_MB = 1024  # left free after the swap file, for packages and PostgreSQL's first WAL
 
 
 APT_IDLE_TIMEOUT = 900  # seconds to wait for first-boot apt work (apt-daily, unattended-upgrades) to finish
 LOCK_RETRIES = 20  # pauses of 3, 6, 9 ... s: about ten minutes in all
+
+
+def fail(message: str) -> str:
+    """Shell that fails the operation with ``message`` as its one line on stderr."""
+    return f"echo {shlex.quote(message)} >&2; exit 1"
 
 
 def retry_while_locked(command: str) -> str:
@@ -55,7 +61,7 @@ def apt_idle(timeout: int = APT_IDLE_TIMEOUT) -> Generator[str, None, None]:
         return
     message = (f"apt is still busy after {timeout} s ({busy}); wait for it to finish (or stop it), "
                "then run postgressor deploy")  # fmt: skip
-    yield f"echo {shlex.quote(message)} >&2; exit 1"
+    yield fail(message)
 
 
 @operation()
@@ -152,7 +158,7 @@ def hardening_effective(
         return
     message = "hardening not in effect: " + "; ".join(wrong)
     if not wrong_sshd:
-        yield f"echo {shlex.quote(message + '; run postgressor deploy again once it is fixed')} >&2; exit 1"
+        yield fail(message + "; run postgressor deploy again once it is fixed")
         return
     # One line naming the files that set those keys, in the order sshd reads them (the first value wins): Debian's
     # and Ubuntu's sshd_config include the drop-ins on its first line. "Key value" or "Key=value".
@@ -173,12 +179,12 @@ def electric_slot_usable(slot: str, unit: str, storage: str, database: str) -> G
     ``unreserved`` slot can still recover once its consumer catches up."""
     state = host.get_fact(
         facts.PostgresScalar,
-        sql=f"SELECT wal_status FROM pg_replication_slots WHERE slot_name = {_sql_literal(slot)}",  # noqa: S608
+        sql=f"SELECT wal_status FROM pg_replication_slots WHERE slot_name = {sql_literal(slot)}",  # noqa: S608
     )
     if state != LOST_SLOT_STATE:
         host.noop(f"replication slot {slot} is {state or 'not created yet'}")
         return
-    where = f"FROM pg_replication_slots WHERE slot_name = {_sql_literal(slot)}"
+    where = f"FROM pg_replication_slots WHERE slot_name = {sql_literal(slot)}"
     end_holder = psql(f"SELECT pg_terminate_backend(active_pid) {where} AND active_pid IS NOT NULL", database)
     drop = psql(f"SELECT pg_drop_replication_slot(slot_name) {where}", database)  # none left: nothing to do
     unit_q = shlex.quote(unit)
@@ -187,10 +193,6 @@ def electric_slot_usable(slot: str, unit: str, storage: str, database: str) -> G
         f"until {drop} >/dev/null; do n=$((n + 1)); [ $n -ge 10 ] && exit 1; sleep 1; done; "
         f"find {shlex.quote(storage)} -mindepth 1 -delete"
     )
-
-
-def _sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _generate(path: str) -> str:
@@ -229,7 +231,7 @@ def held_secret(name_on_box: str, value: str, mismatch: str) -> Generator[object
         host.noop(f"{path} holds the given secret (same digest)")
         return
     if on_box:
-        yield f"echo {shlex.quote(mismatch)} >&2; exit 1"
+        yield fail(mismatch)
         return
     yield f"install -d -m 0700 {SECRETS_DIR}"
     new = f"{path}.new"

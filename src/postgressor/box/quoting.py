@@ -1,6 +1,6 @@
 """Quoting for the files and commands a value lands in on the box, one function per syntax.
 
-Shell commands use ``shlex.quote``; these cover the two other places config values land.
+Shell commands use ``shlex.quote``; these cover the other places values land.
 """
 
 from __future__ import annotations
@@ -23,3 +23,9 @@ def caddyfile_token(value: str) -> str:
     if "{$" in value:  # caddyfile.replaceEnvVars substitutes these before the lexer sees any quote
         raise ValueError("a Caddyfile token cannot hold {$, which Caddy replaces with an environment variable")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def sql_literal(value: str) -> str:
+    """``value`` as a SQL string literal: single-quoted with ``'`` doubled (standard_conforming_strings on, the
+    default since PostgreSQL 9.1, so backslashes are literal)."""
+    return "'" + value.replace("'", "''") + "'"

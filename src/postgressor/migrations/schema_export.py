@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 
+from postgressor.box.quoting import sql_literal
 from postgressor.box.spec import CONTRIB_EXTENSIONS, EXTENSION_PACKAGES
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.migrations.dump_filter import EXTENSIONS_SCHEMA, MANAGED_SCHEMAS, Source, filter_dump
@@ -44,10 +45,6 @@ class Export:
     schemas: list[str] = field(default_factory=list)
     rewritten: dict[str, int] = field(default_factory=dict)  # reason -> statements rewritten
     server_major: int = 0  # the dev database's PostgreSQL major version
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _ident(text: str) -> str:
@@ -79,11 +76,11 @@ def preamble(extensions: dict[str, str]) -> str:
         lines += [
             "DO $postgressor$",
             "DECLARE",
-            f"    found oid := (SELECT extnamespace FROM pg_catalog.pg_extension WHERE extname = {_literal(name)});",  # noqa: S608 (quoted)
+            f"    found oid := (SELECT extnamespace FROM pg_catalog.pg_extension WHERE extname = {sql_literal(name)});",  # noqa: S608 (quoted)
             "BEGIN",
             "    IF found IS NULL THEN",
             f"        CREATE EXTENSION {_ident(name)} WITH SCHEMA {_ident(schema)};",
-            f"    ELSIF found <> (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = {_literal(schema)}) THEN",  # noqa: S608 (quoted)
+            f"    ELSIF found <> (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = {sql_literal(schema)}) THEN",  # noqa: S608 (quoted)
             f"        ALTER EXTENSION {_ident(name)} SET SCHEMA {_ident(schema)};",
             "    END IF;",
             "EXCEPTION WHEN insufficient_privilege OR undefined_file OR feature_not_supported THEN",
