@@ -9,6 +9,7 @@ are all real.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -89,12 +90,34 @@ def test_verify_jwt_proves_the_box_end_to_end(stack: Stack) -> None:
     assert SECRET not in proc.stdout + proc.stderr
 
 
+def add_items(stack: Stack, *rows: tuple[str, str]) -> None:
+    """Insert (user_id, note) rows into the migrated `items` as postgres (RLS does not apply to it)."""
+    values = ", ".join(f"('{user}', '{note}')" for user, note in rows)
+    stack.sh(f"cd / && runuser -u postgres -- psql -XAt -v ON_ERROR_STOP=1 -d app "
+             f"-c \"INSERT INTO items (user_id, note) VALUES {values}\"")  # fmt: skip
+
+
 def test_valid_token_through_caddy_gets_the_users_rows(stack: Stack) -> None:
+    # `items` exists: test_migrate_through_the_ssh_tunnel_protects_the_synced_table ran `migrate` above.
+    other = str(uuid.uuid4())
+    add_items(stack, (USER, "mine-1"), (other, "theirs-1"), (USER, "mine-2"), (other, "theirs-2"))
+    auth = {"Authorization": f"Bearer {token()}"}
     with https(stack) as client:
-        response = client.get("/v1/shape/items", params={"offset": "-1"},
-                              headers={"Authorization": f"Bearer {token()}"})  # fmt: skip
-    assert response.status_code == 200, response.text
-    assert response.headers["electric-handle"] == "standin-1"
+        response = client.get("/v1/shape/items", params={"offset": "-1"}, headers=auth)
+        assert response.status_code == 200, response.text
+        rows = [m for m in response.json() if "key" in m]  # the stand-in ran the pinned shape in PostgreSQL
+        assert {r["value"]["user_id"] for r in rows} == {USER}
+        assert {"mine-1", "mine-2"} <= {r["value"]["note"] for r in rows}
+        assert not {"theirs-1", "theirs-2"} & {r["value"]["note"] for r in rows}
+        handle, offset = response.headers["electric-handle"], response.headers["electric-offset"]
+        assert re.fullmatch(r"\d+-\d+", handle) and offset == "0_inf"
+        add_items(stack, (USER, "mine-later"), (other, "theirs-later"))
+        follow = client.get("/v1/shape/items", params={"offset": offset, "handle": handle}, headers=auth)
+    assert follow.status_code == 200, follow.text
+    changes = [(m["headers"]["operation"], m["value"]["note"], m["value"]["user_id"])
+               for m in follow.json() if "key" in m]  # fmt: skip
+    assert changes == [("insert", "mine-later", USER)]  # read from the pgoutput slot, filtered by the shape
+    assert follow.json()[-1]["headers"]["control"] == "up-to-date"
     assert "authorization" in response.headers.get("vary", "").lower()
     seen = parse_qs(response.headers["electric-standin-query"])  # what the stand-in Electric received
     assert seen["table"] == ['"items"']
