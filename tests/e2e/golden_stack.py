@@ -10,7 +10,7 @@ from electric_standin_image import IMAGE, build_archive
 
 SECRET = "postgressor-e2e-hs256-secret-0123456789abcdef"
 ISSUER = "https://e2etest.supabase.co/auth/v1"
-MEMORY_MB, CPUS, FORWARDED = 2048, 2, [3000, 5432, 8080]
+MEMORY_MB, CPUS, FORWARDED = 2048, 2, [3000, 3001, 5432, 8080]
 
 LOCAL = f"""provider = "local"
 

@@ -14,10 +14,10 @@ import threading
 import time
 from typing import IO
 
-import httpx
 import paramiko
 import pytest
 
+import reach
 from postgressor.remote.ssh import wait_for_ssh
 from postgressor.vm.machine import running_pid
 from vmstack import Stack
@@ -44,13 +44,15 @@ def test_postgres_listens_on_localhost_only(stack: Stack) -> None:
     listeners = stack.sh("ss -Hltn 'sport = :5432' | awk '{print $4}'").stdout.split()
     # Loopback, and the Docker bridge's address for Electric's container (the golden box runs sync).
     assert listeners and all(addr.startswith(("127.0.0.1:", "[::1]:", "172.17.0.1:")) for addr in listeners), listeners
-    # From outside the VM (through the forwarded port) PostgreSQL must not answer.
+    # From outside the VM (through the forwarded port) PostgreSQL must not answer; SSH does (positive control).
+    assert reach.ssh_answers(stack.host.port)
+    assert not reach.postgres_answers(stack.forwarded(5432))
     proc = subprocess.run(
         ["psql", "-h", "127.0.0.1", "-p", str(stack.forwarded(5432)), "-U", "app", "-d", "app", "-c", "select 1"],
         capture_output=True, text=True, timeout=60, env={"PGCONNECT_TIMEOUT": "5", "PGPASSWORD": "x"},
     )  # fmt: skip
     assert proc.returncode != 0
-    assert "select" not in proc.stdout
+    assert "password authentication failed" not in proc.stderr, proc.stderr  # a connection error, not a refusal
 
 
 def test_electric_role_streams_an_insert_over_logical_replication(stack: Stack) -> None:
@@ -99,14 +101,6 @@ def test_password_ssh_login_is_refused(stack: Stack) -> None:
         transport.close()
 
 
-def _answers_http(port: int) -> bool:
-    try:
-        httpx.get(f"http://127.0.0.1:{port}/", timeout=8)  # any status: Caddy redirects port 80 to HTTPS
-    except httpx.HTTPError:
-        return False
-    return True
-
-
 def test_firewall_admits_web_ports_and_denies_others(stack: Stack) -> None:
     # Caddy serves port 80 on this box; something answers 8080 inside it too. Python's http.server takes seconds
     # to start under TCG: wait for both inside the box (bounded).
@@ -117,8 +111,8 @@ def test_firewall_admits_web_ports_and_denies_others(stack: Stack) -> None:
     )
     try:
         assert "inside-ok" in start.stdout, start.stderr
-        assert _answers_http(stack.forwarded(80)), "port 80 must be open"
-        assert not _answers_http(stack.forwarded(8080)), "port 8080 must be filtered by the firewall"
+        assert reach.http_answers(stack.forwarded(80)), "port 80 must be open"
+        assert not reach.http_answers(stack.forwarded(8080)), "port 8080 must be filtered by the firewall"
     finally:
         stack.sh("pkill -f 'http.server' || true")
     rules = stack.sh("ufw status").stdout
@@ -271,6 +265,7 @@ def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
     # Proof it was cut mid-deploy: operations finished before, and the SSH one started and never finished.
     statuses = {"changed", "unchanged", "failed", "skipped", "conditional"}  # converge.py OpReport.status
     words = [parts for line in seen if len(parts := line.split(None, 1)) == 2]
+
     def name(rest: str) -> str:  # "NAME (12 s)" or "NAME (3 s): error" -> NAME
         return re.sub(r" \(\d+ s\)(:.*)?$", "", rest.strip())
 
@@ -290,8 +285,6 @@ def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
     assert "443/tcp" in stack.sh("ufw status").stdout
     assert stack.sh("runuser -u postgres -- psql -XAtc 'SHOW wal_level'").stdout.strip() == "logical"
     assert stack.sh("runuser -u postgres -- psql -XAtc 'SHOW max_slot_wal_keep_size'").stdout.strip() != "-1"
-
-
 
 
 def test_a_drop_in_that_wins_over_the_hardening_fails_the_deploy(stack: Stack) -> None:

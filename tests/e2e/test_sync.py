@@ -19,10 +19,10 @@ from urllib.parse import parse_qs
 
 import httpx
 import jwt
-import pytest
 from electric_standin_image import IMAGE
 from golden_stack import ISSUER, SECRET
 
+import reach
 from vmstack import Stack
 
 USER = str(uuid.uuid4())
@@ -84,8 +84,16 @@ def test_verify_jwt_proves_the_box_end_to_end(stack: Stack) -> None:
     failed = [check for check in report["checks"] if check["status"] == "fail"]
     assert proc.returncode == 0 and not failed, failed
     statuses = {check["name"]: check["status"] for check in report["checks"]}
-    for name in ("gateway token", "gateway tampered", "gateway expired", "gateway no token",
-                 "postgres jwt.claims", "postgres rls items", "postgres isolation items", "electric health"):
+    for name in (
+        "gateway token",
+        "gateway tampered",
+        "gateway expired",
+        "gateway no token",
+        "postgres jwt.claims",
+        "postgres rls items",
+        "postgres isolation items",
+        "electric health",
+    ):
         assert statuses.get(name) == "pass", (name, statuses)
     assert SECRET not in proc.stdout + proc.stderr
 
@@ -146,16 +154,25 @@ def test_only_the_shape_api_and_health_are_proxied(stack: Stack) -> None:
     assert redirect.headers["location"].startswith("https://")
 
 
-def test_postgres_and_electric_ports_are_closed_from_outside(stack: Stack) -> None:
-    assert stack.sh("curl -fsS http://127.0.0.1:3000/v1/health").stdout.strip() == '{"status":"active"}'
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"http://127.0.0.1:{stack.forwarded(3000)}/v1/health", timeout=8)
+def test_postgres_electric_and_gateway_ports_are_closed_from_outside(stack: Stack) -> None:
+    # Inside the box each one answers its own protocol (the probes below would see it if a port were open)...
+    inside = stack.sh(
+        "curl -fsS http://127.0.0.1:3000/v1/health; echo; curl -fsS -o /dev/null -w '%{http_code}' "
+        "http://127.0.0.1:3001/health; echo; pg_isready -q -h 127.0.0.1 -p 5432 && echo pg-ok"
+    ).stdout.split()
+    assert inside == ['{"status":"active"}', "200", "pg-ok"], inside
+    # ...from outside only Caddy's 443 and SSH do (positive controls, same probes, same forwarding).
+    assert reach.tls_answers(stack.forwarded(443)) and reach.ssh_answers(stack.host.port)
+    assert not reach.postgres_answers(stack.forwarded(5432))
+    assert not reach.http_answers(stack.forwarded(3000)), "Electric must not be reachable from outside"
+    assert not reach.http_answers(stack.forwarded(3001)), "the gateway must be reached only through Caddy"
     proc = subprocess.run(
         ["psql", "-h", "127.0.0.1", "-p", str(stack.forwarded(5432)), "-U", "electric", "-d", "app",
          "-c", "select 1"],
         capture_output=True, text=True, timeout=60, env={"PGCONNECT_TIMEOUT": "5", "PGPASSWORD": "x"},
     )  # fmt: skip
     assert proc.returncode != 0
+    assert "password authentication failed" not in proc.stderr, proc.stderr  # a connection error, not a refusal
 
 
 def test_unpullable_image_stops_with_one_line_and_rerun_resumes(stack: Stack, tmp_path: Path) -> None:
