@@ -152,6 +152,25 @@ def save_golden(box: Stack, image: Path, memory_mb: int, cpus: int, extra_ports:
         time.sleep(0.5)
     assert machine.running_pid(golden.stack_dir / "qemu.pid") is None, "the golden QEMU did not quit"
     (golden.stack_dir / "qemu.pid").unlink(missing_ok=True)
+    record = {"up_result": golden.up_result, "image": str(image), "memory_mb": memory_mb, "cpus": cpus,
+              "extra_ports": extra_ports}  # fmt: skip
+    (golden.project / GOLDEN_RECORD).write_text(json.dumps(record))
+    return golden
+
+
+GOLDEN_RECORD = "golden.json"  # what load_golden needs to reuse a saved golden project
+
+
+def load_golden(project: Path) -> Golden:
+    """A golden saved earlier (save_golden), to develop VM tests without a new `up`; ValueError when none is."""
+    record = project / GOLDEN_RECORD
+    if not record.is_file():
+        raise ValueError(f"{project} holds no saved golden ({GOLDEN_RECORD} is missing)")
+    fields = json.loads(record.read_text())
+    golden = Golden(project, fields["up_result"], Path(fields["image"]), fields["memory_mb"], fields["cpus"],
+                    fields["extra_ports"])  # fmt: skip
+    if not (golden.disk.is_file() and golden.vm_state.is_file()):
+        raise ValueError(f"{project} lacks the golden's disk or saved state")
     return golden
 
 

@@ -13,6 +13,7 @@ machine's cores busy, so the other one is free for them).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,9 +28,10 @@ from golden_stack import CPUS, FORWARDED, MEMORY_MB, write_golden_project
 
 import cloudimage_builder
 from postgressor.vm import image
-from vmstack import Golden, Stack, restored, save_golden, vm_tools_problem
+from vmstack import GOLDEN_RECORD, Golden, Stack, load_golden, restored, save_golden, vm_tools_problem
 
 T = TypeVar("T")
+KEEP_GOLDEN = "POSTGRESSOR_E2E_KEEP_GOLDEN"  # development only: a directory to keep the golden in and reuse
 
 
 class Background(Generic[T]):
@@ -63,18 +65,24 @@ class GoldenBuild:
     """The cloud image, then `postgressor up` of the golden project and the saved VM; ``cancel`` ends the `up`."""
 
     def __init__(self, root: Path) -> None:
-        self.project = root / "golden"
+        # A developer's run may keep its golden in a directory of their choosing and reuse it later (never CI:
+        # a kept golden is not rebuilt when the product changes).
+        kept = os.environ.get(KEEP_GOLDEN, "")
+        self.project = Path(kept) if kept else root / "golden"
         self.log = root / "golden-up.log"
         self.up: subprocess.Popen[str] | None = None
         self.cancelled = False
 
     def __call__(self) -> Golden:
+        kept = os.environ.get(KEEP_GOLDEN, "")
+        if kept and Path(kept, GOLDEN_RECORD).is_file():
+            return load_golden(Path(kept))
         missing = cloudimage_builder.missing_tools()
         problem = vm_tools_problem() or (missing and f"the VM tests need {', '.join(missing)}: run scripts/setup")
         if problem:
             raise RuntimeError(problem)
         cloud_image = cloudimage_builder.ensure_cloud_image()
-        self.project.mkdir()
+        self.project.mkdir(parents=True, exist_ok=True)
         write_golden_project(self.project, cloud_image)
         box = Stack(self.project, {})
         try:
@@ -154,7 +162,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     for key in (GOLDEN, BASE_IMAGE):
         config.stash[key].thread.join()
     golden = config.stash[GOLDEN].value
-    if golden is not None and (golden.project / ".postgressor" / "default.json").exists():
+    kept = golden is not None and (golden.project / GOLDEN_RECORD).is_file() and bool(os.environ.get(KEEP_GOLDEN))
+    if golden is not None and not kept and (golden.project / ".postgressor" / "default.json").exists():
         Stack(golden.project, {}).cli("destroy", "--yes", "--skip-final-backup", check=False, timeout=120)
     shutil.rmtree(config.stash[ROOT], ignore_errors=True)
 
