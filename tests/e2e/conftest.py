@@ -31,7 +31,7 @@ from postgressor.vm import image
 from vmstack import GOLDEN_RECORD, Golden, Stack, load_golden, restored, save_golden, vm_tools_problem
 
 T = TypeVar("T")
-KEEP_GOLDEN = "POSTGRESSOR_E2E_KEEP_GOLDEN"  # development only: a directory to keep the golden in and reuse
+KEEP_GOLDEN = "E2E_KEEP_GOLDEN"  # development only: keep the golden there, reuse it (the CLI refuses POSTGRESSOR_ ones)
 
 
 class Background(Generic[T]):
