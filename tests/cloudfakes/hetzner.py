@@ -32,7 +32,7 @@ def error(status: int, code: str, message: str) -> Reply:
 
 class FakeHetzner(FakeAPI):
     def __init__(self, on_create: OnCreate | None = None, on_delete: Callable[[dict[str, Any]], None] | None = None,
-                 boot_polls: int = 2) -> None:
+                 boot_polls: int = 2, on_power: Callable[[dict[str, Any], str], None] | None = None) -> None:
         super().__init__()
         self.ids = itertools.count(1001)
         self.ssh_keys: dict[int, dict[str, Any]] = {}
@@ -40,6 +40,7 @@ class FakeHetzner(FakeAPI):
         self.servers: dict[int, dict[str, Any]] = {}
         self.on_create = on_create
         self.on_delete = on_delete
+        self.on_power = on_power  # (server, "poweron" | "poweroff" | "shutdown") when the power state changes
         self.boot_polls = boot_polls  # GETs a server answers "initializing" before "running"
         self.created_servers = 0
         self.detach_lag = 0  # firewall deletes refused as in use after the server's DELETE was accepted
@@ -192,6 +193,8 @@ class FakeHetzner(FakeAPI):
         command, before, after = commands[action]
         if server["status"] == before:
             server["status"], server["polls"] = after, 0
+            if self.on_power:
+                self.on_power(server, action)
         self.power_actions.append((server["id"], action))
         return 201, {"action": self._action(command, server["id"], "server")}
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from golden_stack import write_box_files
 
@@ -61,12 +62,23 @@ class VMServers:
                                   str(self.golden.disk), str(spec.disk)], capture_output=True, text=True)  # fmt: skip
         assert overlay.returncode == 0, overlay.stderr
         machine.create_disk(spec)  # writes the seed; the disk is there already
+        self._boot(spec)
+        self.specs[server["id"]] = spec
+        return VM_ADDRESS
+
+    def power(self, server: dict[str, Any], action: str) -> None:
+        """Off stops QEMU (the disk stays); on boots the same disk again, as a server powered on does."""
+        spec = self.specs[server["id"]]
+        if action == "poweron":
+            self._boot(spec)
+        else:
+            machine.stop(spec.pid_file)
+
+    def _boot(self, spec: machine.VMSpec) -> None:
         command = machine.qemu_command(spec, {22: 22}, "tcg")
         command = [arg.replace("hostfwd=tcp:127.0.0.1:22-:22", f"hostfwd=tcp:{VM_ADDRESS}:22-:22") for arg in command]
         proc = subprocess.run(command, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
-        self.specs[server["id"]] = spec
-        return VM_ADDRESS
 
     def delete(self, server: dict[str, Any]) -> None:
         spec = self.specs.pop(server["id"], None)
@@ -86,7 +98,7 @@ def hetzner_stack(
     if not _port_22_free(VM_ADDRESS):
         pytest.fail(f"{VM_ADDRESS}:22 is taken; this test forwards the VM's SSH there", pytrace=False)
     vms = VMServers(tmp_path_factory.mktemp("vms"), golden)
-    api = FakeHetzner(on_create=vms.create, on_delete=vms.delete)
+    api = FakeHetzner(on_create=vms.create, on_delete=vms.delete, on_power=vms.power)
     vms.api = api
     api.start()
     project = tmp_path_factory.mktemp("project")
@@ -133,10 +145,19 @@ def test_status_reaches_postgres_on_the_server(hetzner_stack: tuple[Stack, FakeH
     assert report["postgres"]["settings"]["wal_level"] == "logical"
 
 
-def test_second_up_reuses_the_server(hetzner_stack: tuple[Stack, FakeHetzner, VMServers]) -> None:
-    stack, api, _ = hetzner_stack
+def test_second_up_powers_the_stopped_server_on_and_reuses_it(
+        hetzner_stack: tuple[Stack, FakeHetzner, VMServers]) -> None:  # fmt: skip
+    stack, api, vms = hetzner_stack
+    # Stopped from outside (Hetzner's console, or the provider): the API says "off" and the VM is down.
+    server_id = next(iter(api.servers))
+    hcloud = httpx.Client(base_url=f"{api.url}/v1", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert hcloud.post(f"/servers/{server_id}/actions/poweroff").status_code == 201
+    assert machine.running_pid(vms.specs[server_id].pid_file) is None
+    off = json.loads(stack.cli("--json", "status", check=False).stdout)
+    assert off["power"] in ("off", "stopping") and off["reachable"] is False, off
     again = stack.cli_json("up", "--provider", "hetzner", "--region", "nuremberg", "--yes")
     assert again["deploy"]["failed"] == 0
+    assert (server_id, "poweron") in api.power_actions and api.servers[server_id]["status"] == "running"
     assert api.created_servers == 1 and len(api.servers) == 1
     assert api.calls("POST", "/v1/servers") == 1
 
