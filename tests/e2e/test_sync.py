@@ -23,6 +23,7 @@ from electric_standin_image import IMAGE
 from golden_stack import ISSUER, SECRET
 
 import reach
+from postgressor.box.layout import LOOPBACK_GUARD_RULE, LOOPBACK_GUARD_UNIT
 from vmstack import Stack
 
 USER = str(uuid.uuid4())
@@ -173,6 +174,33 @@ def test_postgres_electric_and_gateway_ports_are_closed_from_outside(stack: Stac
     )  # fmt: skip
     assert proc.returncode != 0
     assert "password authentication failed" not in proc.stderr, proc.stderr  # a connection error, not a refusal
+
+
+NEIGHBOUR = (  # a host on the box's network segment: a network namespace on a veth pair, in the box
+    "ip netns add nbr && ip link add vb type veth peer name vn && ip link set vn netns nbr && "
+    "ip addr add 192.0.2.1/24 dev vb && ip link set vb up && "
+    # lo stays down in the namespace, so 127.0.0.1 is not local there and goes to the box, as an attacker's
+    # packets with the box's MAC address would (route_localnet lets it send and receive them)
+    "ip netns exec nbr sh -c 'sysctl -qw net.ipv4.conf.all.route_localnet=1 net.ipv4.conf.vn.route_localnet=1 && "
+    "ip addr add 192.0.2.2/24 dev vn && ip link set vn up && ip route add 127.0.0.1/32 via 192.0.2.1 dev vn'"
+)
+FROM_NEIGHBOUR = "ip netns exec nbr curl -s -o /dev/null -m 5 -w '%{http_code}' http://127.0.0.1:3000/v1/health"
+
+
+def test_electrics_loopback_port_is_unreachable_from_the_network_segment(stack: Stack) -> None:
+    # Docker before 28.0 (Debian 12 ships 20.10) DNATs packets for a 127.0.0.1-published port whichever
+    # interface they came in on; the deploy's raw-table guard drops them first.
+    assert stack.sh(f"systemctl is-enabled {LOOPBACK_GUARD_UNIT}").stdout.strip() == "enabled"
+    made = stack.sh(NEIGHBOUR)
+    assert made.ok, made.stderr
+    try:
+        assert stack.sh(FROM_NEIGHBOUR).stdout == "000"
+        # Positive control: without the guard the neighbour gets Electric's health (the hole the guard closes).
+        assert stack.sh(f"systemctl stop {LOOPBACK_GUARD_UNIT}").ok
+        assert stack.sh(FROM_NEIGHBOUR).stdout == "200"
+    finally:
+        stack.sh(f"systemctl start {LOOPBACK_GUARD_UNIT}; ip link del vb; ip netns del nbr")
+    assert stack.sh(f"iptables -t raw -C {LOOPBACK_GUARD_RULE}").ok
 
 
 def test_unpullable_image_stops_with_one_line_and_rerun_resumes(stack: Stack, tmp_path: Path) -> None:

@@ -149,6 +149,20 @@ class DockerImagePresent(FactBase[bool]):
         return False
 
 
+class IptablesRulePresent(FactBase[bool]):
+    """Whether ``rule`` (``CHAIN match… -j TARGET``, as ``iptables -C`` takes it) is in ``table``."""
+
+    def command(self, table: str, rule: str) -> str:
+        return f"iptables -t {shlex.quote(table)} -C {rule} 2>/dev/null && echo yes || echo no"
+
+    def process(self, output: list[str]) -> bool:
+        return output[0].strip() == "yes"
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+
 class HttpStatus(FactBase[str]):
     """The HTTP status code a URL answers on the box ('' without an answer)."""
 

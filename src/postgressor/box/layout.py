@@ -38,6 +38,11 @@ GATEWAY_USER = "postgressor-gw"
 ELECTRIC_UNIT = "electric"
 GATEWAY_UNIT = "postgressor-gateway"
 CADDY_UNIT = "caddy"
+# Docker before 28.0 lets a host on the box's network segment reach a port published on 127.0.0.1 (its DNAT runs
+# before the kernel's martian check). The guard drops, in the raw table, every packet for 127.0.0.0/8 that did not
+# come from the box itself, as Docker 28 does per port (moby 28.0 release notes, "direct routing" protection).
+LOOPBACK_GUARD_UNIT = "postgressor-loopback-guard"
+LOOPBACK_GUARD_RULE = "PREROUTING ! -i lo -d 127.0.0.0/8 -j DROP"  # iptables -t raw -C|-I|-D <this>
 SYNC_UNITS = (ELECTRIC_UNIT, GATEWAY_UNIT)  # the units that read PostgreSQL (stopped around a restore)
 
 BACKUP_UNIT = "pgbackrest-backup"  # a template unit: one instance per backup type (pgbackrest-backup@full)

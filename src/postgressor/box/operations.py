@@ -319,6 +319,18 @@ def docker_image(image: str, archive: str = "") -> Generator[str, None, None]:
 
 
 @operation()
+def loopback_guarded(unit: str, rule: str) -> Generator[str, None, None]:
+    """The raw-table ``rule`` in place, installed by ``unit`` (a oneshot that also adds it at every boot), and
+    checked in effect afterwards."""
+    if host.get_fact(facts.IptablesRulePresent, table="raw", rule=rule):
+        host.noop(f"in place: iptables -t raw {rule}")
+        return
+    missing = fail(f"{unit} did not add iptables -t raw {rule}; see journalctl -u {unit}")
+    yield (f"systemctl daemon-reload && systemctl enable --quiet {unit} && systemctl restart {unit}; "
+           f"iptables -t raw -C {rule} || {{ {missing}; }}")  # fmt: skip
+
+
+@operation()
 def http_ready(url: str, timeout: int, hint: str) -> Generator[str, None, None]:
     """Wait until ``url`` answers 200, or fail with a message naming it."""
     if host.get_fact(facts.HttpStatus, url=url) == "200":

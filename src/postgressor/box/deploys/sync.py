@@ -26,6 +26,8 @@ from postgressor.box.layout import (
     GATEWAY_UNIT,
     GATEWAY_USER,
     IMAGES_DIR,
+    LOOPBACK_GUARD_RULE,
+    LOOPBACK_GUARD_UNIT,
     POSTGRES_PORT,
     electric_health_url,
     secret_path,
@@ -38,6 +40,7 @@ from postgressor.box.operations import (
     electric_slot_usable,
     generated_secret,
     http_ready,
+    loopback_guarded,
 )
 from postgressor.box.quoting import caddyfile_token, systemd_word
 from postgressor.box.spec import BoxSpec
@@ -58,6 +61,11 @@ GATEWAY_FILES = [GATEWAY_CONFIG, GATEWAY_ENV, f"/etc/systemd/system/{GATEWAY_UNI
 def electric(spec: BoxSpec) -> None:
     sync = spec.sync
     assert sync is not None
+    files.template(name="Loopback guard unit", src=template("loopback-guard.service.j2"),
+                   dest=f"/etc/systemd/system/{LOOPBACK_GUARD_UNIT}.service", mode="644",
+                   rule=LOOPBACK_GUARD_RULE)  # fmt: skip
+    loopback_guarded(name="Loopback stays loopback (raw-table drop for 127.0.0.0/8 from outside)",
+                     unit=LOOPBACK_GUARD_UNIT, rule=LOOPBACK_GUARD_RULE)  # fmt: skip
     daemon = files.template(name="Docker bridge address", src=template("docker-daemon.json.j2"),
                             dest="/etc/docker/daemon.json", mode="644", bridge=f"{sync.bridge_ip}/"
                             f"{sync.bridge_network.split('/')[1]}")  # fmt: skip
