@@ -10,12 +10,16 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import Result
+from conftest import APP_PASSWORD, APP_ROLE
+from fakebox import FakeBox
 from pgcluster import Cluster, running_cluster
 from typer.testing import CliRunner
 
 from postgressor.cli import app
 from postgressor.errors import UsageError
 from postgressor.migrations import move
+from postgressor.remote import database as dbconnect
+from postgressor.state import HostRecord, open_state
 
 SCHEMA = """
 CREATE TABLE "OR" (id bigserial PRIMARY KEY, payload text NOT NULL, at timestamptz NOT NULL DEFAULT now(),
@@ -237,3 +241,65 @@ def test_cli_start_status_abort_and_refusal(tmp_path: Path, clusters: tuple[Clus
     assert "public.keyless has no primary key" in refused.output and "Traceback" not in refused.output
     for result in (started, shown, aborted, refused):
         assert not any(s in result.output for s in secrets)
+
+
+def test_a_target_role_that_may_not_subscribe_is_refused_before_anything(
+        clusters: tuple[Cluster, Cluster], dbs: tuple[str, psycopg.Connection]) -> None:  # fmt: skip
+    source_url, target = dbs
+    clusters[1].ensure_role("plain_owner", "plain-pw", "NOSUPERUSER")
+    plain = clusters[1].connect(target.info.dbname, "plain_owner", "plain-pw")
+    with plain, pytest.raises(UsageError) as raised:
+        move.start(source_url, plain, TABLES)
+    assert "role plain_owner on the target may not create a subscription" in str(raised.value)
+    assert _leftovers(source_url, target) == ([], [], [])
+
+
+def test_move_to_the_stacks_box_runs_as_postgres_through_a_one_time_password(
+        clusters: tuple[Cluster, Cluster], pg_cluster: Cluster, app_db: str, fake_box: tuple[FakeBox, HostRecord],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The production path of `move --stack`: SSH, the tunnel, the box's psql as postgres on stdin, and the
+    owner role (not a superuser) replaced by a superuser session for CREATE SUBSCRIPTION."""
+    box, host = fake_box
+    box_superuser, once = "box_postgres", "one-time-password-for-the-test"
+    monkeypatch.setattr(dbconnect, "SUPERUSER", box_superuser)  # the cluster's own postgres keeps its password
+    monkeypatch.setattr(dbconnect.secrets, "token_urlsafe", lambda _n: once)
+    with pg_cluster.connect() as su:
+        su.execute(f"DROP ROLE IF EXISTS {box_superuser}")
+        su.execute(f"CREATE ROLE {box_superuser} LOGIN SUPERUSER")  # no password: peer only, as on a box
+    with pg_cluster.connect(app_db, APP_ROLE, APP_PASSWORD) as owner:
+        owner.execute(SCHEMA)
+    source_db = clusters[0].create_database()
+    source_url = clusters[0].url(source_db)
+    with clusters[0].connect(source_db) as conn:
+        conn.execute(SCHEMA)
+        conn.execute("""INSERT INTO "OR" (payload) SELECT 'seed ' || n FROM generate_series(1, 50) n""")
+    monkeypatch.chdir(tmp_path)
+    open_state(tmp_path / "state", "edge", "ssh").set_host(host)
+    (tmp_path / "postgressor.toml").write_text(
+        f'provider = "ssh"\nstate_dir = "state"\n[ssh]\nhost = "127.0.0.1"\n'
+        f'[postgres]\ndatabase = "{app_db}"\nowner = "{APP_ROLE}"\n')  # fmt: skip
+    env = {"POSTGRESSOR_MOVE_FROM": source_url}
+    try:
+        started = CliRunner().invoke(app, ["move", "start", "--stack", "edge", "--tables", "OR,items"], env=env)
+        assert started.exit_code == 0, started.output
+        assert f"{box_superuser}@{app_db}" in started.output
+        # The verifier went to the box on stdin, then the password was removed; neither the password nor the
+        # source's reached the output.
+        assert len(box.stdins) == 2 and "SCRAM-SHA-256$" in box.stdins[0] and once not in box.stdins[0]
+        assert box.stdins[1].strip() == f"ALTER ROLE {box_superuser} PASSWORD NULL;"
+        assert not any(once in c or "SCRAM" in c for c in box.commands)
+        assert once not in started.output and clusters[0].password not in started.output
+        with pg_cluster.connect(app_db) as su:
+            assert su.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", [box_superuser]).fetchone() == (
+                None,)  # fmt: skip
+            owner_of = su.execute("SELECT s.subowner::regrole::text FROM pg_subscription s").fetchall()
+            assert owner_of == [(box_superuser,)]
+            deadline = time.monotonic() + 60
+            while su.execute('SELECT count(*) FROM "OR"').fetchone() != (50,):
+                assert time.monotonic() < deadline, "the initial copy did not arrive"
+                time.sleep(0.2)
+    finally:
+        aborted = CliRunner().invoke(app, ["move", "abort", "--stack", "edge"], env=env)
+        clusters[0].drop_database(source_db)
+    assert aborted.exit_code == 0, aborted.output
+    assert "subscription postgressor_move" in aborted.output

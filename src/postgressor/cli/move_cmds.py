@@ -1,7 +1,8 @@
 """`postgressor move start|status|cutover|abort`: live tables from a Supabase database to the box.
 
 The work is in postgressor.migrations.move. The source URL comes from POSTGRESSOR_MOVE_FROM only (argv is
-public); the target is the stack's box through its SSH tunnel, or POSTGRESSOR_DATABASE_URL. What ``start``
+public); the target is the stack's box through its SSH tunnel (as its ``postgres`` role, through a one-time password:
+see remote.database.stack_target), or POSTGRESSOR_DATABASE_URL. What ``start``
 created is recorded in the stack's state (names and tables, never the URL).
 """
 
@@ -47,7 +48,7 @@ def _target(settings: Settings, stack: str, database_url: str | None) -> Iterato
         with dbconnect.url_target(database_url) as target:
             yield target
     else:
-        with dbconnect.stack_target(settings, stack) as target:
+        with dbconnect.stack_target(settings, stack, superuser=True) as target:  # CREATE SUBSCRIPTION needs it
             yield target
 
 

@@ -190,6 +190,8 @@ def start(source_url: str, target: psycopg.Connection, tables: list[Table], name
     names = names or Names()
     with source_connection(source_url) as source:
         problems = publish_problems(source, tables)
+        if denied := subscribe_problems(target):  # the checks below read the target's tables: stop here
+            raise UsageError("the move cannot start:\n" + "\n".join(problems + denied))
         problems += column_mismatches(source, target, tables)
         problems += _filled(target, tables)
         if _exists(target, "pg_subscription", "subname", names.subscription):
@@ -215,6 +217,21 @@ def start(source_url: str, target: psycopg.Connection, tables: list[Table], name
         log(f"created subscription {names.subscription} on the target; the initial copy runs")
     return {"publication": names.publication, "subscription": names.subscription, "slot": names.slot,
             "tables": [str(t) for t in tables], "source": describe(source_url)}  # fmt: skip
+
+
+def subscribe_problems(target: psycopg.Connection) -> list[str]:
+    """Whether the target's role may ``CREATE SUBSCRIPTION``: a superuser, or from PostgreSQL 16 a member of
+    ``pg_create_subscription`` with CREATE on the database (PostgreSQL docs, "CREATE SUBSCRIPTION")."""
+    user, superuser, version, member, can_create = target.execute(
+        "SELECT current_user, rolsuper, current_setting('server_version_num')::int, "
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = 'pg_create_subscription' "
+        "AND pg_has_role(current_user, r.oid, 'USAGE')), has_database_privilege(current_database(), 'CREATE') "
+        "FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()  # type: ignore[misc]
+    if superuser or (version >= 160000 and member and can_create):
+        return []
+    fix = ("GRANT pg_create_subscription TO " + user + " and CREATE on the database"
+           if version >= 160000 else "a superuser (PostgreSQL 15 and older)")  # fmt: skip
+    return [f"role {user} on the target may not create a subscription; connect as {fix}"]
 
 
 def _reason(err: psycopg.Error) -> str:
