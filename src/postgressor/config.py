@@ -38,7 +38,7 @@ ENV_PREFIX = "POSTGRESSOR_"
 # POSTGRESSOR_* variables that are not settings: read by the CLI or a command, so never "unknown".
 OTHER_VARIABLES = frozenset({
     "POSTGRESSOR_STACK", "POSTGRESSOR_DEBUG", "POSTGRESSOR_DATABASE_URL", "POSTGRESSOR_TOKEN",
-    "POSTGRESSOR_CACHE_DIR", "POSTGRESSOR_EXPORT_FROM",
+    "POSTGRESSOR_CACHE_DIR", "POSTGRESSOR_EXPORT_FROM", "POSTGRESSOR_MOVE_FROM",
 })  # fmt: skip
 PROVIDERS = ("local", "ssh", "hetzner", "oracle", "ovh")
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -18,6 +18,9 @@ import paramiko
 import pytest
 
 import reach
+from postgressor.box.layout import psql
+from postgressor.config import load_settings
+from postgressor.remote.database import stack_target
 from postgressor.remote.ssh import wait_for_ssh
 from postgressor.vm.machine import running_pid
 from vmstack import Stack
@@ -77,6 +80,17 @@ def test_electric_role_streams_an_insert_over_logical_replication(stack: Stack) 
     )
     assert stream.ok, stream.stderr
     assert int(stream.stdout.strip()) >= 1
+
+
+def test_a_superuser_session_through_the_tunnel_leaves_no_password(stack: Stack,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    # What `move` uses for CREATE SUBSCRIPTION: the box's psql as postgres (stdin), the tunnel, scram over TCP.
+    monkeypatch.chdir(stack.project)
+    settings = load_settings(stack.project / "postgressor.toml")
+    with stack_target(settings, "default", superuser=True) as target:
+        row = target.conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    assert row == ("postgres", True)
+    assert stack.sh(psql("SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'postgres'")).stdout.strip() == "t"
 
 
 def test_status_reports_postgres_and_the_slot(stack: Stack) -> None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from fakebox import FakeBox, running_fake_box
 from pgcluster import Cluster, running_cluster
+
+from postgressor.box.layout import secret_path
+from postgressor.state import HostRecord
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +29,10 @@ def app_db(pg_cluster: Cluster) -> Iterator[str]:
     name = pg_cluster.create_database(owner=APP_ROLE)
     yield name
     pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def fake_box(pg_cluster: Cluster, tmp_path: Path) -> Iterator[tuple[FakeBox, HostRecord]]:
+    """A box over SSH (fakebox.FakeBox) whose PostgreSQL is ``pg_cluster`` and whose owner password is APP_PASSWORD."""
+    with running_fake_box(pg_cluster, tmp_path, {secret_path(f"{APP_ROLE}.password"): APP_PASSWORD + "\n"}) as box:
+        yield box

@@ -21,6 +21,7 @@ from postgressor.cli import (
     lifecycle_cmds,
     logs_cmds,
     migrate_cmds,
+    move_cmds,
     servers_cmds,
 )
 from postgressor.cli.common import GlobalOptions, emit_json, err_console, json_emitted, reset_output
@@ -179,6 +180,7 @@ app.command("cost")(advisor_cmds.cost)
 app.command("recommend")(advisor_cmds.recommend)
 app.command("migrate")(migrate_cmds.migrate)
 app.add_typer(migrate_cmds.schema_app, name="schema")
+app.add_typer(move_cmds.move_app, name="move")
 app.command("verify-jwt")(jwt_cmds.verify_jwt)
 app.add_typer(gateway_cmds.gateway_app, name="gateway")
 app.add_typer(backup_cmds.backup_app, name="backup")

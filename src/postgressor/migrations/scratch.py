@@ -102,8 +102,8 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(bins: Path | None = None) -> Iterator[Cluster]:
-    """Start a fresh cluster (wal_level=logical, 127.0.0.1 only, free port); stop and delete it after.
+def running_cluster(bins: Path | None = None, wal_level: str = "logical") -> Iterator[Cluster]:
+    """Start a fresh cluster (wal_level=logical unless told, 127.0.0.1 only, free port); stop and delete it after.
 
     Raises RuntimeError (with initdb's or pg_ctl's output) when the cluster cannot start.
     """
@@ -131,7 +131,7 @@ def running_cluster(bins: Path | None = None) -> Iterator[Cluster]:
             f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C.UTF-8")
         (datadir / "postgresql.auto.conf").write_text(
             f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = ''\n"
-            "wal_level = logical\nmax_connections = 50\nfsync = off\nlog_min_messages = warning\n"
+            f"wal_level = {wal_level}\nmax_connections = 50\nfsync = off\nlog_min_messages = warning\n"
         )
         run(str(bins / "pg_ctl"), "-D", str(datadir), "-l", str(workdir / "server.log"), "-w", "-t", "60",
             "start")

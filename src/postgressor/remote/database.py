@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,7 +12,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from postgressor.box.layout import secret_path
+from postgressor.box.layout import psql, secret_path
+from postgressor.box.quoting import sql_literal
 from postgressor.config import Settings
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.masking import mask_url
@@ -98,8 +100,14 @@ def read_box_password(host: ssh.HostRecord, owner: str) -> str:
 
 
 @contextlib.contextmanager
-def stack_target(settings: Settings, stack: str) -> Iterator[Target]:
-    """The stack's database through an SSH tunnel to the box's localhost:5432."""
+def stack_target(settings: Settings, stack: str, superuser: bool = False) -> Iterator[Target]:
+    """The stack's database through an SSH tunnel to the box's localhost:5432, as the owner role.
+
+    ``superuser``: as the box's ``postgres`` role instead (what ``CREATE SUBSCRIPTION`` needs on PostgreSQL 15).
+    That role has no password: one is set for this connection only (its SCRAM verifier, computed here, goes to
+    the box on psql's stdin) and removed again as soon as the session is open, so it never exists on disk and
+    outlives nothing. Raises PostgressorError with one line when the box or PostgreSQL cannot be reached.
+    """
     state = require_state(settings.state_dir, stack)
     host = state.host
     assert host is not None
@@ -112,17 +120,46 @@ def stack_target(settings: Settings, stack: str) -> Iterator[Target]:
             raise PostgressorError(f"the SSH connection to {host.address} closed; try again")
         with Tunnel(transport) as tunnel:
             label = f"{owner}@{database} on stack '{stack}' ({host.address}, via SSH)"
-            try:
-                conn = connect("", label, host="127.0.0.1", port=tunnel.port, dbname=database, user=owner,
-                               password=password)
-            except PostgressorError as err:
-                if tunnel.last_error:
-                    raise PostgressorError(f"cannot connect to {label}: {tunnel.last_error}; check that "
-                                           "PostgreSQL runs on the box ('postgressor status')") from None
-                raise err
+
+            def open_as(user: str, secret: str) -> psycopg.Connection:
+                try:
+                    return connect("", label, host="127.0.0.1", port=tunnel.port, dbname=database, user=user,
+                                   password=secret)  # fmt: skip
+                except PostgressorError as err:
+                    if tunnel.last_error:
+                        raise PostgressorError(f"cannot connect to {label}: {tunnel.last_error}; check that "
+                                               "PostgreSQL runs on the box ('postgressor status')") from None
+                    raise err
+
+            conn = open_as(owner, password)
+            if superuser:
+                with contextlib.closing(conn):
+                    label = f"{SUPERUSER}@{database} on stack '{stack}' ({host.address}, via SSH)"
+                    conn = _superuser_session(host, conn, open_as)
             try:
                 yield Target(conn, label)
             finally:
                 conn.close()
     finally:
         client.close()
+
+
+SUPERUSER = "postgres"
+
+
+def _superuser_session(host: ssh.HostRecord, owner_conn: psycopg.Connection,
+                       open_as: Any) -> psycopg.Connection:  # fmt: skip
+    """A session as ``postgres`` through a one-time password: set (as its verifier), used, removed."""
+    once = secrets.token_urlsafe(32)
+    verifier = owner_conn.pgconn.encrypt_password(once.encode(), SUPERUSER.encode(), b"scram-sha-256").decode()
+    statement = f"ALTER ROLE {SUPERUSER} PASSWORD {sql_literal(verifier)};\n"
+    result = ssh.run(host, psql(), stdin=statement)
+    if not result.ok:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.exit_status}"
+        raise PostgressorError(f"cannot open a superuser session on {host.address} ({reason}); "
+                               "run 'postgressor deploy' for this stack, then try again")  # fmt: skip
+    try:
+        conn: psycopg.Connection = open_as(SUPERUSER, once)
+    finally:
+        ssh.run(host, psql(), stdin=f"ALTER ROLE {SUPERUSER} PASSWORD NULL;\n")  # gone whatever happened
+    return conn

@@ -155,12 +155,16 @@ def as_root(host: HostRecord, command: str) -> str:
     return command if host.user == "root" else f"sudo -n sh -c {shlex.quote(command)}"
 
 
-def run(host: HostRecord, command: str, timeout: float = 120) -> CommandResult:
-    """Run one command (as root via sudo when the user is not root)."""
+def run(host: HostRecord, command: str, timeout: float = 120, stdin: str | None = None) -> CommandResult:
+    """Run one command (as root via sudo when the user is not root); ``stdin`` is written to it, then EOF
+    (the way a value that must stay out of the box's process list reaches the command)."""
     client = connect(host)
     try:
         command = as_root(host, command)
-        _, stdout, stderr = client.exec_command(command, timeout=timeout)
+        feed, stdout, stderr = client.exec_command(command, timeout=timeout)
+        if stdin is not None:
+            feed.write(stdin)
+            feed.channel.shutdown_write()
         out = stdout.read().decode(errors="replace")
         err = stderr.read().decode(errors="replace")
         return CommandResult(stdout.channel.recv_exit_status(), out, err)
