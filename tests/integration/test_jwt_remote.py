@@ -26,8 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from fakebox import FakeBox, serve
 from pgcluster import Cluster
-from test_stack_tunnel import FakeBox, serve
 from typer.testing import CliRunner
 
 from postgressor.checks.stack_tokens import (
