@@ -31,6 +31,7 @@ from pydantic_settings import (
 
 from postgressor.box.layout import ELECTRIC_PORT
 from postgressor.errors import ConfigError
+from postgressor.vault.references import bind_references, is_reference, unread
 
 DEFAULT_CONFIG_FILE = Path("postgressor.toml")
 DOTENV_FILE = Path(".env")
@@ -38,7 +39,7 @@ ENV_PREFIX = "POSTGRESSOR_"
 # POSTGRESSOR_* variables that are not settings: read by the CLI or a command, so never "unknown".
 OTHER_VARIABLES = frozenset({
     "POSTGRESSOR_STACK", "POSTGRESSOR_DEBUG", "POSTGRESSOR_DATABASE_URL", "POSTGRESSOR_TOKEN",
-    "POSTGRESSOR_CACHE_DIR", "POSTGRESSOR_EXPORT_FROM", "POSTGRESSOR_MOVE_FROM",
+    "POSTGRESSOR_CACHE_DIR", "POSTGRESSOR_EXPORT_FROM", "POSTGRESSOR_MOVE_FROM", "POSTGRESSOR_VAULT_URL",
 })  # fmt: skip
 PROVIDERS = ("local", "ssh", "hetzner", "oracle", "ovh")
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -246,16 +247,30 @@ MIN_CIPHER_PASS = 20  # characters; `openssl rand -base64 48` gives 64, a box-ge
 MAKE_CIPHER_PASS = "openssl rand -base64 48"  # noqa: S105 (a command the refusals suggest, not a secret)
 
 
+ONE_CONF_LINE = ("may hold only printable ASCII without spaces (it is one line of pgbackrest.conf); check it was "
+                 "pasted whole")  # fmt: skip
+
+
 def cipher_pass_problem(value: str) -> str:
     """Why ``value`` cannot be a repository passphrase ('' when it can); never quotes the value."""
     if not value:
         return f"empty; make one with '{MAKE_CIPHER_PASS}'"
     if not re.fullmatch(r"[!-~]+", value):
-        return ("may hold only printable ASCII without spaces (it is one line of pgbackrest.conf); check it was "
-                "pasted whole")  # fmt: skip
+        return ONE_CONF_LINE
     if len(value) < MIN_CIPHER_PASS:
         return (f"{len(value)} characters, fewer than {MIN_CIPHER_PASS}; make a strong one with "
                 f"'{MAKE_CIPHER_PASS}'")  # fmt: skip
+    return ""
+
+
+def secret_problem(key: str, value: str) -> str:
+    """Why ``value`` cannot be the secret setting ``key`` (dotted, e.g. backup.cipher_pass), '' when it can.
+
+    The format checks a secret gets at load, for a value that arrives later (read from Vault); never quotes it."""
+    if key in ("backup.s3_key", "backup.s3_key_secret") and not re.fullmatch(r"[!-~]+", value):
+        return ONE_CONF_LINE
+    if key == "backup.cipher_pass":
+        return cipher_pass_problem(value)
     return ""
 
 
@@ -332,9 +347,10 @@ class BackupConfig(Section):
                 raise ValueError(f"{name} may hold only letters, digits, '.', '_', ':' and '-'")
         for name in ("s3_key", "s3_key_secret"):  # each lands as one line of pgbackrest.conf
             secret = getattr(self, name)
-            if secret is not None and not re.fullmatch(r"[!-~]+", secret.get_secret_value()):
-                raise ValueError(f"{name} may hold only printable ASCII without spaces (it is one line of "
-                                 "pgbackrest.conf); check it was pasted whole")  # fmt: skip
+            if secret is not None and not is_reference(secret):  # a vault: value is checked once read
+                problem = secret_problem(f"backup.{name}", secret.get_secret_value())
+                if problem:
+                    raise ValueError(f"{name} {problem}")
         return self
 
     @model_validator(mode="after")
@@ -344,7 +360,7 @@ class BackupConfig(Section):
             if self.cipher_pass is not None:
                 raise ValueError("cipher_pass and cipher_pass_file are both set; keep one of them")
             self.cipher_pass = SecretStr(_read_secret_file(self.cipher_pass_file, "cipher_pass_file"))
-        if self.cipher_pass is not None:
+        if self.cipher_pass is not None and not is_reference(self.cipher_pass):  # a vault: value: once read
             problem = cipher_pass_problem(self.cipher_pass.get_secret_value())
             if problem:
                 raise ValueError(f"cipher_pass: {problem}")
@@ -581,13 +597,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         _toml_path.reset(token)
     if not settings.project:  # the project's identity on cloud labels: the config file's directory
         settings = settings.model_copy(update={"project": (toml or Path("postgressor.toml")).resolve().parent.name})
-    return settings
+    return bind_references(settings)  # vault:NAME values: read from Supabase Vault when first needed
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
     """The effective configuration with every secret replaced by a mask (credentials in URLs too)."""
     from postgressor.masking import mask_urls_in
 
-    masked = mask_urls_in(settings.model_dump(mode="json"))
+    masked = mask_urls_in(unread(settings).model_dump(mode="json"))  # a vault: value not read yet stays unread
     assert isinstance(masked, dict)
     return masked

@@ -268,4 +268,4 @@ def test_a_failure_after_a_json_result_keeps_stdout_one_document(monkeypatch: py
 def test_completion_answers_with_verbs() -> None:
     env = {"_POSTGRESSOR_COMPLETE": "complete_bash", "COMP_WORDS": "postgressor se", "COMP_CWORD": "1"}
     result = CliRunner().invoke(app, [], env=env, prog_name="postgressor")
-    assert result.exit_code == 0 and result.stdout.split() == ["servers"]
+    assert result.exit_code == 0 and sorted(result.stdout.split()) == ["secrets", "servers"]

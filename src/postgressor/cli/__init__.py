@@ -22,6 +22,7 @@ from postgressor.cli import (
     logs_cmds,
     migrate_cmds,
     move_cmds,
+    secrets_cmds,
     servers_cmds,
 )
 from postgressor.cli.common import GlobalOptions, emit_json, err_console, json_emitted, reset_output
@@ -186,6 +187,7 @@ app.add_typer(gateway_cmds.gateway_app, name="gateway")
 app.add_typer(backup_cmds.backup_app, name="backup")
 app.command("restore")(backup_cmds.restore)
 app.add_typer(servers_cmds.servers_app, name="servers")
+app.add_typer(secrets_cmds.secrets_app, name="secrets")
 app.command("trust-host-key")(host_key_cmds.trust_host_key)
 
 

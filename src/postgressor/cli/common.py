@@ -19,6 +19,7 @@ from postgressor.config import Settings, load_settings
 from postgressor.errors import UsageError
 from postgressor.providers.credentials import credential
 from postgressor.state import check_stack_name, load_state, open_state
+from postgressor.vault.references import resolve_vault_references
 
 PIPE_WIDTH = 4096  # columns assumed for pipes and CI logs: long enough that no value wraps or is cut
 
@@ -58,9 +59,12 @@ def global_options(ctx: typer.Context) -> GlobalOptions:
     return obj
 
 
-def settings_for(ctx: typer.Context, **overrides: Any) -> Settings:
+def settings_for(ctx: typer.Context, secrets: bool = False, **overrides: Any) -> Settings:
+    """The settings for a verb. ``secrets``: the verb checks or deploys secret values, so ``vault:NAME`` values are
+    read now, before anything changes; otherwise each is read only if something asks for it (vault/references.py)."""
     opts = global_options(ctx)
-    return load_settings(opts.config, **overrides)
+    settings = load_settings(opts.config, **overrides)
+    return resolve_vault_references(settings) if secrets else settings
 
 
 def with_provider(settings: Settings, stack: str, say: Callable[[str], None]) -> Settings:

@@ -11,6 +11,7 @@ from postgressor.cli.common import console, emit_json, global_options, settings_
 from postgressor.config import DEFAULT_CONFIG_FILE, masked_dump
 from postgressor.errors import UsageError
 from postgressor.preflight import check as preflight
+from postgressor.vault.references import resolve_vault_references, vault_references
 
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 
@@ -34,15 +35,21 @@ def init(
 
 @config_app.command("check")
 def check(ctx: typer.Context) -> None:
-    """Validate the configuration (and what each enabled feature needs), then print it, secrets masked."""
-    settings = settings_for(ctx)
+    """Validate the configuration (and what each enabled feature needs), then print it, secrets masked.
+
+    Secrets written as vault:NAME are read from Supabase Vault (POSTGRESSOR_VAULT_URL) and checked too."""
+    loaded = settings_for(ctx)
+    from_vault = vault_references(loaded)  # names only, before they are read
+    settings = resolve_vault_references(loaded)
     preflight(settings)
     data = masked_dump(settings)
     if global_options(ctx).json:
-        emit_json({"ok": True, "config": data})
+        emit_json({"ok": True, "config": data, "vault": from_vault})
         return
     console.print("[green]configuration is valid[/]")
     _print_tree(data, "")
+    for key, name in from_vault.items():
+        console.print(f"{key}: read from Supabase Vault secret {name!r}", markup=False)
 
 
 def _print_tree(data: dict, prefix: str) -> None:

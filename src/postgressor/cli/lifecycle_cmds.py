@@ -205,7 +205,7 @@ def up(
         k: v for k, v in {"host": host, "user": user, "port": port, "key_path": key}.items() if v is not None
     }
     name = stack_name(ctx)
-    settings = settings_for(ctx, provider=provider, region=region, size=size, ssh=ssh or None)
+    settings = settings_for(ctx, secrets=True, provider=provider, region=region, size=size, ssh=ssh or None)
     settings = with_provider(settings, name, say)
     bill = billing_plan(settings, name)
     if bill is not None:
@@ -236,10 +236,10 @@ def deploy(
     ),
 ) -> None:
     """Re-run the deploys on the stack's existing server."""
+    settings = settings_for(ctx, secrets=True)
     reporter = Reporter(global_options(ctx).json)
     try:
-        result = stacks.deploy(settings_for(ctx), stack_name(ctx), reporter.log, reporter.op, frozenset(drop),
-                               reporter.detail)  # fmt: skip
+        result = stacks.deploy(settings, stack_name(ctx), reporter.log, reporter.op, frozenset(drop), reporter.detail)
     finally:
         reporter.close()
     _finish(ctx, result, "deploy", reporter)
@@ -252,7 +252,8 @@ def plan(
     host: str | None = typer.Option(None, "--host"),
 ) -> None:
     """Show what 'up' or 'deploy' would change, changing nothing."""
-    settings = settings_for(ctx, provider=provider, region=region, ssh={"host": host} if host else None)
+    settings = settings_for(ctx, secrets=True, provider=provider, region=region,
+                            ssh={"host": host} if host else None)  # fmt: skip
     settings = with_provider(settings, stack_name(ctx), say)
     result = stacks.plan(settings, stack_name(ctx), lambda message: None)
     if global_options(ctx).json:
