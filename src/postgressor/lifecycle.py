@@ -210,8 +210,12 @@ def plan(settings: Settings, stack: str, log: Log) -> PlanResult:
     state, provider = _provider(settings, stack, log)
     steps = provider.plan()
     result = PlanResult(stack, steps)
-    if state.host is None or steps:
+    power = provider.power_state() if state.host is not None else "missing"
+    if power == "missing":
         result.note = "the box does not run yet: every deploy operation will run after it is created"
+        return result
+    if power in ("off", "stopping", "starting"):
+        result.note = f"the server is {power}: 'up' starts it; the deploy's operations are planned once it runs"
         return result
     _, dry = deploy_host(settings, state, state.host, lambda name, report: None, dry_run=True)
     result.operations = [{"name": op.name, "status": op.status} for op in dry.operations]

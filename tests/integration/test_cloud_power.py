@@ -127,3 +127,14 @@ def test_the_same_server_at_a_new_address_keeps_its_pin(tmp_path: Path, monkeypa
             hz.provider(Recorder()).provision()
         fake_ssh(monkeypatch)
         assert hz.provider(Recorder()).provision().address == "192.0.2.200"
+
+
+def test_plan_says_a_stopped_server_will_be_powered_on(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_ssh(monkeypatch)
+    first = cloud.provider(Recorder()).provision()
+    assert not [s for s in cloud.provider(Recorder()).plan() if "power" in s]
+    stop(cloud)
+    steps = cloud.provider(Recorder()).plan()
+    assert any(s.startswith("power server ") and "(it is off)" in s for s in steps), steps
+    assert start_calls(cloud) == 0 and cloud.provider(Recorder()).power_state() == "off"  # plan changed nothing
+    assert first.address

@@ -363,3 +363,13 @@ def test_cli_json_up_after_a_resize(tmp_path: Path, deploys: list[dict[str, Any]
         result = CliRunner().invoke(app, ["--json", "up", "--yes", "--size", "cx33"])
         assert result.exit_code == 0, result.stdout + result.stderr
         assert json.loads(result.stdout)["ok"] is True and recorded_size(hz) == {"type": "cx33"}
+
+
+def test_plan_shows_a_pending_resize_and_changes_nothing(cloud: Cloud) -> None:
+    cloud.provider(Recorder()).provision()
+    assert not [s for s in cloud.provider(Recorder()).plan() if "resize" in s]
+    before = recorded_size(cloud)
+    steps = changed(cloud, **BIGGER[cloud.name]).provider(Recorder()).plan()
+    old, new = OLD_NEW[cloud.name]
+    assert any(s.startswith("resize server ") and old in s and new in s for s in steps), steps
+    assert resize_calls(cloud) == [] and recorded_size(cloud) == before

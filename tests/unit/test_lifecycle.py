@@ -9,6 +9,7 @@ import pytest
 from pyinfra.api import Inventory
 
 from postgressor import lifecycle
+from postgressor.box.converge import DeployResult, OpReport
 from postgressor.box.deploys.base import base
 from postgressor.box.deploys.postgres import postgresql
 from postgressor.config import load_settings
@@ -86,3 +87,20 @@ def test_a_refused_login_is_the_callers_to_fix_in_one_line(tmp_path: Path) -> No
     assert "was refused" in str(refused)
     other = login_error(inventory, "Could not connect (timed out)")
     assert not isinstance(other, UsageError) and "192.0.2.7:2222" in str(other) and "timed out" in str(other)
+
+
+def test_plan_on_a_pinned_ssh_host_plans_the_deploy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The ssh provider always says which host it uses; that is no reason to skip the deploy's dry run.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "key").write_text("a key\n")
+    (tmp_path / "postgressor.toml").write_text('provider = "ssh"\nstate_dir = "state"\n'
+                                               '[ssh]\nhost = "203.0.113.7"\nkey_path = "key"\n')
+    settings = load_settings(tmp_path / "postgressor.toml")
+    state = open_state(settings.state_dir, "default", "ssh")
+    state.set_host(HostRecord("203.0.113.7", 22, "root", "key", "ssh-ed25519 AAAA"))
+    dry = DeployResult(operations=[OpReport("Base | Packages", "unchanged")], dry_run=True)
+    monkeypatch.setattr(lifecycle, "preflight", lambda settings: None)
+    monkeypatch.setattr(lifecycle, "deploy_host", lambda *a, **k: (None, dry))
+    result = lifecycle.plan(settings, "default", lambda message: None)
+    assert result.note == "" and result.provider_steps == ["use root@203.0.113.7:22 (host key pinned)"]
+    assert result.operations == [{"name": "Base | Packages", "status": "unchanged"}]

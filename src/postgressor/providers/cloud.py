@@ -304,8 +304,19 @@ class CloudProvider(Provider):
     def plan(self) -> list[str]:
         steps = [f"{self.describe(kind)} ({self.title} {self.region})" for kind in self.kinds
                  if self.state.find(kind) is None]  # fmt: skip
-        if self.state.find("server") is None:
+        recorded = self.state.find("server")
+        if recorded is None:
             steps.append(f"boot a {self.size} server, wait for SSH and pin its host key")
+            return steps
+        power = self.power_state()
+        if power == "missing":
+            steps.append(f"server {recorded.id} is gone at {self.title}: boot a new {self.size} server")
+            return steps
+        if power in ("off", "stopping"):
+            steps.append(f"power server {recorded.id} on (it is {power}) and wait for SSH")
+        change = self.size_change()
+        if change is not None:
+            steps.append(f"resize server {change.server}: {change.describe()} (asks first; the server restarts)")
         return steps
 
     def begin(self) -> None:
