@@ -217,6 +217,7 @@ def plan(settings: Settings, stack: str, log: Log) -> PlanResult:
     if power in ("off", "stopping", "starting"):
         result.note = f"the server is {power}: 'up' starts it; the deploy's operations are planned once it runs"
         return result
+    assert state.host is not None  # "missing" otherwise
     _, dry = deploy_host(settings, state, state.host, lambda name, report: None, dry_run=True)
     result.operations = [{"name": op.name, "status": op.status} for op in dry.operations]
     return result

@@ -5,14 +5,7 @@ restored to a noted point in time into a second data directory. pgBackRest 2.45 
 (a plain-HTTP endpoint never answers), so moto runs with its own self-signed certificate and the repository
 is configured with `s3_verify_tls = false`, `s3_uri_style = "path"` and the moto port.
 
-moto checks credentials here (tests/s3_standin.py runs it). Its server authenticates every request once more than
-INITIAL_NO_AUTH_ACTION_COUNT requests have been served (moto 5.x `moto/core/authorization.py`
-`ActionAuthenticatorMixin`): it looks the access key up in its IAM backend (unknown key: 403
-InvalidAccessKeyId), recomputes the AWS SigV4 signature with that key's secret through botocore's
-`S3SigV4Auth` over the signed headers, path, query and `x-amz-content-sha256` (mismatch: 403
-SignatureDoesNotMatch; `moto/iam/access_control.py` `IAMRequestBase.check_signature`), then evaluates
-the user's IAM policies. The first three unauthenticated calls create the IAM user, its policy and the
-access key; everything after is signed with that key. It does not check the request date's skew.
+moto checks every request's signature against the IAM key it issued (tests/s3_standin.py says how).
 
 pgbackrest.conf is composed exactly as the deploy composes it on the box (`compose_command`, the
 `composed_file` operation's shell command, with `$(cat secret-file)` expanded by the shell), only with the

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -19,16 +17,6 @@ from postgressor.migrations.schema_export import Export, export_schema, unpackag
 from postgressor.remote import database as dbconnect
 
 schema_app = typer.Typer(help="Work with database schemas.", no_args_is_help=True)
-
-
-@contextlib.contextmanager
-def _target(settings: Settings, stack: str, database_url: str | None) -> Iterator[dbconnect.Target]:
-    if database_url:
-        with dbconnect.url_target(database_url) as target:
-            yield target
-    else:
-        with dbconnect.stack_target(settings, stack) as target:
-            yield target
 
 
 def migrate(
@@ -48,7 +36,7 @@ def migrate(
     required = directory is not None or folder != MigrationsConfig().directory
     migrations = runner.all_migrations(folder, required)
     as_json = global_options(ctx).json
-    with _target(settings, stack_name(ctx, stack), database_url) as target:
+    with dbconnect.database_target(settings, stack_name(ctx, stack), database_url) as target:
         plan = runner.plan(target.conn, migrations, settings.sync.tables)
         if dry_run or not plan.has_work:
             _show_plan(plan, target.label, dry_run, as_json)

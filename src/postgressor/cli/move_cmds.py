@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import typer
@@ -42,14 +41,9 @@ def source_url() -> str:
     return url
 
 
-@contextlib.contextmanager
-def _target(settings: Settings, stack: str, database_url: str | None) -> Iterator[dbconnect.Target]:
-    if database_url:
-        with dbconnect.url_target(database_url) as target:
-            yield target
-    else:
-        with dbconnect.stack_target(settings, stack, superuser=True) as target:  # CREATE SUBSCRIPTION needs it
-            yield target
+def _target(settings: Settings, stack: str, database_url: str | None) -> contextlib.AbstractContextManager[
+        dbconnect.Target]:  # fmt: skip
+    return dbconnect.database_target(settings, stack, database_url, superuser=True)  # CREATE SUBSCRIPTION needs it
 
 
 def _state(settings: Settings, stack: str) -> StackState:

@@ -24,6 +24,7 @@ from psycopg import sql
 
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.masking import mask_url
+from postgressor.migrations.policies import TableRef
 from postgressor.remote.database import connect, describe, parse_url
 
 PUBLICATION = "postgressor_move"
@@ -36,13 +37,8 @@ CANONICAL_TEXT = ("SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET Int
 
 
 @dataclass(frozen=True)
-class Table:
-    schema: str
-    name: str
-
-    @property
-    def ident(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
+class Table(TableRef):
+    """A table to move; shown as ``schema.name`` as written (case kept, unquoted) in messages."""
 
     def __str__(self) -> str:
         return f"{self.schema}.{self.name}"

@@ -163,3 +163,16 @@ def _superuser_session(host: ssh.HostRecord, owner_conn: psycopg.Connection,
     finally:
         ssh.run(host, psql(), stdin=f"ALTER ROLE {SUPERUSER} PASSWORD NULL;\n")  # gone whatever happened
     return conn
+
+
+@contextlib.contextmanager
+def database_target(settings: Settings, stack: str, database_url: str | None,
+                    superuser: bool = False) -> Iterator[Target]:  # fmt: skip
+    """``database_url`` when given (``--database-url``/POSTGRESSOR_DATABASE_URL), else the stack's box through
+    its SSH tunnel (``stack_target``)."""
+    if database_url:
+        with url_target(database_url) as target:
+            yield target
+    else:
+        with stack_target(settings, stack, superuser=superuser) as target:
+            yield target
