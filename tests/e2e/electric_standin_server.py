@@ -574,7 +574,8 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(status, {**headers, **extra}, payload)
 
     def reply(self, status: int, headers: dict[str, str], payload: Any) -> None:
-        data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+        # Compact, as Electric's Jason encodes its bodies ({"status":"active"}).
+        data = (payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json; charset=utf-8")
         self.send_header("content-length", str(len(data)))

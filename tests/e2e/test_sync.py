@@ -160,8 +160,9 @@ def test_postgres_electric_and_gateway_ports_are_closed_from_outside(stack: Stac
     inside = stack.sh(
         "curl -fsS http://127.0.0.1:3000/v1/health; echo; curl -fsS -o /dev/null -w '%{http_code}' "
         "http://127.0.0.1:3001/health; echo; pg_isready -q -h 127.0.0.1 -p 5432 && echo pg-ok"
-    ).stdout.split()
-    assert inside == ['{"status":"active"}', "200", "pg-ok"], inside
+    ).stdout.splitlines()
+    assert len(inside) == 3 and json.loads(inside[0]) == {"status": "active"}, inside
+    assert inside[1:] == ["200", "pg-ok"], inside
     # ...from outside only Caddy's 443 and SSH do (positive controls, same probes, same forwarding).
     assert reach.tls_answers(stack.forwarded(443)) and reach.ssh_answers(stack.host.port)
     assert not reach.postgres_answers(stack.forwarded(5432))
