@@ -267,11 +267,13 @@ PSQL = "cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1"
 
 
 def test_a_lost_electric_slot_fails_status_and_deploy_rebuilds_electric(stack: Stack) -> None:
-    # Electric's slot as the real Electric makes it (the VM's stand-in does not stream), then WAL past a tiny
-    # max_slot_wal_keep_size with nothing consuming it: PostgreSQL invalidates the slot at a checkpoint.
+    # Electric's stand-in made its slot at start-up as Electric does, and never advances it: WAL past a tiny
+    # max_slot_wal_keep_size makes PostgreSQL invalidate the slot at a checkpoint.
+    slots = (f"{PSQL} -c \"SELECT slot_type || ':' || database FROM pg_replication_slots "
+             "WHERE slot_name = 'electric_slot_default'\"")  # fmt: skip
+    assert stack.sh(slots).stdout.split() == ["logical:app"]
     made = stack.sh(
-        f"{PSQL} -d app -c \"SELECT 1 FROM pg_create_logical_replication_slot('electric_slot_default', 'pgoutput')\" "
-        f"&& {PSQL} -c \"ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'\" -c 'SELECT pg_reload_conf()' && "
+        f"{PSQL} -c \"ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'\" -c 'SELECT pg_reload_conf()' && "
         "touch /var/lib/electric/shape-of-the-old-timeline"
     )
     assert made.ok, made.stderr
@@ -305,5 +307,6 @@ def test_a_lost_electric_slot_fails_status_and_deploy_rebuilds_electric(stack: S
     # and, if Electric was not healthy yet when it was next checked, the wait for it
     assert rebuilt in changed and changed <= {rebuilt, "Electric | Electric healthy (/v1/health = 200)"}, changed
     assert not stack.sh("test -e /var/lib/electric/shape-of-the-old-timeline").ok  # its shapes are rebuilt
+    assert stack.sh(slots).stdout.split() == ["logical:app"]  # Electric made its slot again on start
     assert stack.sh("systemctl is-active electric").stdout.strip() == "active"
     assert stack.cli("status").returncode == 0
