@@ -1,8 +1,10 @@
-"""Backups on a real Debian VM: pgBackRest set up by `up`, point-in-time restore, a broken repository.
+"""Backups on a real Debian VM with the repository on the box: pgBackRest set up by `up`, custody of the
+passphrase, status, a refused restore and a broken repository.
 
 Own module, own copy of the run's golden box (the `stack` fixture in conftest.py). Backups are on by default,
-so the golden project gets them with a local-disk repository. That a second deploy takes no second "first"
-backup is checked at the end of test_sync.py.
+so the golden project gets them with a local-disk repository. The point-in-time restore is drilled through S3
+(test_backup_s3_drill.py: the same restore command, a repository that survives the box). That a second deploy
+takes no second "first" backup is checked at the end of test_sync.py.
 """
 
 from __future__ import annotations
@@ -54,40 +56,11 @@ def test_status_reports_the_last_backup_and_archiving(stack: Stack) -> None:
     assert backup["archiver"]["archive_mode"] == "on" and backup["archiver"]["archived_count"] >= 1
 
 
-def test_point_in_time_restore_brings_back_exactly_the_rows_before_the_noted_time(stack: Stack) -> None:
-    sql(stack, "CREATE TABLE pitr_items (id int PRIMARY KEY, batch text NOT NULL)")
-    sql(stack, "INSERT INTO pitr_items SELECT g, 'one' FROM generate_series(1, 5) g")
-    sql(stack, "SELECT 1 FROM pg_create_logical_replication_slot('pitr_slot', 'pgoutput')")
-    taken = stack.cli_json("backup", "now", "--type", "incr")
-    assert taken["ok"] and taken["backup"]["type"] == "incr"
-    sql(stack, "INSERT INTO pitr_items SELECT g, 'two' FROM generate_series(6, 8) g")
-    noted = sql(stack, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-    sql(stack, "INSERT INTO pitr_items SELECT g, 'three' FROM generate_series(9, 12) g")
-    sql(stack, "DELETE FROM pitr_items WHERE batch = 'one' AND id = 1")
-
-    report = stack.cli_json("restore", "--to-time", noted, "--yes")
-    assert report["ok"] and report["backup_set"] == taken["backup"]["label"]
-    # Electric and the gateway read PostgreSQL: stopped first, started again after it (the golden box runs sync).
-    sync_units = ["electric", "postgressor-gateway"]
-    assert report["stopped"] == [*sync_units, "postgresql@15-main"], report["stopped"]
-    assert report["started"] == ["postgresql@15-main", *sync_units], report["started"]
-    rows = sql(stack, "SELECT batch || ':' || count(*) FROM pitr_items GROUP BY batch ORDER BY batch")
-    assert rows.split() == ["one:5", "two:3"]
-    assert sql(stack, "SELECT pg_is_in_recovery()") == "f"
-    # Replication slots are not in a physical backup: Electric's would have to be created again.
-    assert "pitr_slot" in report["slots_before"] and "pitr_slot" not in report["slots_after"]
-    assert any("pitr_slot no longer exist" in note for note in report["notes"])
-    # The restored database archives again, on a new timeline.
-    checked = stack.cli_json("backup", "check")
-    assert checked["ok"]
-    assert stack.cli("status").returncode == 0
-
-
 def test_restore_to_a_time_before_every_backup_is_refused(stack: Stack) -> None:
     proc = stack.cli("restore", "--to-time", "2001-01-01T00:00:00Z", "--yes", check=False)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: no backup finished before 2001-01-01") and proc.stderr.count("\n") == 1
-    assert sql(stack, "SELECT count(*) FROM pitr_items") == "8"  # nothing was touched
+    assert sql(stack, "SELECT pg_is_in_recovery()") == "f"  # nothing was touched: PostgreSQL still serves
 
 
 def test_broken_repository_fails_check_and_status_loudly(stack: Stack) -> None:

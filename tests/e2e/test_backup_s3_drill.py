@@ -96,9 +96,17 @@ def test_point_in_time_restore_from_s3(s3_stack: Stack) -> None:
     sql(stack, "INSERT INTO s3_items SELECT g, 'three' FROM generate_series(9, 12) g")
     report = stack.cli_json("restore", "--to-time", noted, "--yes")
     assert report["ok"] and report["backup_set"] == taken["backup"]["label"]
+    # Electric and the gateway read PostgreSQL: stopped first, started again after it (the golden box runs sync).
+    sync_units = ["electric", "postgressor-gateway"]
+    assert report["stopped"] == [*sync_units, "postgresql@15-main"], report["stopped"]
+    assert report["started"] == ["postgresql@15-main", *sync_units], report["started"]
     rows = sql(stack, "SELECT batch || ':' || count(*) FROM s3_items GROUP BY batch ORDER BY batch")
     assert rows.split() == ["one:5", "two:3"]
+    assert sql(stack, "SELECT pg_is_in_recovery()") == "f"
+    # Replication slots are not in a physical backup: Electric's is made again when it starts.
+    assert "electric_slot_default" in report["slots_before"]
     assert stack.cli_json("backup", "check")["ok"]  # archiving to S3 again, on the new timeline
+    assert stack.cli("status").returncode == 0
 
 
 def test_an_unreachable_repository_is_named_by_status_while_postgres_keeps_serving(s3_stack: Stack,
