@@ -141,6 +141,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     vm_tests = [item for item in items if is_vm_test(item)]
     if not vm_tests or config.option.collectonly:
         return
+    # VM tests last; among them first those that do not wait for the golden (the base image's), so they run
+    # while the golden is still provisioning.
+    vm_tests.sort(key=lambda item: "golden" in getattr(item, "fixturenames", ()))
     items[:] = [item for item in items if item not in vm_tests] + vm_tests
     needs = {name for item in vm_tests for name in getattr(item, "fixturenames", ())}
     root = Path(tempfile.mkdtemp(prefix="postgressor-e2e-"))
