@@ -186,7 +186,7 @@ def resume_incoming(monitor: Path, timeout: float = 300) -> None:
     assert "VM status: running" in hmp(monitor, "info status"), "the restored copy does not run"
 
 
-LEFT_BEHIND = {"disk.qcow2", "qemu.pid", "monitor.sock", "console.log", "vm-state.bin", "known_hosts"}
+LEFT_BEHIND = {"disk.qcow2", "qemu.pid", "monitor.sock", "console.log", "vm-state.bin", "known_hosts", GOLDEN_RECORD}
 
 
 def restore(golden: Golden, project: Path) -> Stack:
