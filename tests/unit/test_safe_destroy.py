@@ -140,6 +140,8 @@ def test_s3_takes_a_verified_final_backup_first_and_names_what_remains(project: 
 
 @pytest.mark.parametrize(("broken", "answer", "says"), [
     (VERIFY, (1, "ERROR: [028]: backup set 20261130-120000F is invalid"), "did not verify"),
+    # pgBackRest 2.45 reports what it found and exits 0
+    (VERIFY, (0, "stanza: main\nstatus: error\n  missing: 2, checksum invalid: 0\n"), "did not verify: missing: 2"),
     ("--type=full backup", (1, "ERROR: [082]: WAL segment was not archived before the 60000ms timeout"),
      "full backup failed"),
     ("grep -E '^repo1-", (0, "repo1-path=/var/lib/pgbackrest\n"), "on its own disk"),

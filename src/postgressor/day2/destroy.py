@@ -7,6 +7,7 @@ live on the server is not destroyed unless the caller says ``skip_final_backup``
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Any
@@ -92,8 +93,12 @@ def final_backup(host: HostRecord) -> dict[str, Any]:
     label = backup_now(host, "full")["backup"]["label"]
     verify = f"{PGBACKREST} --set={shlex.quote(label)} --output=text verify 2>&1"
     result = run_backup_command(host, verify, timeout=BACKUP_TIMEOUT)
-    if not result.ok:
-        raise PostgressorError(f"the final backup {label} did not verify: {pgbackrest_error(result.stdout)}; "
+    # pgBackRest 2.45 exits 0 when verify finds errors: its text report's own "status:" line is the verdict.
+    if not result.ok or not re.search(r"^status: ok$", result.stdout, re.MULTILINE):
+        problem = next((line.strip() for line in result.stdout.splitlines()
+                        if line.strip() and not line.startswith(("stanza:", "status:"))), "")  # fmt: skip
+        raise PostgressorError(f"the final backup {label} did not verify: "
+                               f"{pgbackrest_error(result.stdout) if not result.ok else problem or 'status: error'}; "
                                "nothing was destroyed")  # fmt: skip
     return {"label": label, "bucket": repo.get("s3-bucket", ""), "path": repo.get("path", ""),
             "endpoint": repo.get("s3-endpoint", "")}  # fmt: skip
