@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
-import psycopg
-from pgcluster import Cluster
+from pgcluster import Cluster, bindir
 
 from postgressor.box.layout import psql
 from postgressor.remote.ssh import generate_keypair
@@ -84,19 +84,18 @@ class FakeBox(paramiko.ServerInterface):
         channel.close()
 
     def run_psql(self, channel: paramiko.Channel) -> None:
-        """The box's `psql` as postgres reading statements from stdin (layout.psql()), on the test cluster."""
+        """The box's `psql` as postgres reading statements from stdin (layout.psql()): the real psql, on the
+        test cluster as its superuser (peer authentication on a box)."""
         chunks = []
         while data := channel.recv(65536):
             chunks.append(data)
         statements = b"".join(chunks).decode()
         self.stdins.append(statements)
-        try:
-            with psycopg.connect(self.superuser_conninfo, autocommit=True) as conn:
-                conn.execute(statements)
-            channel.send_exit_status(0)
-        except psycopg.Error as err:
-            channel.sendall_stderr(f"ERROR:  {err}\n".encode())
-            channel.send_exit_status(3)
+        proc = subprocess.run([str(bindir() / "psql"), "-XAtq", "-v", "ON_ERROR_STOP=1", self.superuser_conninfo],
+                              input=statements, capture_output=True, text=True, timeout=60)  # fmt: skip
+        channel.sendall(proc.stdout.encode())
+        channel.sendall_stderr(proc.stderr.encode())
+        channel.send_exit_status(proc.returncode)
         channel.close()
 
     def pump(self, channel: paramiko.Channel) -> None:

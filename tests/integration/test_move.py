@@ -285,13 +285,14 @@ def test_move_to_the_stacks_box_runs_as_postgres_through_a_one_time_password(
         assert f"{box_superuser}@{app_db}" in started.output
         # The verifier went to the box on stdin, then the password was removed; neither the password nor the
         # source's reached the output.
-        assert len(box.stdins) == 2 and "SCRAM-SHA-256$" in box.stdins[0] and once not in box.stdins[0]
-        assert box.stdins[1].strip() == f"ALTER ROLE {box_superuser} PASSWORD NULL;"
+        # Only the verifier (valid for minutes) went to the box, on stdin; the session itself removed it.
+        assert len(box.stdins) == 1 and "SCRAM-SHA-256$" in box.stdins[0] and once not in box.stdins[0]
+        assert "VALID UNTIL" in box.stdins[0]
         assert not any(once in c or "SCRAM" in c for c in box.commands)
         assert once not in started.output and clusters[0].password not in started.output
         with pg_cluster.connect(app_db) as su:
-            assert su.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", [box_superuser]).fetchone() == (
-                None,)  # fmt: skip
+            assert su.execute("SELECT rolpassword, rolvaliduntil::text FROM pg_authid WHERE rolname = %s",
+                              [box_superuser]).fetchone() == (None, "infinity")  # fmt: skip
             owner_of = su.execute("SELECT s.subowner::regrole::text FROM pg_subscription s").fetchall()
             assert owner_of == [(box_superuser,)]
             deadline = time.monotonic() + 60
@@ -303,3 +304,28 @@ def test_move_to_the_stacks_box_runs_as_postgres_through_a_one_time_password(
         clusters[0].drop_database(source_db)
     assert aborted.exit_code == 0, aborted.output
     assert "subscription postgressor_move" in aborted.output
+
+
+def test_an_interrupted_superuser_session_leaves_no_password(pg_cluster: Cluster, app_db: str,
+                                                             fake_box: tuple[FakeBox, HostRecord],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Ctrl-C after the password was set and before the session opened: it is removed over SSH on the way out."""
+    _, host = fake_box
+    box_superuser = "box_postgres"
+    monkeypatch.setattr(dbconnect, "SUPERUSER", box_superuser)
+    with pg_cluster.connect() as su:
+        su.execute(f"DROP ROLE IF EXISTS {box_superuser}")
+        su.execute(f"CREATE ROLE {box_superuser} LOGIN SUPERUSER")
+
+    def interrupted(user: str, secret: str) -> psycopg.Connection:
+        with pg_cluster.connect() as su:  # the password is set at this point
+            # ...and expires by itself within minutes, should even the removal below be cut short
+            assert su.execute("SELECT rolpassword IS NOT NULL, rolvaliduntil < now() + interval '6 minutes' "
+                              "FROM pg_authid WHERE rolname = %s", [box_superuser]).fetchone() == (True, True)  # fmt: skip
+        raise KeyboardInterrupt
+
+    with pg_cluster.connect(app_db, APP_ROLE, APP_PASSWORD) as owner, pytest.raises(KeyboardInterrupt):
+        dbconnect._superuser_session(host, owner, interrupted)
+    with pg_cluster.connect() as su:
+        assert su.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", [box_superuser]).fetchone() == (
+            None,)  # fmt: skip

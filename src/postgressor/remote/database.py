@@ -145,23 +145,31 @@ def stack_target(settings: Settings, stack: str, superuser: bool = False) -> Ite
 
 
 SUPERUSER = "postgres"
+ONE_TIME_MINUTES = 5  # the one-time password expires on its own after this, whatever happens to this process
 
 
 def _superuser_session(host: ssh.HostRecord, owner_conn: psycopg.Connection,
                        open_as: Any) -> psycopg.Connection:  # fmt: skip
-    """A session as ``postgres`` through a one-time password: set (as its verifier), used, removed."""
+    """A session as ``postgres`` through a one-time password: set (as its SCRAM verifier, ``VALID UNTIL`` a few
+    minutes on the box's clock), used once, then removed over that very session. A failure or an interrupt
+    before that removes it over SSH; if even that cannot run, the password expires by itself."""
     once = secrets.token_urlsafe(32)
     verifier = owner_conn.pgconn.encrypt_password(once.encode(), SUPERUSER.encode(), b"scram-sha-256").decode()
-    statement = f"ALTER ROLE {SUPERUSER} PASSWORD {sql_literal(verifier)};\n"
-    result = ssh.run(host, psql(), stdin=statement)
-    if not result.ok:
-        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.exit_status}"
-        raise PostgressorError(f"cannot open a superuser session on {host.address} ({reason}); "
-                               "run 'postgressor deploy' for this stack, then try again")  # fmt: skip
+    statement = (f"SELECT format('ALTER ROLE {SUPERUSER} PASSWORD %L VALID UNTIL %L', {sql_literal(verifier)}, "
+                 f"(now() + interval '{ONE_TIME_MINUTES} minutes')::text) \\gexec\n")  # fmt: skip
+    clear = f"ALTER ROLE {SUPERUSER} PASSWORD NULL VALID UNTIL 'infinity'"
     try:
+        result = ssh.run(host, psql(), stdin=statement)
+        if not result.ok:
+            reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.exit_status}"
+            raise PostgressorError(f"cannot open a superuser session on {host.address} ({reason}); "
+                                   "run 'postgressor deploy' for this stack, then try again")  # fmt: skip
         conn: psycopg.Connection = open_as(SUPERUSER, once)
-    finally:
-        ssh.run(host, psql(), stdin=f"ALTER ROLE {SUPERUSER} PASSWORD NULL;\n")  # gone whatever happened
+    except BaseException:
+        with contextlib.suppress(Exception):
+            ssh.run(host, psql(), stdin=clear + ";\n")
+        raise
+    conn.execute(clear)  # the session stays open; the password is gone
     return conn
 
 
