@@ -320,8 +320,9 @@ def test_an_interrupted_superuser_session_leaves_no_password(pg_cluster: Cluster
     def interrupted(user: str, secret: str) -> psycopg.Connection:
         with pg_cluster.connect() as su:  # the password is set at this point
             # ...and expires by itself within minutes, should even the removal below be cut short
-            assert su.execute("SELECT rolpassword IS NOT NULL, rolvaliduntil < now() + interval '6 minutes' "
-                              "FROM pg_authid WHERE rolname = %s", [box_superuser]).fetchone() == (True, True)  # fmt: skip
+            row = su.execute("SELECT rolpassword IS NOT NULL, rolvaliduntil < now() + interval '6 minutes' "
+                             "FROM pg_authid WHERE rolname = %s", [box_superuser]).fetchone()  # fmt: skip
+            assert row == (True, True)
         raise KeyboardInterrupt
 
     with pg_cluster.connect(app_db, APP_ROLE, APP_PASSWORD) as owner, pytest.raises(KeyboardInterrupt):
