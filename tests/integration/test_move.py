@@ -229,10 +229,15 @@ def test_cli_start_status_abort_and_refusal(tmp_path: Path, clusters: tuple[Clus
     assert '"OR"' in state and not any(s in state for s in secrets)
     shown = _cli(tmp_path, source_url, target_url, "move", "status", "--json")
     assert shown.exit_code in (0, 1) and '"tables"' in shown.output
+    clusters[1].ensure_role("plain_reader", "plain-pw", "NOSUPERUSER")
+    plain_url = clusters[1].url(target.info.dbname, "plain_reader", "plain-pw")
+    denied = _cli(tmp_path, source_url, plain_url, "move", "status")
+    assert denied.exit_code == 1 and "internal error" not in denied.output
+    assert "move status failed: permission denied" in denied.output and denied.output.count("\n") == 1
     aborted = _cli(tmp_path, source_url, target_url, "move", "abort")
     assert aborted.exit_code == 0 and "publication postgressor_move" in aborted.output
     assert _leftovers(source_url, target) == ([], [], [])
-    assert "move" not in (tmp_path / "state" / "default.json").read_text()
+    assert not (tmp_path / "state" / "default.json").exists()  # it held only the move: it never pins a provider
     with psycopg.connect(source_url, autocommit=True) as src:
         src.execute("CREATE TABLE keyless (a int)")
     target.execute("CREATE TABLE keyless (a int)")
@@ -330,3 +335,30 @@ def test_an_interrupted_superuser_session_leaves_no_password(pg_cluster: Cluster
     with pg_cluster.connect() as su:
         assert su.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", [box_superuser]).fetchone() == (
             None,)  # fmt: skip
+
+
+def test_a_slot_left_on_the_source_is_named_before_anything_is_created(dbs: tuple[str, psycopg.Connection]) -> None:
+    source_url, target = dbs
+    with psycopg.connect(source_url, autocommit=True) as src:
+        src.execute("SELECT pg_create_logical_replication_slot('postgressor_move', 'pgoutput')")
+    try:
+        with pytest.raises(UsageError) as raised:
+            move.start(source_url, target, TABLES)
+        assert "replication slot postgressor_move exists on the source" in str(raised.value)
+        assert target.execute("SELECT count(*) FROM pg_subscription").fetchone() == (0,)
+    finally:
+        with psycopg.connect(source_url, autocommit=True) as src:
+            src.execute("SELECT pg_drop_replication_slot('postgressor_move')")
+
+
+def test_a_failed_statement_of_a_quiet_session_stays_out_of_the_server_log(clusters: tuple[Cluster, Cluster]) -> None:
+    """CREATE SUBSCRIPTION holds the source's password: PostgreSQL logs a failed statement's text by default."""
+    log = clusters[1].datadir.parent / "server.log"
+    with clusters[1].connect() as loud, clusters[1].connect() as quiet:
+        move.quiet_statement_logging(quiet)
+        for conn, marker in ((loud, "loud-marker-5c1e"), (quiet, "quiet-marker-7f3a")):
+            with pytest.raises(psycopg.Error):
+                conn.execute(f"SELECT 1 / 0 WHERE '{marker}' <> ''")  # the error's message names no value
+    text = log.read_text(errors="replace")
+    assert "loud-marker-5c1e" in text  # positive control: the server does log failed statements
+    assert "quiet-marker-7f3a" not in text

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import typer
+from rich.markup import escape
 
 from postgressor.cli.common import console, emit_json, err_console, global_options, settings_for, stack_name
 from postgressor.config import Settings
-from postgressor.errors import UsageError
+from postgressor.errors import PostgressorError, UsageError
+from postgressor.masking import mask_url
 from postgressor.migrations import move
 from postgressor.remote import database as dbconnect
 from postgressor.state import StackState, load_state, open_state
@@ -34,9 +38,9 @@ def source_url() -> str:
     """The source URL from the environment; UsageError when unset."""
     url = os.environ.get(MOVE_FROM, "").strip()
     if not url:
-        raise UsageError(f"set {MOVE_FROM} to the Supabase database's direct connection URL "
-                         "(postgresql://postgres:PASSWORD@db.PROJECT.supabase.co:5432/postgres; "
-                         "not the pooler)")  # fmt: skip
+        raise UsageError(f"set {MOVE_FROM} to the Supabase database's direct connection URL (dashboard: Connect, "
+                         "Direct connection; host db.PROJECT.supabase.co, port 5432, user postgres; not the "
+                         "pooler)")  # fmt: skip
     dbconnect.parse_url(url)
     return url
 
@@ -60,8 +64,25 @@ def _recorded(state: StackState) -> tuple[list[move.Table], move.Names]:
 
 def _say(ctx: typer.Context) -> Any:
     quiet = global_options(ctx).json
-    return lambda message: None if quiet else err_console.print(f"[cyan]→[/] {message}", highlight=False,
-                                                                markup=False)  # fmt: skip
+    return lambda message: None if quiet else err_console.print(f"[cyan]→[/] {escape(message)}", highlight=False)
+
+
+def _forget_if_empty(state: StackState) -> None:
+    """A state that only recorded the move (a ``--database-url`` target, no server) goes with it, so it never
+    pins the stack to a provider."""
+    if state.host is None and not state.resources:
+        state.delete()
+
+
+@contextlib.contextmanager
+def _database_errors(what: str) -> Iterator[None]:
+    """A database refusal (a privilege, a lock timeout) as one line naming the step, not an internal error."""
+    try:
+        yield
+    except psycopg.Error as err:
+        reason = mask_url(" ".join(str(err).split()))
+        raise PostgressorError(f"{what} failed: {reason}; connect as the role that started the move (the box's "
+                               "postgres through --stack, or a superuser URL)") from None  # fmt: skip
 
 
 @move_app.command("start")
@@ -70,13 +91,15 @@ def start(
     tables: str = typer.Option(..., "--tables", "-t", help="Tables to move: NAME or SCHEMA.NAME, comma-separated."),
     database_url: str | None = DATABASE_URL,
 ) -> None:
-    """Check the source can publish and the columns match, then publish there and subscribe on the box."""
+    """Check the source can publish and the columns match, then publish there and subscribe on the box.
+
+    The source is the URL in POSTGRESSOR_MOVE_FROM (never a flag: argv is public)."""
     settings, stack = settings_for(ctx), stack_name(ctx)
     url, wanted = source_url(), move.parse_tables(tables)
     state = _state(settings, stack)
     if state.find(RECORD) is not None:
         raise UsageError(f"a move is recorded for stack '{stack}'; 'postgressor move status', or 'move abort' first")
-    with _target(settings, stack, database_url) as target:
+    with _target(settings, stack, database_url) as target, _database_errors("move start"):
         created = move.start(url, target.conn, wanted, log=_say(ctx))
     state.add(RECORD, created["subscription"], publication=created["publication"], source=created["source"],
               tables=[{"schema": t.schema, "name": t.name} for t in wanted])  # fmt: skip
@@ -92,7 +115,7 @@ def status(ctx: typer.Context, database_url: str | None = DATABASE_URL) -> None:
     """Per table the copy state and rows on the box; the lag in bytes and seconds; errors."""
     settings, stack = settings_for(ctx), stack_name(ctx)
     tables, names = _recorded(_state(settings, stack))
-    with _target(settings, stack, database_url) as target:
+    with _target(settings, stack, database_url) as target, _database_errors("move status"):
         report = move.status(source_url(), target.conn, tables, names)
     if global_options(ctx).json:
         emit_json({"ok": not report.errors, **report.as_dict()})
@@ -117,10 +140,11 @@ def cutover(
     settings, stack = settings_for(ctx), stack_name(ctx)
     state = _state(settings, stack)
     tables, names = _recorded(state)
-    with _target(settings, stack, database_url) as target:
+    with _target(settings, stack, database_url) as target, _database_errors("move cutover"):
         result = move.cutover(source_url(), target.conn, tables, names, catch_up_seconds=wait, log=_say(ctx))
         label = target.label
     state.remove(RECORD)
+    _forget_if_empty(state)
     if global_options(ctx).json:
         emit_json({"ok": True, **result.as_dict()})
         return
@@ -143,10 +167,11 @@ def abort(ctx: typer.Context, database_url: str | None = DATABASE_URL) -> None:
     settings, stack = settings_for(ctx), stack_name(ctx)
     state = _state(settings, stack)
     names = _recorded(state)[1] if state.find(RECORD) is not None else move.Names()
-    with _target(settings, stack, database_url) as target:
+    with _target(settings, stack, database_url) as target, _database_errors("move abort"):
         dropped = move.abort(source_url(), target.conn, names)
     if state.find(RECORD) is not None:
         state.remove(RECORD)
+    _forget_if_empty(state)
     if global_options(ctx).json:
         emit_json({"ok": True, "dropped": dropped})
         return

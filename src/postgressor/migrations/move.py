@@ -13,6 +13,7 @@ the source by ``user@host:port/db`` only.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -193,6 +194,10 @@ def start(source_url: str, target: psycopg.Connection, tables: list[Table], name
         if _exists(target, "pg_subscription", "subname", names.subscription):
             problems.append(f"subscription {names.subscription} exists on the target: a move is under way "
                             "('postgressor move status', or 'move abort' to start over)")  # fmt: skip
+        if _exists(source, "pg_replication_slots", "slot_name", names.slot):
+            problems.append(f"replication slot {names.slot} exists on the source: a move is under way or was left "
+                            f"behind ('postgressor move abort', or SELECT pg_drop_replication_slot('{names.slot}') "
+                            "there when no subscription uses it)")  # fmt: skip
         if _exists(source, "pg_publication", "pubname", names.publication):
             problems.append(f"publication {names.publication} exists on the source: a move is under way "
                             "('postgressor move abort' to start over)")  # fmt: skip
@@ -203,6 +208,7 @@ def start(source_url: str, target: psycopg.Connection, tables: list[Table], name
             source.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
                 sql.Identifier(names.publication), listed))
             log(f"created publication {names.publication} on {describe(source_url)}")
+            quiet_statement_logging(target)  # the statement holds the source's password
             create = "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true)"
             target.execute(sql.SQL(create).format(
                 sql.Identifier(names.subscription), sql.Literal(source_url), sql.Identifier(names.publication)))
@@ -213,6 +219,15 @@ def start(source_url: str, target: psycopg.Connection, tables: list[Table], name
         log(f"created subscription {names.subscription} on the target; the initial copy runs")
     return {"publication": names.publication, "subscription": names.subscription, "slot": names.slot,
             "tables": [str(t) for t in tables], "source": describe(source_url)}  # fmt: skip
+
+
+def quiet_statement_logging(conn: psycopg.Connection) -> None:
+    """Keep this session's statements out of the server log, even when one fails (``log_min_error_statement``
+    logs a failed statement's text by default). Superuser-only settings: a role that may not set them (the
+    PostgreSQL 16 ``pg_create_subscription`` route) keeps the server's."""
+    for setting in ("log_min_error_statement = panic", "log_statement = 'none'"):
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SET {setting}")
 
 
 def subscribe_problems(target: psycopg.Connection) -> list[str]:
@@ -499,10 +514,11 @@ def abort(source_url: str, target: psycopg.Connection, names: Names | None = Non
     """
     names = names or Names()
     dropped: list[str] = []
+    unreachable = ""
     try:
         source: psycopg.Connection | None = source_connection(source_url)
-    except PostgressorError:
-        source = None
+    except PostgressorError as err:
+        source, unreachable = None, str(err)
     try:
         if _exists(target, "pg_subscription", "subname", names.subscription):
             ident = sql.Identifier(names.subscription)
@@ -514,8 +530,8 @@ def abort(source_url: str, target: psycopg.Connection, names: Names | None = Non
                 target.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
             dropped.append(f"subscription {names.subscription}")
         if source is None:
-            raise PostgressorError(f"cannot reach the source {describe(source_url)} to drop publication "
-                                   f"{names.publication} and slot {names.slot}; run 'move abort' again when it answers")
+            raise PostgressorError(f"{unreachable}; so publication {names.publication} and slot {names.slot} are "
+                                   "still on the source: fix that, then run 'move abort' again")  # fmt: skip
         slot = source.execute("SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
                               [names.slot]).fetchone()  # fmt: skip
         if slot is not None:
