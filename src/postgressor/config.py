@@ -271,7 +271,13 @@ def secret_problem(key: str, value: str) -> str:
         return ONE_CONF_LINE
     if key == "backup.cipher_pass":
         return cipher_pass_problem(value)
+    if key == "supabase.jwt_secret" and len(value) < MIN_JWT_SECRET:
+        return (f"{len(value)} characters, Supabase's minimum is {MIN_JWT_SECRET}; store the project's whole JWT "
+                "secret (Dashboard → Project Settings → JWT Keys) there")  # fmt: skip
     return ""
+
+
+MIN_JWT_SECRET = 32  # characters: Supabase refuses a shorter JWT secret
 
 
 def _read_secret_file(path: Path, name: str) -> str:

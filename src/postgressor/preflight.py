@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from postgressor.config import IDENTIFIER, MAKE_CIPHER_PASS, Settings
+from postgressor.config import IDENTIFIER, MAKE_CIPHER_PASS, MIN_JWT_SECRET, Settings
 from postgressor.errors import ConfigError
 
 # Supabase's own minimum for the legacy HS256 JWT secret: "JWT_SECRET=your-super-secret-jwt-token-with-at-least-
 # 32-characters-long" (supabase/supabase docker/.env.example, commit 001faf98b6c9).
-MIN_JWT_SECRET = 32
 JWKS_SUFFIX = "/.well-known/jwks.json"
 ISSUER_EXAMPLE = "https://<ref>.supabase.co/auth/v1"
 

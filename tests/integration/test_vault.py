@@ -236,6 +236,13 @@ def test_a_missing_name_is_one_line_exit_2(vault_db: str, referencing: Path, pg_
     assert "x" * 40 not in line and pg_cluster.password not in line
 
 
+def test_a_short_jwt_secret_from_vault_says_to_fix_the_vault_secret(vault_db: str, referencing: Path) -> None:
+    create(vault_db, "too-short-value", "supabase_jwt_secret")
+    line = one_line(run(referencing, ["config", "check"], vault_db), 2)
+    assert "supabase.jwt_secret (Vault secret 'supabase_jwt_secret'): 15 characters, Supabase's minimum is 32" in line
+    assert "POSTGRESSOR_SUPABASE__JWT_SECRET" not in line and "too-short-value" not in line
+
+
 def test_an_unset_url_is_one_line_exit_2(referencing: Path) -> None:
     line = one_line(run(referencing, ["plan"], None), 2)
     assert "POSTGRESSOR_VAULT_URL" in line and "supabase.jwt_secret = vault:supabase_jwt_secret" in line

@@ -235,7 +235,7 @@ def test_a_short_jwt_secret_from_vault_fails_the_preflight(project: Path, vault:
     vault.secrets["jwt"] = "short-jwt-secret"
     write_config(project, '[supabase]\njwt_secret = "vault:jwt"\n')
     result = CliRunner().invoke(app, ["config", "check"])
-    assert result.exit_code == 2 and "supabase.jwt_secret: 16 characters" in result.stderr
+    assert result.exit_code == 2 and "supabase.jwt_secret (Vault secret 'jwt'): 16 characters" in result.stderr
     assert "short-jwt-secret" not in result.output
 
 
