@@ -4,15 +4,9 @@ version postgressor pins), so a gateway that lets a client change the shape show
 Ported from github.com/electric-sql/electric at tag ``@core/sync-service@1.7.12``:
 - ``packages/sync-service/lib/electric/plug/router.ex``: the ``secret`` (or ``api_secret``) query param must
   equal the configured secret, else 401 ``{"message": "Unauthorized - Invalid API secret"}``.
-- ``lib/electric/plug/serve_shape_plug.ex`` ``parse_body``/``validate_request``/``merge_body_params``:
-  a POST body must be a JSON object (else 400); ``subset__<key>`` query params become a ``subset`` map; the
-  body is merged over the query (with a ``subset`` key every body key wins; without it the subset keys
-  ``where order_by limit offset params where_expr order_by_expr`` go under ``subset`` and the rest win).
-- ``lib/electric/shapes/api/params.ex``: ``offset`` and ``table`` required; ``params`` is the shape's
-  ``$n`` map; ``columns`` selects the columns; ``SubsetParams`` casts where/order_by/limit/offset/params,
-  limit > 0, offset >= 0, order_by required with limit or offset.
-- ``lib/electric/shapes/shape/subset.ex``: the subset ``where`` is parsed with the subset's own params;
-  ``lib/electric/shapes/querying.ex`` ``query_subset``: ``WHERE <shape where> AND (<subset where>)``.
+- the request rules (``serve_shape_plug.ex`` body merge, ``shapes/api/params.ex``, ``shapes/shape/subset.ex``):
+  ``tests/electric_rules.py``, shared with the VM image's stand-in;
+- ``lib/electric/shapes/querying.ex`` ``query_subset``: ``WHERE <shape where> AND (<subset where>)``.
 - Query params are parsed as Plug does: ``params[1]=x`` is ``{"params": {"1": "x"}}``, the last repeat wins.
 
 The rules live in ``electric_rules.py`` (shared with the VM image's stand-in). Where clauses are parsed with
