@@ -244,6 +244,7 @@ class HttpsConfig(Section):
 
 
 MIN_CIPHER_PASS = 20  # characters; `openssl rand -base64 48` gives 64, a box-generated passphrase has 40
+MIN_JWT_SECRET = 32  # characters: Supabase refuses a shorter JWT secret
 MAKE_CIPHER_PASS = "openssl rand -base64 48"  # noqa: S105 (a command the refusals suggest, not a secret)
 
 
@@ -275,9 +276,6 @@ def secret_problem(key: str, value: str) -> str:
         return (f"{len(value)} characters, Supabase's minimum is {MIN_JWT_SECRET}; store the project's whole JWT "
                 "secret (Dashboard → Project Settings → JWT Keys) there")  # fmt: skip
     return ""
-
-
-MIN_JWT_SECRET = 32  # characters: Supabase refuses a shorter JWT secret
 
 
 def _read_secret_file(path: Path, name: str) -> str:
