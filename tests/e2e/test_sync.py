@@ -254,13 +254,9 @@ def test_broken_gateway_setting_is_rolled_back_while_clients_keep_getting_200(st
     assert "address already in use" in errors[0], errors[0]  # the gateway's own last journal line
     assert len(statuses) > 10 and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
     assert "port = 3001" in stack.sh("cat /etc/postgressor/gateway.toml").stdout
-    # A later good deploy (the first since `up` with the box's own config) works and finds nothing to change.
-    again = stack.cli_json("deploy")
-    assert again["deploy"]["failed"] == 0
-    assert [op["name"] for op in again["deploy"]["operations"] if op["status"] == "changed"] == []
-    assert len(stack.cli_json("backup", "list")["backups"]) == 1  # no second "first" backup
     with https(stack) as client:
         assert client.get("/health").status_code == 200
+    # The next good deploy (the lost-slot test's, below) changes nothing but what that test broke.
 
 
 PSQL = "cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1"
@@ -308,5 +304,6 @@ def test_a_lost_electric_slot_fails_status_and_deploy_rebuilds_electric(stack: S
     assert rebuilt in changed and changed <= {rebuilt, "Electric | Electric healthy (/v1/health = 200)"}, changed
     assert not stack.sh("test -e /var/lib/electric/shape-of-the-old-timeline").ok  # its shapes are rebuilt
     assert stack.sh(slots).stdout.split() == ["logical:app"]  # Electric made its slot again on start
+    assert len(stack.cli_json("backup", "list")["backups"]) == 1  # a deploy takes no second "first" backup
     assert stack.sh("systemctl is-active electric").stdout.strip() == "active"
     assert stack.cli("status").returncode == 0
