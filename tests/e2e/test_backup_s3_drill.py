@@ -65,6 +65,9 @@ s3_verify_tls = false   # moto's self-signed certificate
         env.setenv("POSTGRESSOR_BACKUP__S3_KEY_SECRET", moto.key_secret)
         env.setenv("POSTGRESSOR_BACKUP__CIPHER_PASS", passphrase)
         yield stack
+        # The stack fixture's own destroy runs after this context: without the keys its config would not load.
+        if (stack.project / ".postgressor" / "default.json").exists():
+            stack.cli("destroy", "--yes", "--skip-final-backup", check=False, timeout=300)
 
 
 def test_deploy_moves_backups_to_s3_with_a_first_full_backup(s3_stack: Stack, moto: Moto) -> None:
