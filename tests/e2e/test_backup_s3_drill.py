@@ -1,5 +1,5 @@
-"""The backup drill through S3 on a real Debian VM: a box moved to an off-box repository, a point-in-time restore
-from it, and `destroy` leaving a verified final backup in the bucket.
+"""The backup drill through S3 on a real Debian VM: a box moved to an off-box repository, and a point-in-time
+restore from it.
 
 The repository is moto's server with IAM authentication behind TLS (tests/s3_standin.py) on this machine's
 loopback, which the VM reaches as 10.0.2.2 (QEMU user networking's alias for the host). Every request the box's
@@ -14,13 +14,11 @@ keys and the passphrase in the environment, `deploy`.
 from __future__ import annotations
 
 import json
-import re
+import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from postgressor.vm.machine import running_pid
 from s3_standin import BUCKET, Moto, running_moto, s3
 from vmstack import Stack
 
@@ -107,20 +105,8 @@ def test_point_in_time_restore_from_s3(s3_stack: Stack) -> None:
     # Replication slots are not in a physical backup: Electric's is made again when it starts.
     assert "electric_slot_default" in report["slots_before"]
     assert stack.cli_json("backup", "check")["ok"]  # archiving to S3 again, on the new timeline
-    assert stack.cli("status").returncode == 0
-
-
-def test_destroy_leaves_a_verified_final_backup_in_the_bucket(s3_stack: Stack, moto: Moto) -> None:
-    stack = s3_stack
-    before = {b["label"] for b in stack.cli_json("backup", "list")["backups"]}
-    pid_file: Path = stack.state.stack_dir / "qemu.pid"
-    out = json.loads(stack.cli("--json", "destroy", "--yes", timeout=2400).stdout)
-    assert out["ok"] is True, out
-    kept = out["removed"][-1]  # "kept: backups in s3://BUCKET/PATH on ENDPOINT, the newest LABEL (verified); …"
-    assert kept.startswith(f"kept: backups in s3://{BUCKET}/{PREFIX} on {HOST_FROM_GUEST}"), kept
-    found = re.search(r"the newest (\S+) \(verified\)", kept)
-    assert found and found[1] not in before, kept
-    assert running_pid(pid_file) is None and not (stack.project / ".postgressor" / "default.json").exists()
-    # The server is gone; the bucket still holds the final backup set (its manifest) and the archive.
-    stored = objects(moto)
-    assert f"{PREFIX}/backup/main/{found[1]}/backup.manifest" in stored, stored
+    # Electric comes back after PostgreSQL (its stand-in needs about a minute under TCG): status passes then.
+    deadline = time.monotonic() + 300
+    while (status := stack.cli("--json", "status", check=False)).returncode != 0:
+        assert time.monotonic() < deadline, status.stdout[-500:]
+        time.sleep(10)
