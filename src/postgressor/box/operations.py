@@ -16,6 +16,7 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
 
 from postgressor.box import facts
+from postgressor.box.gated import JOURNAL_LINE
 from postgressor.box.layout import (
     LOST_SLOT_STATE,
     MARKERS_DIR,
@@ -331,14 +332,23 @@ def loopback_guarded(unit: str, rule: str) -> Generator[str, None, None]:
 
 
 @operation()
-def http_ready(url: str, timeout: int, hint: str) -> Generator[str, None, None]:
-    """Wait until ``url`` answers 200, or fail with a message naming it."""
+def http_ready(url: str, timeout: int, unit: str) -> Generator[str, None, None]:
+    """Wait until ``url`` answers 200, ``timeout`` seconds by the box's clock; else fail with one line naming the
+    last answer and the last line ``unit`` logged (what a person would look up first)."""
     if host.get_fact(facts.HttpStatus, url=url) == "200":
         host.noop(f"{url} answers 200")
         return
+    q = shlex.quote(url)
     yield (
-        f"for i in $(seq {timeout}); do [ \"$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' {url})\" = 200 ] "
-        f"&& exit 0; sleep 1; done; echo {shlex.quote(f'{url} did not answer 200 within {timeout} s; {hint}')}; exit 1"
+        f"end=$(($(date +%s) + {timeout})); while :; do "
+        f"code=$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' {q}); [ \"$code\" = 200 ] && exit 0; "
+        '[ "$(date +%s)" -ge "$end" ] && break; sleep 1; done; '
+        '[ "$code" = 000 ] && code="no answer" || code="HTTP $code"; '
+        f"why=$(journalctl -u {shlex.quote(unit)} -n 50 -o cat --no-pager 2>/dev/null | grep -v '^[[:space:]]*$' "
+        f"| tail -n 1 | cut -c1-{JOURNAL_LINE}); "
+        f'echo {shlex.quote(f"{url} did not answer 200 within {timeout} s (last: ")}"$code"'
+        f'{shlex.quote(f"; {unit} last logged: ")}"${{why:-nothing}}"'
+        f'{shlex.quote(f"); see journalctl -u {unit} on the box")} >&2; exit 1'
     )
 
 

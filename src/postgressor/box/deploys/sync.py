@@ -116,7 +116,7 @@ def electric(spec: BoxSpec) -> None:
         name="Electric healthy (/v1/health = 200)",
         url=health,
         timeout=sync.health_timeout,
-        hint=f"see journalctl -u {ELECTRIC_UNIT} on the box",
+        unit=ELECTRIC_UNIT,
     )
 
 
@@ -170,8 +170,7 @@ def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
         probe=gateway_probe(GATEWAY_CONFIG, GATEWAY_ENV, GATEWAY_HOME),
     )
     systemd.service(name="Gateway running", service=GATEWAY_UNIT, running=True, enabled=True)
-    http_ready(name="Gateway healthy", url=gateway_health, timeout=60,
-               hint=f"see journalctl -u {GATEWAY_UNIT} on the box")  # fmt: skip
+    http_ready(name="Gateway healthy", url=gateway_health, timeout=60, unit=GATEWAY_UNIT)
 
 
 @deploy("HTTPS")
