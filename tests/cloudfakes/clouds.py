@@ -54,6 +54,20 @@ class Cloud:
         return {kind: n for kind in kinds if (n := self.count(kind))}
 
 
+def config_for(cloud: Cloud, tmp_path: Path) -> None:
+    """postgressor.toml pointing the CLI at the cloud's fake, with the credentials the fake accepts."""
+    s = cloud.settings
+    if cloud.name == "hetzner":
+        text = f'[hetzner]\napi_endpoint = "{s.hetzner.api_endpoint}"\ntoken = "{s.hetzner.token.get_secret_value()}"\n'
+    elif cloud.name == "oracle":
+        text = f'[oracle]\nconfig_file = "{s.oracle.config_file}"\nendpoint = "{s.oracle.endpoint}"\n'
+    else:
+        text = (f'region = "{s.region}"\n[ovh]\nendpoint = "{s.ovh.endpoint}"\napplication_key = "{ovh.APP_KEY}"\n'
+                f'application_secret = "{ovh.APP_SECRET}"\nconsumer_key = "{ovh.CONSUMER_KEY}"\n'
+                f'project_id = "{ovh.PROJECT}"\n')  # fmt: skip
+    (tmp_path / "postgressor.toml").write_text(f'provider = "{cloud.name}"\nstate_dir = "{s.state_dir}"\n{text}')
+
+
 @contextmanager
 def started(name: str, tmp: Path, **overrides: Any) -> Iterator[Cloud]:
     state_dir = tmp / ".postgressor"

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from cloudfakes import ovh as fake_ovh
-from cloudfakes.clouds import NAMES, Cloud, started
+from cloudfakes.clouds import NAMES, Cloud, config_for, started
 from cloudfakes.harness import Recorder, fake_ssh, saved
 from postgressor import lifecycle
 from postgressor.box.converge import DeployResult
@@ -253,20 +252,6 @@ def test_ssh_provider_refuses_a_size_with_one_line(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- through the CLI
-
-
-def config_for(cloud: Cloud, tmp_path: Path) -> None:
-    """postgressor.toml pointing the CLI at the cloud's fake, with the credentials the fake accepts."""
-    s = cloud.settings
-    if cloud.name == "hetzner":
-        text = f'[hetzner]\napi_endpoint = "{s.hetzner.api_endpoint}"\ntoken = "{s.hetzner.token.get_secret_value()}"\n'
-    elif cloud.name == "oracle":
-        text = f'[oracle]\nconfig_file = "{s.oracle.config_file}"\nendpoint = "{s.oracle.endpoint}"\n'
-    else:
-        text = (f'region = "{s.region}"\n[ovh]\nendpoint = "{s.ovh.endpoint}"\napplication_key = "{fake_ovh.APP_KEY}"\n'
-                f'application_secret = "{fake_ovh.APP_SECRET}"\nconsumer_key = "{fake_ovh.CONSUMER_KEY}"\n'
-                f'project_id = "{fake_ovh.PROJECT}"\n')  # fmt: skip
-    (tmp_path / "postgressor.toml").write_text(f'provider = "{cloud.name}"\nstate_dir = "{s.state_dir}"\n{text}')
 
 
 def bigger_args(cloud: Cloud, tmp_path: Path) -> list[str]:

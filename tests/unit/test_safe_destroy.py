@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from postgressor import lifecycle
 from postgressor.checks import backups as health
 from postgressor.cli import app, common
+from postgressor.config import load_settings
+from postgressor.day2 import destroy as safe_destroy
 from postgressor.remote.ssh import CommandResult
 from postgressor.state import HostRecord, load_state, open_state
 
@@ -194,3 +196,20 @@ def test_a_stack_never_deployed_holds_no_data(project: Path, monkeypatch: pytest
     config(project)
     provider, _ = wire(monkeypatch, {})
     assert destroy("--yes").exit_code == 0 and provider.destroyed
+
+
+@pytest.mark.parametrize(("deployed", "backup", "says"), [
+    (True, {"enabled": False}, "starts EMPTY, without your database, and it had no backups"),
+    (True, {}, "the backups kept on its disk (/var/lib/pgbackrest) are gone with it"),
+    (True, S3, "survives only in the backups in s3://my-backups/pgbackrest on fsn1.your-objectstorage.com"),
+    (False, S3, "(no database was deployed on it); the new one starts empty"),
+])  # fmt: skip
+def test_a_gone_server_says_where_the_data_could_come_from(project: Path, deployed: bool, backup: dict[str, Any],
+                                                           says: str) -> None:  # fmt: skip
+    make_stack(project, deployed=deployed)
+    state = load_state(project / ".postgressor", "demo")
+    assert state is not None
+    state.add("server", "4711")
+    config(project, backup)
+    line = safe_destroy.gone(state, safe_destroy.backups_of(load_settings()), "Hetzner")
+    assert line.startswith("the recorded server 4711 no longer exists at Hetzner") and says in line

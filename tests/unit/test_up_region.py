@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from cloudfakes import oci
 from postgressor.cli import app, common
 from postgressor.config import load_settings
+from postgressor.providers.cloud import CloudProvider
 from postgressor.state import open_state
 
 CREDENTIAL_VARS = (
@@ -164,7 +165,12 @@ def test_no_question_for_local_ssh_or_a_recorded_server(monkeypatch: pytest.Monk
     settings = load_settings(provider="hetzner", region="fsn1")
     assert common.billing_plan(settings, "default") is not None
     open_state(settings.state_dir, "default", "hetzner").add("server", "42", region="fsn1")
+    monkeypatch.setattr(CloudProvider, "power_state", lambda self: "running")  # one API read, here faked
     assert common.billing_plan(settings, "default") is None
+    monkeypatch.setattr(CloudProvider, "power_state", lambda self: "missing")
+    bill = common.billing_plan(settings, "default")
+    assert bill is not None and "server 42 no longer exists at Hetzner" in bill.lines()[-1]
+    assert bill.question().endswith("which starts empty?")
 
 
 def test_missing_credentials_reported_before_the_question() -> None:

@@ -20,6 +20,7 @@ class BillPlan:
     size_name: str
     image: str
     size: Size | None  # None when the catalogue does not price this size here
+    gone: str = ""  # the recorded server is gone at the provider: what that means for the data
 
     def lines(self) -> list[str]:
         """The plan as short lines: provider, region, size, image, price, traffic, caveats."""
@@ -50,7 +51,12 @@ class BillPlan:
         caveats = [text for text in ((r.free_tier if s and s.free_tier else ""), r.notes,
                                      s.notes if s else "") if text]  # fmt: skip
         out += [f"caveat:   {text}" for text in caveats]
+        if self.gone:
+            out.append(f"warning:  {self.gone}")
         return out
+
+    def question(self) -> str:
+        return f"Create this billed {self.title} server{', which starts empty' if self.gone else ''}?"
 
     def _currency(self) -> str:
         return load().providers[self.provider].currency

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,18 +84,25 @@ def with_provider(settings: Settings, stack: str, say: Callable[[str], None]) ->
 
 
 def billing_plan(settings: Settings, stack: str) -> BillPlan | None:
-    """What ``up`` would start paying for: None for local/ssh and when the stack's server is recorded."""
+    """What ``up`` would start paying for: None for local/ssh and when the stack's recorded server still exists.
+
+    A recorded server costs one API read: "missing" only on the provider's not-found (errors are retried, then
+    raised), and then the plan says the new server starts empty and where the data could come from."""
     if settings.provider in ("local", "ssh"):
         return None
+    from postgressor.day2 import destroy
     from postgressor.providers import get_provider
     from postgressor.providers.cloud import CloudProvider
 
     state = open_state(settings.state_dir, stack, settings.provider)
-    if state.find("server") is not None:
-        return None
     provider = get_provider(settings, state, lambda message: None)
     assert isinstance(provider, CloudProvider)
     provider.validate()  # missing credentials or a bad region are reported before the question
+    gone = ""
+    if state.find("server") is not None:
+        if provider.power_state() != "missing":
+            return None
+        gone = destroy.gone(state, destroy.backups_of(settings), provider.title)
     size, image = provider.size, ""
     if settings.provider == "hetzner":
         image = settings.hetzner.image
@@ -108,7 +115,7 @@ def billing_plan(settings: Settings, stack: str) -> BillPlan | None:
             # the A1 Always Free limit (providers/oracle.py), and only in the tenancy's home region
             free = cfg.ocpus <= 2 and cfg.memory_gb <= 12 and provider.region == provider.region_hint()
             size = f"A1.Flex {cfg.ocpus:g} OCPU / {cfg.memory_gb:g} GB" + (" (Always Free)" if free else "")
-    return bill_plan(settings.provider, provider.region, size, image)
+    return replace(bill_plan(settings.provider, provider.region, size, image), gone=gone)
 
 
 def stack_name(ctx: typer.Context, override: str | None = None) -> str:

@@ -211,7 +211,7 @@ def up(
     if bill is not None:
         for line in bill.lines():
             say(line)
-        confirm(f"Create this billed {bill.title} server?", yes)
+        confirm(bill.question(), yes)
     change = stacks.size_change(settings, name, say)
     if change is not None:
         for line in resize_lines(change.provider, change.region, change.server, (change.old, change.old_priced),

@@ -60,6 +60,24 @@ def question(state: StackState, backups: Backups) -> str:
     return f"Destroy stack '{state.stack}' and its server, with all data on it? Backups: {backups.where}; {fate}."
 
 
+def gone(state: StackState, backups: Backups, title: str) -> str:
+    """What ``up`` says when the recorded server is gone at the provider: the new one starts empty, and where the
+    data could come from (the S3 repository survives, but holds the old database: the new box's stanza step fails
+    on it and ``restore`` does not adopt it yet)."""
+    server = state.find("server")
+    head = f"the recorded server {server.id if server else ''} no longer exists at {title}"
+    if not holds_data(state):
+        return f"{head} (no database was deployed on it); the new one starts empty"
+    head += "; the new one starts EMPTY, without your database"
+    if backups.kind == "s3":
+        return (f"{head}. Your data survives only in the backups in {backups.where}; postgressor does not restore "
+                "them onto a new server by itself yet (up's backup step stops at that repository, which holds the "
+                "old database)")  # fmt: skip
+    if backups.kind == "box":
+        return f"{head}, and the backups kept on its disk ({PGBACKREST_LOCAL_REPO}) are gone with it"
+    return f"{head}, and it had no backups (backup.enabled = false)"
+
+
 def refusal(state: StackState, backups: Backups, skip_final_backup: bool) -> str:
     """Why destroy must not go ahead (``""`` when it may): the database's only backups would go with the server."""
     if skip_final_backup or not holds_data(state) or backups.off_box:

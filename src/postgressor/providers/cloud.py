@@ -111,7 +111,11 @@ class CloudProvider(Provider):
         self.backoff = backoff or retry.Backoff()
         self._hook = hook
         self._region: str | None = None
-        self.recreated = False
+        self.replaced = ""  # the id of a recorded resource gone at the provider, re-created by this run
+
+    @property
+    def recreated(self) -> bool:
+        return bool(self.replaced)
 
     # ---- what each provider supplies
 
@@ -279,10 +283,12 @@ class CloudProvider(Provider):
 
     @property
     def creation_token(self) -> str:
-        """Differs for every state (a re-created stack of the same name): idempotency tokens use it, since a
-        provider answers a reused token with the old, perhaps terminated, resource."""
+        """Differs for every state (a re-created stack of the same name) and for every replacement of a gone
+        resource: idempotency tokens use it, since a provider answers a reused token with the old, perhaps
+        terminated, resource."""
         meta = self.state.find(META)
-        return hashlib.sha256(f"{self.tag}{meta.created_at if meta else ''}".encode()).hexdigest()[:12]
+        seed = f"{self.tag}{meta.created_at if meta else ''}{self.replaced}"
+        return hashlib.sha256(seed.encode()).hexdigest()[:12]
 
     @property
     def tag(self) -> str:
@@ -372,7 +378,7 @@ class CloudProvider(Provider):
         if found is None:
             if recorded is not None:
                 self.log(f"the recorded {kind} {recorded.id} no longer exists; creating a new one")
-                self.recreated = True
+                self.replaced = recorded.id
             self.log(f"{self.describe(kind)} ({self.title} {self.region})")
             found = retry.create_once(f"create the {kind}", create, lambda: self.find_one(kind), self.transient,
                                       self.backoff, self.log)  # fmt: skip
