@@ -82,7 +82,7 @@ class LocalConfig(Section):
 
 
 class PostgresConfig(Section):
-    source: Literal["pgdg", "distro"] | None = None
+    source: Literal["pgdg", "distro"] | None = None  # None: the distro's, PGDG for a version it lacks (box/spec.py)
     version: int | None = Field(None, ge=13, le=18)
     database: str = "app"
     owner: str = "app"
@@ -384,7 +384,7 @@ class HetznerConfig(Section):
 
     token: SecretStr | None = None
     api_endpoint: str = "https://api.hetzner.cloud/v1"
-    image: str = "debian-12"
+    image: str = "debian-13"
     ssh_timeout: int = Field(600, ge=1, description="seconds to wait for SSH on a new server")
 
 
@@ -412,7 +412,7 @@ class OVHConfig(Section):
     application_secret: SecretStr | None = None
     consumer_key: SecretStr | None = None
     project_id: str = ""  # the Public Cloud project (serviceName); empty: OVH_CLOUD_PROJECT_SERVICE
-    image: str = "Debian 12"
+    image: str = "Debian 13"  # OVHcloud's name for its Debian 13 image (ovh/public-cloud-roadmap#1199)
     ssh_timeout: int = Field(600, ge=1)
 
 
@@ -482,12 +482,6 @@ class Settings(BaseSettings):
         if self.electric.enabled is not None:
             return self.electric.enabled
         return bool(self.sync.tables)
-
-    def postgres_source(self) -> Literal["pgdg", "distro"]:
-        """PGDG on real boxes; the distro's packages on the local VM (PGDG is unreachable offline)."""
-        if self.postgres.source:
-            return self.postgres.source
-        return "distro" if self.provider == "local" else "pgdg"
 
 
 class PrefixedDotEnvSource(DotEnvSettingsSource):

@@ -21,7 +21,7 @@ from postgressor.box.facts import CarriedSettings, CloudInitDone, PythonVersion,
 from postgressor.box.gateway_bundle import gateway_bundle
 from postgressor.box.layout import CIPHER_SECRET
 from postgressor.box.operations import same_secret
-from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact
+from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact, image_distro, postgres_choice
 from postgressor.config import Settings
 from postgressor.day2 import destroy as safe_destroy
 from postgressor.errors import ConfigError, PostgressorError, UsageError
@@ -62,6 +62,7 @@ class PlanResult:
     provider_steps: list[str]
     operations: list[dict[str, str]] = field(default_factory=list)
     note: str = ""
+    postgres_note: str = ""  # PostgreSQL from PGDG, and why (PostgresChoice.note)
 
 
 def _provider(settings: Settings, stack: str, log: Log) -> tuple[StackState, Provider]:
@@ -69,6 +70,21 @@ def _provider(settings: Settings, stack: str, log: Log) -> tuple[StackState, Pro
     provider = get_provider(settings, state, log)
     provider.validate()
     return state, provider
+
+
+def _new_box_postgres(settings: Settings, state: StackState, provider: Provider) -> str:
+    """The PGDG line for a box not made yet, from its image's OS ("" when from the distro or the OS is unknown);
+    a source that cannot give the version is refused here, before anything is created."""
+    distro = image_distro(provider.image())
+    return postgres_choice(settings, distro, state.pg_version).note if distro else ""
+
+
+def postgres_note(settings: Settings, stack: str) -> str:
+    """What ``up`` says before it creates the stack's box: where PostgreSQL will come from, when not the distro."""
+    state = open_state(settings.state_dir, stack, settings.provider)
+    if state.host is not None:
+        return ""  # the deploy reads the box's own OS
+    return _new_box_postgres(settings, state, get_provider(settings, state, lambda message: None))
 
 
 @dataclass(frozen=True)
@@ -131,7 +147,7 @@ def deploy_host(
         found = read_box(box)
         # Also what the box's own files hold: a box deployed before names were recorded, or from elsewhere.
         check_drops(settings, sorted({*state.deployed_keys, *found.carried}), state.stack, drop)
-        spec = box_spec(settings, found.distro)
+        spec = box_spec(settings, found.distro, state.pg_version)
         check_cipher_custody(box, spec)
         specs.append(spec)
         if not dry_run:  # recorded first: a cut-off run may already have installed this version
@@ -175,6 +191,8 @@ def up(
     if existing is not None and existing.host is not None:
         check_drops(settings, existing.deployed_keys, stack)  # before the provider starts anything
     state, provider = _provider(settings, stack, log)
+    if state.host is None:
+        _new_box_postgres(settings, state, provider)  # an impossible postgres.source: refused before anything is made
     change = provider.size_change()
     if change is not None:
         if change != resize:
@@ -213,12 +231,14 @@ def plan(settings: Settings, stack: str, log: Log) -> PlanResult:
     power = provider.power_state() if state.host is not None else "missing"
     if power == "missing":
         result.note = "the box does not run yet: every deploy operation will run after it is created"
+        result.postgres_note = _new_box_postgres(settings, state, provider)
         return result
     if power in ("off", "stopping", "starting"):
         result.note = f"the server is {power}: 'up' starts it; the deploy's operations are planned once it runs"
         return result
     assert state.host is not None  # "missing" otherwise
-    _, dry = deploy_host(settings, state, state.host, lambda name, report: None, dry_run=True)
+    spec, dry = deploy_host(settings, state, state.host, lambda name, report: None, dry_run=True)
+    result.postgres_note = spec.postgres_note
     result.operations = [{"name": op.name, "status": op.status} for op in dry.operations]
     return result
 

@@ -17,6 +17,7 @@ APP_KEY, APP_SECRET, CONSUMER_KEY = "fake-app-key", "fake-app-secret", "fake-con
 PROJECT = "0123456789abcdef0123456789abcdef"
 REGIONS = ("GRA11", "SBG5", "SGP1", "AP-SOUTH-MUM-1")
 FLAVORS = {"d2-4": "flavor-d2-4", "d2-8": "flavor-d2-8", "b3-8": "flavor-b3-8", "b3-16": "flavor-b3-16"}
+IMAGES = {13: "2026-10-01T00:00:00Z", 12: "2025-10-01T00:00:00Z"}  # Debian major: creationDate
 # name -> (vcpus, ram MB, disk GB), as the catalogue lists them
 FLAVOR_SPECS = {"d2-4": (2, 4000, 50), "d2-8": (4, 8000, 50), "b3-8": (2, 8000, 50), "b3-16": (4, 16000, 100)}
 
@@ -87,11 +88,11 @@ class FakeOVH(FakeAPI):
                       "available": True} for name, fid in FLAVORS.items()]  # fmt: skip
 
     def _image(self, req: Request, ident: str | None) -> Reply:
+        # Named as OVHcloud names them: "Debian 12" (ovh/public-cloud-roadmap#431), "Debian 13" (#1199)
         region = req.query.get("region")
-        return 200, [{"id": f"img-debian12-{region}", "name": "Debian 12", "region": region, "type": "linux",
-                      "status": "active", "creationDate": "2026-10-01T00:00:00Z"},
-                     {"id": f"img-debian11-{region}", "name": "Debian 11", "region": region, "type": "linux",
-                      "status": "active", "creationDate": "2024-10-01T00:00:00Z"}]
+        return 200, [{"id": f"img-debian{major}-{region}", "name": f"Debian {major}", "region": region,
+                      "type": "linux", "status": "active", "creationDate": created}
+                     for major, created in IMAGES.items()]  # fmt: skip
 
     def _sshkey(self, req: Request, ident: str | None) -> Reply:
         if req.method == "GET" and ident is None:
@@ -190,7 +191,7 @@ class FakeOVH(FakeAPI):
         if body.get("flavorId") != f"{FLAVORS.get('d2-4')}-{region}" and body.get("flavorId") not in {
                 f"{fid}-{region}" for fid in FLAVORS.values()}:
             return error(400, "Invalid flavorId")
-        if body.get("imageId") != f"img-debian12-{region}" and body.get("imageId") != f"img-debian11-{region}":
+        if body.get("imageId") not in {f"img-debian{major}-{region}" for major in IMAGES}:
             return error(400, "Invalid imageId")
         if body.get("sshKeyId") not in self.ssh_keys:
             return error(400, "Invalid sshKeyId")

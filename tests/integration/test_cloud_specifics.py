@@ -53,7 +53,7 @@ def test_hetzner_server_request(hz: Cloud) -> None:
     hz.provider(Recorder()).provision()
     (req,) = [r for r in hz.api.log if (r.method, r.path) == ("POST", "/v1/servers")]
     body = req.body
-    assert (body["location"], body["server_type"], body["image"]) == ("nbg1", "cx23", "debian-12")
+    assert (body["location"], body["server_type"], body["image"]) == ("nbg1", "cx23", "debian-13")
     assert body["labels"]["postgressor-stack"] == "default" and len(body["labels"]["postgressor-id"]) == 8
     assert body["user_data"].startswith("#cloud-config") and "ssh_pwauth: false" in body["user_data"]
     (firewall,) = hz.api.firewalls.values()
@@ -209,7 +209,7 @@ def test_ovh_instance_request(ovh: Cloud) -> None:
     host = ovh.provider(Recorder()).provision()
     assert host.user == "debian"
     (req,) = [r for r in ovh.api.log if r.method == "POST" and r.path.endswith("/instance")]
-    assert req.body["flavorId"] == "flavor-d2-4-GRA11" and req.body["imageId"] == "img-debian12-GRA11"
+    assert req.body["flavorId"] == "flavor-d2-4-GRA11" and req.body["imageId"] == "img-debian13-GRA11"
     assert req.body["monthlyBilling"] is False and req.body["region"] == "GRA11"
     assert req.body["userData"].startswith("#cloud-config")
     (key,) = ovh.api.ssh_keys.values()

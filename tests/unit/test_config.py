@@ -18,8 +18,7 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     settings = load_settings()
     assert settings.provider == "local"
-    assert settings.postgres_source() == "distro"
-    assert load_settings(provider="ssh", ssh={"host": "h"}).postgres_source() == "pgdg"
+    assert settings.postgres.source is None  # the distro's, unless it lacks the version (tests/unit/test_defaults.py)
 
 
 def test_typo_names_the_key_and_suggests(tmp_path: Path) -> None:

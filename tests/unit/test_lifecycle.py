@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -100,7 +101,7 @@ def test_plan_on_a_pinned_ssh_host_plans_the_deploy(monkeypatch: pytest.MonkeyPa
     state.set_host(HostRecord("203.0.113.7", 22, "root", "key", "ssh-ed25519 AAAA"))
     dry = DeployResult(operations=[OpReport("Base | Packages", "unchanged")], dry_run=True)
     monkeypatch.setattr(lifecycle, "preflight", lambda settings: None)
-    monkeypatch.setattr(lifecycle, "deploy_host", lambda *a, **k: (None, dry))
+    monkeypatch.setattr(lifecycle, "deploy_host", lambda *a, **k: (SimpleNamespace(postgres_note=""), dry))
     result = lifecycle.plan(settings, "default", lambda message: None)
     assert result.note == "" and result.provider_steps == ["use root@203.0.113.7:22 (host key pinned)"]
     assert result.operations == [{"name": "Base | Packages", "status": "unchanged"}]

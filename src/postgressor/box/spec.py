@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from postgressor.box.gateway_settings import box_gateway_toml
@@ -11,8 +12,22 @@ from postgressor.box.operations import digest
 from postgressor.config import Settings
 from postgressor.errors import UsageError
 
-# The PostgreSQL major version each supported distribution ships.
-DISTRO_POSTGRES = {("debian", 12): 15, ("debian", 13): 17, ("ubuntu", 22): 14, ("ubuntu", 24): 16}
+PGDG_VERSION = 17  # PGDG's PostgreSQL when postgres.version is unset
+
+
+@dataclass(frozen=True)
+class Release:
+    codename: str
+    postgres: int  # the PostgreSQL major version its own archive ships
+    lacks: frozenset[str] = frozenset()  # extensions with no package in its own archive (PGDG has them all)
+
+
+RELEASES = {
+    ("debian", 12): Release("bookworm", 15, frozenset({"vector"})),
+    ("debian", 13): Release("trixie", 17),
+    ("ubuntu", 22): Release("jammy", 14, frozenset({"vector"})),
+    ("ubuntu", 24): Release("noble", 16),
+}
 
 # Extensions that need a package; the contrib ones come with the server.
 EXTENSION_PACKAGES = {
@@ -30,8 +45,6 @@ CONTRIB_EXTENSIONS = frozenset(
         "pg_buffercache", "pgstattuple", "amcheck", "cube", "earthdistance", "tsm_system_rows",
     }
 )  # fmt: skip
-# Extension packages missing from a distribution's own archive (PGDG has them all).
-DISTRO_LACKS = {("debian", 12): {"vector"}, ("ubuntu", 22): {"vector"}}
 # Extensions that must be preloaded before CREATE EXTENSION works.
 PRELOAD = {"pg_cron": "pg_cron", "pg_stat_statements": "pg_stat_statements"}
 
@@ -41,6 +54,15 @@ class Distro:
     name: str  # "debian" | "ubuntu"
     major: int
     codename: str
+
+    @property
+    def title(self) -> str:
+        """"Debian 13", "Ubuntu 24.04" (the supported Ubuntu releases are all .04 LTS ones)."""
+        return f"Debian {self.major}" if self.name == "debian" else f"Ubuntu {self.major}.04"
+
+    @property
+    def release(self) -> Release | None:
+        return RELEASES.get((self.name, self.major))
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,7 @@ class BoxSpec:
     distro: Distro
     source: str
     pg_version: int
+    postgres_note: str  # why PGDG, when the default source gave way (PostgresChoice.note)
     database: str
     owner: str
     extensions: list[str]
@@ -151,26 +174,55 @@ def distro_from_fact(fact: dict) -> Distro:
     return distro
 
 
-def box_spec(settings: Settings, distro: Distro) -> BoxSpec:
+def image_distro(image: str) -> Distro | None:
+    """The OS an image's name says it holds ("debian-13", "Debian 13", "Canonical Ubuntu 24.04", "Debian bookworm
+    (debootstrap)"), None when it does not say."""
+    found = re.search(r"(debian|ubuntu)\D{0,2}(\d{1,2})(?!\d)", image, re.IGNORECASE)
+    if found is not None:
+        name, major = found[1].lower(), int(found[2])
+        release = RELEASES.get((name, major))
+        return Distro(name, major, release.codename if release else "")
+    words = set(re.findall(r"[a-z]+", image.lower()))
+    return next((Distro(name, major, r.codename) for (name, major), r in RELEASES.items() if r.codename in words),
+                None)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PostgresChoice:
+    source: str  # "distro" | "pgdg"
+    version: int
+    note: str = ""  # one line when the default source gave way to PGDG
+
+
+def postgres_choice(settings: Settings, distro: Distro, installed: int | None = None) -> PostgresChoice:
+    """Where PostgreSQL comes from: the distro's archive unless the version asked (else the one the box already
+    runs, ``installed``) is not in it, then PGDG with a note. ``source = "distro"`` it cannot serve: UsageError."""
     pg = settings.postgres
-    source = settings.postgres_source()
-    if source == "distro":
-        shipped = DISTRO_POSTGRES.get((distro.name, distro.major))
-        if shipped is None:
-            raise UsageError(
-                f"{distro.name} {distro.major} is not a supported release for postgres.source = 'distro'; "
-                "use Debian 12/13 or Ubuntu 22.04/24.04, or set postgres.source = 'pgdg'"
-            )
-        if pg.version and pg.version != shipped:
-            raise UsageError(
-                f"{distro.name} {distro.major} ships PostgreSQL {shipped}, not {pg.version}; set "
-                f"postgres.version = {shipped} or postgres.source = 'pgdg'"
-            )
-        version = shipped
-    else:
-        version = pg.version or 17
+    wanted = pg.version or installed
+    if pg.source == "pgdg":
+        return PostgresChoice("pgdg", wanted or PGDG_VERSION)
+    release = distro.release
+    if release is not None and wanted in (None, release.postgres):
+        return PostgresChoice("distro", release.postgres)
+    if pg.source == "distro":
+        if release is None:
+            raise UsageError(f"{distro.title} is not a supported release for postgres.source = 'distro'; use Debian "
+                             "12/13 or Ubuntu 22.04/24.04, or set postgres.source = 'pgdg'")  # fmt: skip
+        asked = f"postgres.version = {release.postgres} or " if pg.version else ""  # else the box runs `wanted`
+        raise UsageError(f"PostgreSQL {wanted} is not in {distro.title}'s archive (it has {release.postgres}); "
+                         f"set {asked}postgres.source = 'pgdg'")  # fmt: skip
+    version = wanted or PGDG_VERSION
+    why = f"is not in {distro.title}'s archive" if release else f"on {distro.title} (a release not known here)"
+    return PostgresChoice("pgdg", version, f"PostgreSQL {version} {why}: from PGDG")
+
+
+def box_spec(settings: Settings, distro: Distro, installed: int | None = None) -> BoxSpec:
+    """``installed``: the PostgreSQL major the box runs (the state's record), kept when postgres.version is unset."""
+    pg = settings.postgres
+    choice = postgres_choice(settings, distro, installed)
+    source, version = choice.source, choice.version
     packages = [f"postgresql-{version}", f"postgresql-client-{version}"]
-    lacking = DISTRO_LACKS.get((distro.name, distro.major), set()) if source == "distro" else set()
+    lacking = distro.release.lacks if source == "distro" and distro.release else frozenset()
     for ext in pg.extensions:
         if ext in CONTRIB_EXTENSIONS:
             continue
@@ -202,8 +254,8 @@ def box_spec(settings: Settings, distro: Distro) -> BoxSpec:
         listen.append(str(iface.ip))
         private_network = str(iface.network)
     return BoxSpec(
-        distro=distro, source=source, pg_version=version, database=pg.database, owner=pg.owner,
-        extensions=list(pg.extensions), packages=packages, listen_addresses=",".join(listen),
+        distro=distro, source=source, pg_version=version, postgres_note=choice.note, database=pg.database,
+        owner=pg.owner, extensions=list(pg.extensions), packages=packages, listen_addresses=",".join(listen),
         private_network=private_network, firewall_ports=sorted(set(ports)),
         swap_below_mb=settings.hardening.swap_below_mb, swap_mb=settings.hardening.swap_mb,
         profile=pg.profile, storage=pg.storage, max_connections=pg.max_connections,

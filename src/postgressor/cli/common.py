@@ -103,19 +103,13 @@ def billing_plan(settings: Settings, stack: str) -> BillPlan | None:
         if provider.power_state() != "missing":
             return None
         gone = destroy.gone(state, destroy.backups_of(settings), provider.title)
-    size, image = provider.size, ""
-    if settings.provider == "hetzner":
-        image = settings.hetzner.image
-    elif settings.provider == "ovh":
-        image = settings.ovh.image
-    else:
+    size = provider.size
+    if settings.provider == "oracle" and size == "VM.Standard.A1.Flex":
+        # the A1 Always Free limit (providers/oracle.py), and only in the tenancy's home region
         cfg = settings.oracle
-        image = cfg.image_id or "the newest Canonical Ubuntu 24.04 image for the shape"
-        if size == "VM.Standard.A1.Flex":
-            # the A1 Always Free limit (providers/oracle.py), and only in the tenancy's home region
-            free = cfg.ocpus <= 2 and cfg.memory_gb <= 12 and provider.region == provider.region_hint()
-            size = f"A1.Flex {cfg.ocpus:g} OCPU / {cfg.memory_gb:g} GB" + (" (Always Free)" if free else "")
-    return replace(bill_plan(settings.provider, provider.region, size, image), gone=gone)
+        free = cfg.ocpus <= 2 and cfg.memory_gb <= 12 and provider.region == provider.region_hint()
+        size = f"A1.Flex {cfg.ocpus:g} OCPU / {cfg.memory_gb:g} GB" + (" (Always Free)" if free else "")
+    return replace(bill_plan(settings.provider, provider.region, size, provider.image()), gone=gone)
 
 
 def stack_name(ctx: typer.Context, override: str | None = None) -> str:

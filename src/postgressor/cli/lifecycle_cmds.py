@@ -207,10 +207,11 @@ def up(
     name = stack_name(ctx)
     settings = settings_for(ctx, secrets=True, provider=provider, region=region, size=size, ssh=ssh or None)
     settings = with_provider(settings, name, say)
+    postgres = stacks.postgres_note(settings, name)  # an impossible postgres.source is refused before the question
     bill = billing_plan(settings, name)
+    for line in [*(bill.lines() if bill else []), *([postgres] if postgres else [])]:
+        say(line)
     if bill is not None:
-        for line in bill.lines():
-            say(line)
         confirm(bill.question(), yes)
     change = stacks.size_change(settings, name, say)
     if change is not None:
@@ -261,6 +262,8 @@ def plan(
         return
     for step in result.provider_steps:
         console.print(f"[yellow]+[/] {step}")
+    if result.postgres_note:
+        console.print(result.postgres_note, markup=False)
     changing = [op for op in result.operations if op["status"] == "would change"]
     for op in result.operations:
         if op["status"] == "would change":

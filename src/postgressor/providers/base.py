@@ -46,6 +46,10 @@ class Provider(ABC):
     def validate(self) -> None:
         """Check inputs before any side effect; raise UsageError with a one-line fix."""
 
+    def image(self) -> str:
+        """The image a new server boots, as named to the user ("" when unknown until the box answers)."""
+        return ""
+
     @abstractmethod
     def plan(self) -> list[str]:
         """What ``provision`` would create or start now, without changing anything."""

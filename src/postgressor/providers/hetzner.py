@@ -1,4 +1,4 @@
-"""Provider 'hetzner': a Hetzner Cloud server (Debian 12, root login) behind a cloud firewall."""
+"""Provider 'hetzner': a Hetzner Cloud server (Debian 13 by default, root login) behind a cloud firewall."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ class HetznerProvider(CloudProvider):
     api_errors = (HCloudException, requests.RequestException)
 
     _client: Client | None = None
+
+    def image(self) -> str:
+        return self.settings.hetzner.image
 
     # ---- credentials and client
 

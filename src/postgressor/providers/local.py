@@ -67,6 +67,10 @@ class LocalProvider(Provider):
             hostname=f"postgressor-{self.state.stack}",
         )  # fmt: skip
 
+    def image(self) -> str:
+        path = self.settings.local.image
+        return path.name if path else f"Debian {image.SUITE} (debootstrap)"
+
     def plan(self) -> list[str]:
         steps = []
         vm = self.state.find("vm")
@@ -74,7 +78,7 @@ class LocalProvider(Provider):
             if self.settings.local.image:
                 steps.append(f"write a NoCloud seed for the cloud image {self._image_label()}")
             elif not image.base_image().exists():
-                steps.append("build the Debian bookworm base image with debootstrap (cached)")
+                steps.append(f"build the Debian {image.SUITE} base image with debootstrap (cached)")
             steps.append(f"create a {self.settings.local.disk_gb} GB VM disk and boot it with QEMU")
         elif machine.running_pid(self.pid_file) is None:
             steps.append("boot the stack's VM (it is stopped)")

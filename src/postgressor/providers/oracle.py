@@ -56,6 +56,9 @@ class OracleProvider(CloudProvider):
     _config: dict[str, Any] | None = None
     _clients: tuple[Any, Any, Any] | None = None
 
+    def image(self) -> str:
+        return self.settings.oracle.image_id or f"the newest {IMAGE_OS} {IMAGE_VERSION} image for the shape"
+
     # ---- configuration and clients
 
     def _source(self) -> tuple[Path, str]:

@@ -1,4 +1,4 @@
-"""Provider 'ovh': an OVHcloud Public Cloud instance (hourly billing, Debian 12, user 'debian').
+"""Provider 'ovh': an OVHcloud Public Cloud instance (hourly billing, Debian 13 by default, user 'debian').
 
 Public Cloud instances have no cloud firewall by default: the deploy's ufw (22/80/443) is the firewall.
 """
@@ -43,6 +43,9 @@ class OVHProvider(CloudProvider):
     api_errors = (ovherr.APIError, requests.RequestException)
 
     _client: ovh.Client | None = None
+
+    def image(self) -> str:
+        return self.settings.ovh.image
 
     # ---- credentials and client
 

@@ -12,7 +12,7 @@ import pytest
 from pyinfra.api import Inventory
 
 from postgressor.box.converge import run_deploys
-from postgressor.box.deploys.base import base
+from postgressor.box.deploys.base import PGDG_KEY, base
 from postgressor.box.deploys.postgres import postgresql
 from postgressor.box.spec import Distro, box_spec
 from postgressor.config import load_settings
@@ -174,7 +174,7 @@ def test_distro_without_package_is_refused_before_touching(extension: str) -> No
 
 
 def test_pgdg_adds_the_repository_and_versioned_packages() -> None:
-    commands, _ = run_fake(FRESH_BOX, provider="ssh", ssh={"host": "h"}, postgres={"extensions": ["vector"]})
+    commands, _ = run_fake(FRESH_BOX, provider="local", postgres={"source": "pgdg", "extensions": ["vector"]})
     joined = "\n".join(commands)
     assert "bookworm-pgdg main" in joined
     assert "postgresql-17-pgvector" in joined
@@ -203,3 +203,11 @@ def test_a_failing_operation_is_reported_with_its_output() -> None:
     statuses = [(op.name, op.status) for op in result.operations]
     assert statuses == [("Demo | works", "changed"), ("Demo | breaks", "failed")]
     assert result.failed[0].error == "disk is full"
+
+
+def test_pgdg_key_directory_is_made_before_the_key_is_written() -> None:
+    commands, _ = run_fake(FRESH_BOX, provider="local", postgres={"source": "pgdg"})
+    key_dir = PGDG_KEY.rsplit("/", 1)[0]
+    made = next((i for i, c in enumerate(commands) if f"mkdir -p {key_dir}" in c), None)
+    written = next(i for i, c in enumerate(commands) if "mv " in c and PGDG_KEY in c)
+    assert made is not None and made < written, "nothing creates the key's directory on a fresh image"

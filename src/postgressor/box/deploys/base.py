@@ -32,6 +32,7 @@ APT_ARGS = (
     + APT_STATUS_ARGS  # apt's progress, read by postgressor.opwatch while the install runs
 )
 BASE_PACKAGES = ["unattended-upgrades", "fail2ban", "python3-systemd", "ufw"]
+# Where PGDG's own instructions put the key, after `install -d` of its directory (postgresql.org/download/linux/debian).
 PGDG_KEY = "/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc"
 # What `sshd -T` must show once sshd.conf.j2 is in effect (OpenSSH 9 prints prohibit-password as without-password).
 SSHD_EFFECTIVE = {
@@ -61,6 +62,7 @@ def base(spec: BoxSpec) -> None:
         tools = ["curl", "ca-certificates", "gnupg"]
         apt_index_update(name="Package index (for the PGDG tools)", packages=tools)
         apt.packages(name="Tools for the PGDG repository", packages=tools, extra_install_args=APT_ARGS)
+        files.directory(name="PGDG key directory", path=str(Path(PGDG_KEY).parent), mode="755")
         files.download(name="PGDG signing key", src="https://www.postgresql.org/media/keys/ACCC4CF8.asc",
                        dest=PGDG_KEY, mode="644")  # fmt: skip
         apt.repo(
