@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from postgressor.box.spec import Distro, PostgresChoice, image_distro, postgres_choice
+from postgressor.box.spec import Distro, PostgresChoice, box_spec, image_distro, postgres_choice
 from postgressor.cli import app
 from postgressor.config import Settings, load_settings
+from postgressor.errors import UsageError
 from postgressor.providers import get_provider
 from postgressor.state import open_state
 
@@ -74,3 +75,12 @@ def test_a_box_keeps_the_version_it_runs() -> None:
     cfg, bookworm = default_distro("hetzner", hetzner={"image": "debian-12"})
     assert postgres_choice(cfg, bookworm, installed=17).source == "pgdg"
     assert postgres_choice(cfg, bookworm, installed=15) == PostgresChoice("distro", 15)
+
+
+def test_an_extension_the_distro_lacks_comes_from_pgdg_at_the_distros_version() -> None:
+    cfg, bookworm = default_distro("hetzner", hetzner={"image": "debian-12"}, postgres={"extensions": ["vector"]})
+    assert postgres_choice(cfg, bookworm) == PostgresChoice(
+        "pgdg", 15, "postgresql-15-pgvector is not in Debian 12's archive: PostgreSQL 15 from PGDG")
+    explicit, _ = default_distro("hetzner", postgres={"extensions": ["vector"], "source": "distro"})
+    with pytest.raises(UsageError, match="has no package in debian 12's own archive"):
+        box_spec(explicit, bookworm)

@@ -196,14 +196,20 @@ class PostgresChoice:
 
 def postgres_choice(settings: Settings, distro: Distro, installed: int | None = None) -> PostgresChoice:
     """Where PostgreSQL comes from: the distro's archive unless the version asked (else the one the box already
-    runs, ``installed``) is not in it, then PGDG with a note. ``source = "distro"`` it cannot serve: UsageError."""
+    runs, ``installed``) or an extension's package is not in it, then PGDG with a note. ``source = "distro"``
+    it cannot serve: UsageError."""
     pg = settings.postgres
     wanted = pg.version or installed
     if pg.source == "pgdg":
         return PostgresChoice("pgdg", wanted or PGDG_VERSION)
     release = distro.release
+    missing = sorted(release.lacks & set(pg.extensions)) if release else []
     if release is not None and wanted in (None, release.postgres):
-        return PostgresChoice("distro", release.postgres)
+        if not missing or pg.source == "distro":  # the explicit source's missing extension: box_spec says so
+            return PostgresChoice("distro", release.postgres)
+        names = ", ".join(EXTENSION_PACKAGES[e].format(v=release.postgres) for e in missing)
+        return PostgresChoice("pgdg", release.postgres,
+                              f"{names} is not in {distro.title}'s archive: PostgreSQL {release.postgres} from PGDG")
     if pg.source == "distro":
         if release is None:
             raise UsageError(f"{distro.title} is not a supported release for postgres.source = 'distro'; use Debian "

@@ -169,8 +169,10 @@ def test_config_written_but_never_loaded_is_applied() -> None:
 def test_distro_without_package_is_refused_before_touching(extension: str) -> None:
     from postgressor.errors import UsageError
 
+    asked = load_settings(provider="local", postgres={"extensions": [extension], "source": "distro"})
     with pytest.raises(UsageError, match=r"no package in debian 12's own archive; set postgres\.source = 'pgdg'"):
-        box_spec(load_settings(provider="local", postgres={"extensions": [extension]}), BOOKWORM)
+        box_spec(asked, BOOKWORM)
+    assert box_spec(load_settings(provider="local", postgres={"extensions": [extension]}), BOOKWORM).source == "pgdg"
 
 
 def test_pgdg_adds_the_repository_and_versioned_packages() -> None:
