@@ -126,8 +126,9 @@ def remaining(final: dict[str, Any] | None, backups: Backups) -> str:
     """The line saying what is left after the server is gone ("" when nothing is)."""
     if final:
         return (f"kept: backups in s3://{final['bucket']}{final['path']} on {final['endpoint']}, the newest "
-                f"{final['label']} (verified); restore onto a new server with 'postgressor up' then "
-                "'postgressor restore'")  # fmt: skip
+                f"{final['label']} (verified), readable with the passphrase you hold (backup.cipher_pass); "
+                "postgressor does not restore them onto a new server by itself yet: pgBackRest's own restore "
+                "does, by hand")  # fmt: skip
     if backups.off_box:
         return f"kept: backups in {backups.where} (no final backup was taken: --skip-final-backup)"
     return ""
