@@ -137,6 +137,7 @@ def test_s3_takes_a_verified_final_backup_first_and_names_what_remains(project: 
     removed = json.loads(result.stdout)["removed"]
     assert removed[0] == "deleted server 4711"
     assert "s3://my-backups/pgbackrest on fsn1.your-objectstorage.com" in removed[-1] and LABEL in removed[-1]
+    assert "backup.cipher_pass" in removed[-1] and "'postgressor restore'" not in removed[-1]  # no false promise
     assert S3["s3_key_secret"] not in result.output and not any(S3["s3_key"] in c for c in box.commands)
 
 
