@@ -35,8 +35,19 @@ class Stack:
             cwd=self.project, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         if check and proc.returncode != 0:
-            raise AssertionError(f"postgressor {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+            raise AssertionError(f"postgressor {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}"
+                                 f"{self.diagnostics()}")
         return proc
+
+    def diagnostics(self) -> str:
+        """What the box says about its services, for a failure message ('' when it cannot be asked)."""
+        units = " ".join(f"-u {u}" for u in ("electric", "caddy", "postgressor-gateway", "postgresql@*", "docker"))
+        try:
+            result = self.sh(f"systemctl --failed --no-legend --no-pager; journalctl -b {units} -n 60 --no-pager "
+                             "-o short-monotonic | cut -c1-300", timeout=60)  # fmt: skip
+        except Exception as err:  # the box may be down: that is the failure being reported
+            return f"\n(no diagnostics from the box: {type(err).__name__}: {err})"
+        return f"\n--- on the box: failed units, then the journal ---\n{result.stdout}{result.stderr}"
 
     def cli_json(self, *args: str, timeout: float = 1800) -> dict[str, Any]:
         return json.loads(self.cli("--json", *args, timeout=timeout).stdout)

@@ -38,6 +38,7 @@ GATEWAY_USER = "postgressor-gw"
 ELECTRIC_UNIT = "electric"
 GATEWAY_UNIT = "postgressor-gateway"
 CADDY_UNIT = "caddy"
+CADDY_STORAGE = "/var/lib/caddy/.local/share/caddy"  # $XDG_DATA_HOME/caddy of the caddy user (Debian's unit)
 # Docker before 28.0 lets a host on the box's network segment reach a port published on 127.0.0.1 (its DNAT runs
 # before the kernel's martian check). The guard drops, in the raw table, every packet for 127.0.0.0/8 that did not
 # come from the box itself, as Docker 28 does per port (moby 28.0 release notes, "direct routing" protection).

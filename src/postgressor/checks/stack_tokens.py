@@ -27,7 +27,7 @@ import jwt
 import psycopg
 from psycopg import sql
 
-from postgressor.box.layout import electric_health_url
+from postgressor.box.layout import CADDY_STORAGE, electric_health_url
 from postgressor.checks.tokens import FAIL, PASS, SKIP
 from postgressor.config import Settings, SyncTable
 from postgressor.errors import PostgressorError, UsageError
@@ -36,7 +36,7 @@ from postgressor.migrations.policies import parse_table_name
 from postgressor.remote import database, ssh
 from postgressor.state import HostRecord, StackState, require_state
 
-CADDY_ROOT_CERT = "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
+CADDY_ROOT_CERT = f"{CADDY_STORAGE}/pki/authorities/local/root.crt"
 ELECTRIC_HEADERS = ("electric-handle", "electric-offset")
 ELECTRIC_HEALTH_CMD = f"curl -s -o /dev/null -m 10 -w %{{http_code}} {electric_health_url()}"
 HTTP_TIMEOUT = 20.0

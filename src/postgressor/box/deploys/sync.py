@@ -15,6 +15,7 @@ from postgressor.box.gated import gated_apply, gateway_probe, keep_last_good
 from postgressor.box.gateway_bundle import GatewayBundle
 from postgressor.box.grammar import hostname_problem
 from postgressor.box.layout import (
+    CADDY_STORAGE,
     CADDY_UNIT,
     ELECTRIC_ENV,
     ELECTRIC_SLOT,
@@ -51,6 +52,7 @@ from postgressor.errors import UsageError
 LIVE_CONNECTIONS = 10_000
 NOFILE = 1 << 20  # what Caddy's own unit sets (dist/init/caddy.service); never lower it
 CADDY_DROPIN = "/etc/systemd/system/caddy.service.d/50-postgressor-limits.conf"
+CADDY_REPAIR_DROPIN = "/etc/systemd/system/caddy.service.d/50-postgressor-storage.conf"
 CADDYFILE = "/etc/caddy/Caddyfile"
 CADDY_ADMIN = "http://127.0.0.1:2019/config/"  # Caddy's admin API: answers once a config is loaded
 ELECTRIC_FILES = [ELECTRIC_ENV, f"/etc/systemd/system/{ELECTRIC_UNIT}.service"]
@@ -189,6 +191,11 @@ def caddy(spec: BoxSpec, public_address: str) -> None:
     # A unit's limits apply only from a (re)start, not a reload.
     apply_on_change("Caddy limits", "systemctl daemon-reload && systemctl restart caddy", "caddy-limits",
                     [CADDY_DROPIN], limits)  # fmt: skip
+    # A power cut must not keep Caddy down: the drop-in acts at every start, the deploy only loads it.
+    repair = files.template(name="Caddy storage repaired before each start", dest=CADDY_REPAIR_DROPIN, mode="644",
+                            src=template("caddy-storage-repair.conf.j2"), storage=CADDY_STORAGE)  # fmt: skip
+    apply_on_change("Caddy storage repair", "systemctl daemon-reload", "caddy-storage", [CADDY_REPAIR_DROPIN],
+                    repair)  # fmt: skip
     systemd.service(name="Caddy running", service=CADDY_UNIT, running=True, enabled=True)
     gated_apply(
         name="Apply Caddy config",
