@@ -299,6 +299,10 @@ def _read_secret_file(path: Path, name: str) -> str:
 SCHEDULE = re.compile(r"^[A-Za-z0-9*.,:/~ -]{1,80}$")  # a systemd OnCalendar expression, one line
 
 
+REPO_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")  # backup.s3_path and `up --restore-from`
+REPO_PATH_RULE = "use an absolute path of letters, digits, '.', '_', '-' and '/', like /pgbackrest"
+
+
 class BackupConfig(Section):
     """pgBackRest: WAL archiving and scheduled backups, to local disk or S3-compatible object storage."""
 
@@ -336,8 +340,8 @@ class BackupConfig(Section):
     @field_validator("s3_path")
     @classmethod
     def _repo_path(cls, value: str) -> str:
-        if not re.match(r"^/[A-Za-z0-9._/-]*$", value):
-            raise ValueError("use an absolute path of letters, digits, '.', '_', '-' and '/', like /pgbackrest")
+        if not REPO_PATH.match(value):
+            raise ValueError(REPO_PATH_RULE)
         return value
 
     @model_validator(mode="after")

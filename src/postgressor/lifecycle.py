@@ -5,7 +5,8 @@ The CLI only renders; status lives in checks/status.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import posixpath
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,18 +20,20 @@ from postgressor.box.deploys.postgres import postgresql
 from postgressor.box.deploys.sync import caddy, electric, gateway
 from postgressor.box.facts import CarriedSettings, CloudInitDone, PythonVersion, SecretDigest
 from postgressor.box.gateway_bundle import gateway_bundle
-from postgressor.box.layout import CIPHER_SECRET
+from postgressor.box.layout import CIPHER_SECRET, RESTORED_MARKER
 from postgressor.box.operations import same_secret
 from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact, image_distro, postgres_choice
-from postgressor.config import Settings
+from postgressor.checks.backups import pg_time
+from postgressor.config import REPO_PATH, REPO_PATH_RULE, Settings
 from postgressor.day2 import destroy as safe_destroy
+from postgressor.day2.backups import parse_target
 from postgressor.errors import ConfigError, PostgressorError, UsageError
 from postgressor.opwatch import DetailListener, OpWatch
 from postgressor.preflight import carried_keys, check_drops
 from postgressor.preflight import check as preflight
 from postgressor.providers import get_provider
 from postgressor.providers.base import Log, Provider, SizeChange
-from postgressor.remote.ssh import known_hosts_path
+from postgressor.remote.ssh import known_hosts_path, run
 from postgressor.state import HostRecord, StackState, load_state, open_state, require_state
 
 CLOUD_INIT_TIMEOUT = 900  # seconds to wait for cloud-init on a fresh box
@@ -41,6 +44,7 @@ class UpResult:
     host: HostRecord
     deploy: DeployResult
     spec: BoxSpec
+    restored_from: dict[str, str] = field(default_factory=dict)  # up --restore-from: path, target, label
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +57,7 @@ class UpResult:
                 "owner": self.spec.owner,
             },
             "deploy": self.deploy.as_dict(),
+            **({"restored_from": self.restored_from} if self.restored_from else {}),
         }
 
 
@@ -147,7 +152,7 @@ def deploy_host(
         found = read_box(box)
         # Also what the box's own files hold: a box deployed before names were recorded, or from elsewhere.
         check_drops(settings, sorted({*state.deployed_keys, *found.carried}), state.stack, drop)
-        spec = box_spec(settings, found.distro, state.pg_version)
+        spec = with_restore(box_spec(settings, found.distro, state.pg_version), state)
         check_cipher_custody(box, spec)
         specs.append(spec)
         if not dry_run:  # recorded first: a cut-off run may already have installed this version
@@ -163,8 +168,49 @@ def deploy_host(
     if not dry_run and not result.failed:
         state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
         state.deployed_keys = carried_keys(settings)
+        if state.restored_from and not state.restored_from.get("label"):
+            marker = run(host, f"cat {RESTORED_MARKER}").stdout.split()  # "<digest> <label>"
+            state.restored_from["label"] = " ".join(marker[1:])
         state.save()
     return specs[0], result
+
+
+def restore_source(settings: Settings, stack: str, path: str | None, target: str | None) -> dict[str, str]:
+    """``{"path", "target"}`` for ``up --restore-from PATH [--target-time T]`` ({} without it), or one UsageError
+    line before anything is made. PATH is the old stack's s3_path in this stack's bucket; it must not be this
+    stack's own, so the new stack never writes into the old one's history."""
+    if path is None:
+        if target is not None:
+            raise UsageError("--target-time needs --restore-from PATH (a running stack restores with "
+                             "'postgressor restore --to-time')")  # fmt: skip
+        return {}
+    backup = settings.backup
+    if not backup.enabled or not backup.s3_endpoint:
+        raise UsageError("--restore-from reads an S3 repository: set [backup] s3_* and cipher_pass as the old "
+                         "stack's (same bucket, keys and passphrase) with a new s3_path")  # fmt: skip
+    if not REPO_PATH.match(path):
+        raise UsageError(f"--restore-from '{path}': {REPO_PATH_RULE}")
+    old = posixpath.normpath(path)
+    if old == posixpath.normpath(backup.s3_path):
+        raise UsageError(f"--restore-from {old} is this stack's own backup.s3_path: give the new stack another "
+                         "backup.s3_path, so it never writes into the old stack's history")  # fmt: skip
+    source = {"path": old, "target": pg_time(parse_target(target, "--target-time")) if target else ""}
+    state = load_state(settings.state_dir, stack)
+    if state is not None and state.host is not None:
+        recorded = {k: state.restored_from.get(k) for k in source}
+        if recorded != source:  # the same restore, unfinished, is resumed
+            raise UsageError(f"stack '{stack}' already has a server: a running stack restores with 'postgressor "
+                             "restore'; --restore-from makes a new stack (--stack NEW)")  # fmt: skip
+    return source
+
+
+def with_restore(spec: BoxSpec, state: StackState) -> BoxSpec:
+    """``spec`` with the restore recorded in ``state`` (``up --restore-from``), if any."""
+    if not state.restored_from or spec.backup is None:
+        return spec
+    backup = replace(spec.backup, restore_from=state.restored_from["path"],
+                     restore_target=state.restored_from.get("target", ""))  # fmt: skip
+    return replace(spec, backup=backup)
 
 
 def size_change(settings: Settings, stack: str, log: Log) -> SizeChange | None:
@@ -183,14 +229,19 @@ def up(
     listener: OpListener,
     detail: DetailListener | None = None,
     resize: SizeChange | None = None,
+    restore: dict[str, str] | None = None,
 ) -> UpResult:
     """Provision and deploy. A size setting that differs from the existing server's resizes it first, but only
-    the change ``resize`` confirms (``size_change`` as the user saw it); then the deploy re-tunes PostgreSQL."""
+    the change ``resize`` confirms (``size_change`` as the user saw it); then the deploy re-tunes PostgreSQL.
+    ``restore`` (``restore_source``) is recorded first: the deploy restores from it once, resumed by any later run."""
     preflight(settings)
     existing = load_state(settings.state_dir, stack)
     if existing is not None and existing.host is not None:
         check_drops(settings, existing.deployed_keys, stack)  # before the provider starts anything
     state, provider = _provider(settings, stack, log)
+    if restore and {k: state.restored_from.get(k) for k in restore} != restore:
+        state.restored_from = dict(restore)
+        state.save()
     if state.host is None:
         _new_box_postgres(settings, state, provider)  # an impossible postgres.source: refused before anything is made
     change = provider.size_change()
@@ -201,7 +252,7 @@ def up(
         provider.resize(change)
     host = provider.provision()
     spec, result = deploy_host(settings, state, host, listener, detail=detail)
-    return UpResult(stack, host, result, spec)
+    return UpResult(stack, host, result, spec, dict(state.restored_from) if restore else {})
 
 
 def deploy(

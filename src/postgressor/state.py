@@ -55,6 +55,8 @@ class StackState:
     deployed_at: str = ""
     pg_version: int | None = None  # the PostgreSQL major version the last deploy installed
     deployed_keys: list[str] = field(default_factory=list)  # names of secrets/key sources on the box, no values
+    # `up --restore-from`: {"path", "target"} (target '' = the end of the archive), then "label" once restored
+    restored_from: dict[str, str] = field(default_factory=dict)
 
     @property
     def stack_dir(self) -> Path:
@@ -97,6 +99,7 @@ class StackState:
             "deployed_at": self.deployed_at,
             "pg_version": self.pg_version,
             "deployed_keys": self.deployed_keys,
+            "restored_from": self.restored_from,
         }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.stack}.", suffix=".tmp")
         try:
@@ -153,6 +156,7 @@ def load_state(state_dir: Path, stack: str) -> StackState | None:
             deployed_at=data.get("deployed_at", ""),
             pg_version=data.get("pg_version"),
             deployed_keys=list(data.get("deployed_keys", [])),
+            restored_from={str(k): str(v) for k, v in (data.get("restored_from") or {}).items()},
         )
     except (ValueError, KeyError, TypeError) as err:
         raise PostgressorError(

@@ -148,7 +148,7 @@ def test_gone_with_an_s3_repository_names_the_bucket(tmp_path: Path, deploys: li
         (warning,) = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
         assert "starts EMPTY" in warning
         assert "backups in s3://my-backups/pgbackrest on fsn1.your-objectstorage.com" in warning
-        assert "does not restore them onto a new server by itself yet" in warning
+        assert "'postgressor up --stack NEW --restore-from <this path>'" in warning
         assert hz.count("server") == 0
 
 

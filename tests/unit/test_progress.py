@@ -38,7 +38,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 def fake_up(clock: Clock) -> Any:
     def up(settings: Any, stack: str, log: Any, listener: Any, detail: Any = None,
-           resize: Any = None) -> stacks.UpResult:
+           resize: Any = None, restore: Any = None) -> stacks.UpResult:
         log("building the base image")
         clock.now += 60
         log("booting the VM (TCG, 2 CPU, 2048 MB)")

@@ -6,7 +6,7 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from postgressor.box.layout import GATEWAY_CONFIG, PGBACKREST_CONF, psql, secret_digest_command
+from postgressor.box.layout import GATEWAY_CONFIG, PGBACKREST, PGBACKREST_CONF, psql, secret_digest_command
 from postgressor.box.tuning import Machine
 
 
@@ -173,6 +173,22 @@ class HttpStatus(FactBase[str]):
 
     def process(self, output: list[str]) -> str:
         return output[0].strip()
+
+    @staticmethod
+    def default() -> str:
+        return ""
+
+
+class RepoInfo(FactBase[str]):
+    """``pgbackrest info --output=json`` of the repository path ``repo_path`` (its output, errors included; read
+    with checks.backups.parse_info), through the box's pgbackrest.conf; '' without pgBackRest."""
+
+    def command(self, repo_path: str) -> str:
+        return (f"if command -v pgbackrest >/dev/null; then {PGBACKREST} --repo1-path={shlex.quote(repo_path)} "
+                "--output=json info 2>&1; true; fi")  # fmt: skip
+
+    def process(self, output: list[str]) -> str:
+        return "\n".join(output).strip()
 
     @staticmethod
     def default() -> str:

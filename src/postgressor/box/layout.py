@@ -64,6 +64,8 @@ PGBACKREST = f"cd / && runuser -u postgres -- pgbackrest --stanza={PGBACKREST_ST
 CIPHER_SECRET = "pgbackrest_cipher"  # noqa: S105
 S3_KEY_SECRET = "pgbackrest_s3_key"  # noqa: S105
 S3_KEY_SECRET_SECRET = "pgbackrest_s3_key_secret"  # noqa: S105
+# "<digest> <backup label>" once the box was restored from another stack's repository path (`up --restore-from`)
+RESTORED_MARKER = f"{MARKERS_DIR}/restored-from"
 
 
 def secret_path(name: str) -> str:
@@ -88,6 +90,31 @@ def backup_unit(kind: str = "*") -> str:
     """The backup service of type ``kind`` (``pgbackrest-backup@full``); the default ``*`` is the glob that
     journalctl and systemctl match every instance with."""
     return f"{BACKUP_UNIT}@{kind}"
+
+
+def pgbackrest_restore(label: str, target: str = "", repo_path: str = "") -> str:
+    """pgBackRest restore of backup ``label`` over the stopped cluster (``--delta``), to ``target`` (a PostgreSQL
+    timestamp) and promoted, else to the end of the archived WAL. ``repo_path`` reads another path of the same
+    repository; pgBackRest 2.45 carries an option given on this command line into the ``restore_command`` it writes
+    (src/config/exec.c cfgExecParam: local options whose source is the command line), so WAL comes from there too.
+    """
+    command = f"{PGBACKREST} --delta --set={shlex.quote(label)}"
+    if repo_path:
+        command += f" --repo1-path={shlex.quote(repo_path)}"
+    if target:
+        command += f" --type=time --target={shlex.quote(target)} --target-action=promote"
+    return f"{command} restore"
+
+
+def start_recovered(version: int | str) -> str:
+    """Shell that starts PostgreSQL ``version`` and waits (up to an hour) until recovery ended; exit 1 when it
+    stops instead."""
+    unit = postgres_unit(version)
+    return (
+        f"systemctl start {unit} || exit 1; for i in $(seq 3600); do "
+        f'[ "$({psql("SELECT pg_is_in_recovery()")} 2>/dev/null)" = f ] && exit 0; '
+        f"systemctl is-active -q {unit} || exit 1; sleep 1; done; exit 1"
+    )
 
 
 def postgres_conf_dir(version: int | str) -> str:

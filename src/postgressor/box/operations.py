@@ -20,13 +20,19 @@ from postgressor.box.gated import JOURNAL_LINE
 from postgressor.box.layout import (
     LOST_SLOT_STATE,
     MARKERS_DIR,
+    RESTORED_MARKER,
     SECRETS_DIR,
     SSHD_DROP_INS,
+    pgbackrest_restore,
+    postgres_log,
     postgres_unit,
     psql,
     secret_path,
+    start_recovered,
 )
 from postgressor.box.quoting import sql_literal
+from postgressor.checks.backups import choose_set, info_problem, parse_info, pg_moment
+from postgressor.errors import PostgressorError
 
 SWAP_HEADROOM_MB = 1024  # left free after the swap file, for packages and PostgreSQL's first WAL
 
@@ -244,6 +250,12 @@ def held_secret(name_on_box: str, value: str, mismatch: str) -> Generator[object
     )
 
 
+def set_password(role: str, path: str) -> str:
+    """Shell giving ``role`` the password in file ``path``: it reaches psql on stdin through printf (a shell
+    builtin), so it never shows in `ps`."""
+    return f"printf 'ALTER ROLE \"%s\" PASSWORD $$%s$$;\\n' {shlex.quote(role)} \"$(cat {path})\" | ({psql()})"
+
+
 @operation()
 def role_password(role: str) -> Generator[str, None, None]:
     """Give ``role`` a generated password kept on the box in a root-only file, never in argv or logs."""
@@ -251,13 +263,53 @@ def role_password(role: str) -> Generator[str, None, None]:
     if host.get_fact(File, path=path):
         host.noop(f"{role} has its password ({path} exists)")
         return
-    # The password reaches psql on stdin through printf (a shell builtin), so it never shows in `ps`.
-    yield (
-        f"set -e; {_generate(path)}; "
-        f"printf 'ALTER ROLE \"%s\" PASSWORD $$%s$$;\\n' {shlex.quote(role)} \"$(cat {path}.new)\" "
-        f"| ({psql()}); "
-        f"mv {path}.new {path}"
-    )
+    yield f"set -e; {_generate(path)}; {set_password(role, path + '.new')}; mv {path}.new {path}"
+
+
+@operation()
+def restored(repo_path: str, target: str, version: int, roles: list[str], storage: str) -> Generator[str, None, None]:
+    """Once: replace the cluster with the newest backup in ``repo_path`` (another stack's path in this repository)
+    finished before ``target`` (a PostgreSQL timestamp; '' for the end of its archived WAL), replayed and promoted.
+    Then ``roles`` get their passwords from this box's files again (the backup holds the old server's) and Electric's
+    ``storage`` is emptied (pgBackRest leaves out replication slots: Electric makes its slot and shapes again)."""
+    want = digest(repo_path, target)
+    done = host.get_fact(facts.FileText, path=RESTORED_MARKER).split()
+    if done[:1] == [want]:
+        host.noop(f"restored from {repo_path} (backup {' '.join(done[1:])})")
+        return
+    chosen, problem = None, ""
+    try:
+        found = parse_info(host.get_fact(facts.RepoInfo, repo_path=repo_path))
+        if found["status"]["code"]:
+            problem = info_problem(found)
+        elif not found["backups"]:
+            problem = "it holds no backup"
+        elif found["pg_version"] not in ("", str(version)):
+            problem = (f"its backups are of PostgreSQL {found['pg_version']} and this box runs {version} (set "
+                       f"postgres.version = {found['pg_version']} for the new stack)")  # fmt: skip
+        else:
+            chosen = choose_set(found["backups"], pg_moment(target) if target else None)
+    except PostgressorError as err:
+        problem = str(err)
+    if chosen is None:
+        yield fail(f"cannot restore from {repo_path}: {problem}; --restore-from names the old stack's backup.s3_path "
+                   "(same bucket, S3 keys and backup.cipher_pass as this stack's)")  # fmt: skip
+        return
+    unit = postgres_unit(version)
+    label = chosen["label"]
+    recovery_failed = (f"PostgreSQL did not finish recovering backup {label}: see {postgres_log(version)}; fix the "
+                       "cause and run postgressor deploy (the restore runs again)")  # fmt: skip
+    passwords = [set_password(role, secret_path(f"{role}.password")) for role in roles]
+    yield "; ".join([
+        "set -e",
+        f"systemctl stop {unit}",
+        pgbackrest_restore(label, target, repo_path),
+        f"( {start_recovered(version)} ) || {{ {fail(recovery_failed)}; }}",
+        *(f"{command} >/dev/null" for command in passwords),
+        f"if [ -d {storage} ]; then find {storage} -mindepth 1 -delete; fi",
+        f"install -d -m 0700 {MARKERS_DIR}",
+        f"echo {want} {shlex.quote(label)} > {RESTORED_MARKER}",
+    ])  # fmt: skip
 
 
 SECRET_READ = re.compile(r"\$\(cat (/[A-Za-z0-9._/-]+)\)")  # $(cat FILE): a secret read on the box

@@ -100,6 +100,8 @@ class BackupSpec:
     s3_key: str = ""  # secret values: uploaded to the box only, never in commands or output
     s3_key_secret: str = ""
     cipher_pass: str = ""  # the user-held repository passphrase (secret); empty: the box generates and keeps one
+    restore_from: str = ""  # another stack's s3_path to restore from first (`up --restore-from`), once
+    restore_target: str = ""  # its recovery target (pg_time); '' for the end of its archived WAL
 
     @property
     def data_dir(self) -> str:

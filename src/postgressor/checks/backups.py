@@ -20,7 +20,7 @@ from postgressor.box.layout import (
     backup_unit,
     psql,
 )
-from postgressor.errors import PostgressorError
+from postgressor.errors import PostgressorError, UsageError
 from postgressor.remote.ssh import CommandResult, run
 from postgressor.state import HostRecord
 
@@ -56,6 +56,36 @@ def pgbackrest_error(output: str) -> str:
         return "pgBackRest is not installed on the box; run 'postgressor deploy'"
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
+
+
+# ---- choosing what to restore ----------------------------------------------------------------------------
+
+
+PG_TIME = "%Y-%m-%d %H:%M:%S.%f+00"  # a recovery target as postgressor gives it to pgBackRest (UTC)
+
+
+def pg_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(PG_TIME)
+
+
+def pg_moment(text: str) -> datetime:
+    """The inverse of ``pg_time``."""
+    return datetime.strptime(text, PG_TIME).replace(tzinfo=UTC)
+
+
+def choose_set(backups: list[dict[str, Any]], target: datetime | None) -> dict[str, Any]:
+    """The newest good backup finished before ``target`` (the newest good one for the latest state)."""
+    good = [b for b in backups if not b["error"]]
+    if not good:
+        raise PostgressorError("no backup to restore from; run 'postgressor backup now' first")
+    if target is None:
+        return good[-1]
+    before = [b for b in good if b["stop_epoch"] and b["stop_epoch"] < target.timestamp()]
+    if not before:
+        raise UsageError(
+            f"no backup finished before {pg_time(target)}; the earliest restorable time is {good[0]['stop']}"
+        )
+    return before[-1]
 
 
 # ---- pgbackrest info --output=json ------------------------------------------------------------------------
@@ -103,9 +133,11 @@ def parse_info(text: str, stanza: str = PGBACKREST_STANZA) -> dict[str, Any]:
     repo_problems = [r["status"]["message"] for r in entry.get("repo") or [] if (r.get("status") or {}).get("code")]
     if status.get("code") and repo_problems:
         message = _one_line(str(repo_problems[0]))  # more precise than the stanza's "other"
+    dbs = entry.get("db") or []
     return {
         "status": {"code": status.get("code", 99), "message": message},
         "cipher": entry.get("cipher"),
+        "pg_version": str(dbs[-1].get("version", "")) if dbs else "",  # of the newest database in the stanza
         "backups": backups,
         "archive": {"min": current.get("min"), "max": current.get("max")} if current else None,
     }

@@ -175,6 +175,10 @@ def _finish(ctx: typer.Context, result: stacks.UpResult, verb: str, reporter: Re
             f"{len(deploy.failed)} failed in {total:.0f} s (deploys {deploy.seconds:.0f} s, "
             f"{deploy.remote_commands} remote commands)"
         )
+        done = result.restored_from
+        if done.get("label"):
+            when = done["target"] or "to the end of its archived WAL"
+            console.print(f"restored from {done['path']}: backup {done['label']}, {when}", markup=False)
     if deploy.failed:
         first = deploy.failed[0]
         raise PostgressorError(
@@ -193,6 +197,11 @@ def up(
     key: Path | None = typer.Option(None, "--key", help="ssh provider: private key file."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Create billed resources or resize the server without "
                              "asking (required without a terminal)."),
+    restore_from: str | None = typer.Option(None, "--restore-from", metavar="PATH", help="A new stack only: "
+                                            "restore the old stack's backups from this s3_path of the same bucket "
+                                            "first (this stack's own backup.s3_path must differ)."),
+    target_time: str | None = typer.Option(None, "--target-time", help="With --restore-from: the point in "
+                                           "time, ISO 8601 (no zone = UTC); default the end of the archived WAL."),
 ) -> None:
     """Create (or find) the stack's server, harden it and install PostgreSQL. Safe to re-run.
 
@@ -200,6 +209,7 @@ def up(
     credentials are present. Before a billed server is created the plan and its price are shown and
     confirmed (--yes skips the question). A --size (or 'size') other than the existing cloud server's
     resizes it the same way (old → new size and price, confirmed), then the deploy re-tunes PostgreSQL.
+    --restore-from brings a new stack up on the backups of a lost (or cloned) one; see "When the box is lost".
     """
     ssh = {
         k: v for k, v in {"host": host, "user": user, "port": port, "key_path": key}.items() if v is not None
@@ -207,6 +217,10 @@ def up(
     name = stack_name(ctx)
     settings = settings_for(ctx, secrets=True, provider=provider, region=region, size=size, ssh=ssh or None)
     settings = with_provider(settings, name, say)
+    restore = stacks.restore_source(settings, name, restore_from, target_time)
+    if restore:
+        say(f"restoring the backups in {restore['path']} ({restore['target'] or 'to the end of the archived WAL'}) "
+            f"after PostgreSQL is installed; this stack archives to its own {settings.backup.s3_path}")
     postgres = stacks.postgres_note(settings, name)  # an impossible postgres.source is refused before the question
     bill = billing_plan(settings, name)
     for line in [*(bill.lines() if bill else []), *([postgres] if postgres else [])]:
@@ -221,7 +235,8 @@ def up(
         confirm(f"Resize the server from {change.describe()}?", yes)
     reporter = Reporter(global_options(ctx).json)
     try:
-        result = stacks.up(settings, name, reporter.log, reporter.op, reporter.detail, resize=change)
+        result = stacks.up(settings, name, reporter.log, reporter.op, reporter.detail, resize=change,
+                           restore=restore)  # fmt: skip
     finally:
         reporter.close()
     _finish(ctx, result, "up", reporter)

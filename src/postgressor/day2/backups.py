@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import shlex
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,14 +18,24 @@ from postgressor.box.layout import (
     ELECTRIC_STORAGE,
     PGBACKREST,
     SYNC_UNITS,
+    pgbackrest_restore,
     postgres_log,
     postgres_unit,
     psql,
     secret_digest_command,
     secret_path,
+    start_recovered,
 )
 from postgressor.box.operations import same_secret
-from postgressor.checks.backups import backup_status, info, info_problem, pgbackrest_error, run_backup_command
+from postgressor.checks.backups import (
+    backup_status,
+    choose_set,
+    info,
+    info_problem,
+    pg_time,
+    pgbackrest_error,
+    run_backup_command,
+)
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.state import HostRecord
 
@@ -109,41 +118,19 @@ def custody_on_box(host: HostRecord, held: str) -> str:
 # ---- restore ---------------------------------------------------------------------------------------------
 
 
-def parse_target(text: str) -> datetime:
-    """An ISO 8601 time; without a zone it is UTC."""
+def parse_target(text: str, flag: str = "--to-time") -> datetime:
+    """An ISO 8601 time (given as ``flag``); without a zone it is UTC."""
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(
-            f"--to-time '{text}' is not a time; use ISO 8601 like 2026-05-01T12:30:00Z or '2026-05-01 12:30:00+02:00'"
+            f"{flag} '{text}' is not a time; use ISO 8601 like 2026-05-01T12:30:00Z or '2026-05-01 12:30:00+02:00'"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def pg_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
-
-
-def choose_set(backups: list[dict[str, Any]], target: datetime | None) -> dict[str, Any]:
-    """The newest good backup finished before ``target`` (the newest good one for the latest state)."""
-    good = [b for b in backups if not b["error"]]
-    if not good:
-        raise PostgressorError("no backup to restore from; run 'postgressor backup now' first")
-    if target is None:
-        return good[-1]
-    before = [b for b in good if b["stop_epoch"] and b["stop_epoch"] < target.timestamp()]
-    if not before:
-        raise UsageError(
-            f"no backup finished before {pg_time(target)}; the earliest restorable time is {good[0]['stop']}"
-        )
-    return before[-1]
-
-
 def restore_command(target: datetime | None, label: str) -> str:
-    command = f"{PGBACKREST} --delta --set={shlex.quote(label)}"
-    if target is not None:
-        command += f" --type=time --target={shlex.quote(pg_time(target))} --target-action=promote"
-    return f"{command} restore 2>&1"
+    return f"{pgbackrest_restore(label, pg_time(target) if target else '')} 2>&1"
 
 
 def _slots(host: HostRecord) -> list[str] | None:
@@ -199,12 +186,7 @@ def restore(host: HostRecord, version: int, target: datetime | None, log: Log) -
             "are stopped: fix the cause and run 'postgressor restore' again"
         )
     log(f"starting {unit} and replaying WAL")
-    wait = (
-        f"systemctl start {unit} || exit 1; for i in $(seq 3600); do "
-        f'[ "$({psql("SELECT pg_is_in_recovery()")} 2>/dev/null)" = f ] && exit 0; '
-        f"systemctl is-active -q {unit} || exit 1; sleep 1; done; exit 1"
-    )
-    started = run_backup_command(host, wait, timeout=BACKUP_TIMEOUT)
+    started = run_backup_command(host, start_recovered(version), timeout=BACKUP_TIMEOUT)
     if not started.ok:
         tail = run_backup_command(host, f"grep -E 'FATAL|PANIC' {postgres_log(version)} | tail -n 1")
         cause = tail.stdout.strip() or started.stderr.strip() or "see /var/log/postgresql on the box"

@@ -62,17 +62,16 @@ def question(state: StackState, backups: Backups) -> str:
 
 def gone(state: StackState, backups: Backups, title: str) -> str:
     """What ``up`` says when the recorded server is gone at the provider: the new one starts empty, and where the
-    data could come from (the S3 repository survives, but holds the old database: the new box's stanza step fails
-    on it and ``restore`` does not adopt it yet)."""
+    data could come from (the S3 repository survives: a new stack restores it with ``up --restore-from``)."""
     server = state.find("server")
     head = f"the recorded server {server.id if server else ''} no longer exists at {title}"
     if not holds_data(state):
         return f"{head} (no database was deployed on it); the new one starts empty"
     head += "; the new one starts EMPTY, without your database"
     if backups.kind == "s3":
-        return (f"{head}. Your data survives only in the backups in {backups.where}; postgressor does not restore "
-                "them onto a new server by itself yet (up's backup step stops at that repository, which holds the "
-                "old database)")  # fmt: skip
+        return (f"{head}. Your data survives only in the backups in {backups.where}; restore them onto a new stack "
+                "with another backup.s3_path: 'postgressor up --stack NEW --restore-from <this path>' (up's backup "
+                "step stops at that repository here, which holds the old database)")  # fmt: skip
     if backups.kind == "box":
         return f"{head}, and the backups kept on its disk ({PGBACKREST_LOCAL_REPO}) are gone with it"
     return f"{head}, and it had no backups (backup.enabled = false)"
@@ -127,8 +126,8 @@ def remaining(final: dict[str, Any] | None, backups: Backups) -> str:
     if final:
         return (f"kept: backups in s3://{final['bucket']}{final['path']} on {final['endpoint']}, the newest "
                 f"{final['label']} (verified), readable with the passphrase you hold (backup.cipher_pass); "
-                "postgressor does not restore them onto a new server by itself yet: pgBackRest's own restore "
-                "does, by hand")  # fmt: skip
+                f"a new stack with another backup.s3_path restores them: 'postgressor up --stack NEW "
+                f"--restore-from {final['path']}'")  # fmt: skip
     if backups.off_box:
         return f"kept: backups in {backups.where} (no final backup was taken: --skip-final-backup)"
     return ""

@@ -8,6 +8,7 @@ command line. pgbackrest.conf is composed on the box from those secret files, ow
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from io import StringIO
 
@@ -20,6 +21,7 @@ from postgressor.box.deploys.base import APT_ARGS, template
 from postgressor.box.layout import (
     BACKUP_UNIT,
     CIPHER_SECRET,
+    ELECTRIC_STORAGE,
     PGBACKREST,
     PGBACKREST_CONF,
     PGBACKREST_LOCAL_REPO,
@@ -42,6 +44,7 @@ from postgressor.box.operations import (
     marked,
     postgres_config_current,
     reapply_if_stale,
+    restored,
 )
 from postgressor.box.spec import BackupSpec, BoxSpec
 
@@ -113,6 +116,27 @@ def conf_lines(spec: BackupSpec, secret: Callable[[str], str] = box_secret, queu
     return lines
 
 
+FOREIGN_STANZA = "[028]"  # pgBackRest: "backup and archive info files exist but do not match the database"
+
+
+def foreign_stanza(spec: BackupSpec) -> str:
+    """The one line for a repository path that holds another database's backups (a stanza made by another box)."""
+    if not spec.s3_endpoint:
+        return (f"the local repository {PGBACKREST_LOCAL_REPO} holds another database's backups; move it away "
+                "and run postgressor deploy again")  # fmt: skip
+    return (f"backup.s3_path {spec.s3_path} already holds another database's backups: to restore them here, use "
+            f"'postgressor up --restore-from {spec.s3_path}' with a new backup.s3_path; else point backup.s3_path "
+            "at an empty path")  # fmt: skip
+
+
+def stanza_command(spec: BackupSpec) -> str:
+    """stanza-create; a path holding another database's stanza fails with ``foreign_stanza``'s line."""
+    return (
+        f'{{ out=$({PGBACKREST} stanza-create 2>&1) || {{ case "$out" in *{shlex.quote(FOREIGN_STANZA)}*) '
+        f"echo {shlex.quote(foreign_stanza(spec))} >&2;; *) printf '%s\\n' \"$out\" >&2;; esac; exit 1; }}; }}"
+    )
+
+
 def archive_settings(spec: BackupSpec) -> dict[str, str]:
     return {
         "archive_mode": "on",
@@ -153,8 +177,12 @@ def backup(spec: BoxSpec) -> None:
     queue_mb = archive_queue_mb(backup, host.get_fact(facts.MachineSize).disk_kb)
     composed_file(name="pgbackrest.conf (0600, postgres)", path=PGBACKREST_CONF,
                   lines=conf_lines(backup, queue_mb=queue_mb), owner="postgres")  # fmt: skip
+    if backup.restore_from:
+        restored(name=f"Restore from {backup.restore_from}", repo_path=backup.restore_from,
+                 target=backup.restore_target, version=spec.pg_version, roles=[spec.owner, "electric"],
+                 storage=ELECTRIC_STORAGE)  # fmt: skip
     applied(name=f"Stanza {PGBACKREST_STANZA}", marker="pgbackrest-stanza", digest=backup.repo_id,
-            command=f"{PGBACKREST} stanza-create")  # fmt: skip
+            command=stanza_command(backup))  # fmt: skip
 
     # WAL archiving: reload, and restart only when archive_mode changes.
     dropin = f"{spec.conf_dir}/{DROPIN}"

@@ -1,0 +1,107 @@
+"""`up --restore-from`: the refusals before anything is made, the state it records, the stanza step's one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from postgressor import lifecycle as stacks
+from postgressor.box.deploys.backup import foreign_stanza, stanza_command
+from postgressor.box.spec import BackupSpec
+from postgressor.cli import app
+from postgressor.config import load_settings
+from postgressor.state import HostRecord, open_state
+
+S3_TOML = ('provider = "local"\n[backup]\ns3_endpoint = "fsn1.your-objectstorage.com"\ns3_region = "fsn1"\n'
+           's3_bucket = "b"\ns3_path = "/new-stack"\n')  # fmt: skip
+ENV = {"POSTGRESSOR_BACKUP__S3_KEY": "AKIAEXAMPLE", "POSTGRESSOR_BACKUP__S3_KEY_SECRET": "s3cr3t-value",
+       "POSTGRESSOR_BACKUP__CIPHER_PASS": "u8+Yc/Qf0rT3kWz+9mN/aB4dE7gH1jL5pS8vX2yZ6cR0"}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CI", raising=False)
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "postgressor.toml").write_text(S3_TOML)
+    return tmp_path
+
+
+def refused(args: list[str]) -> str:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["up", "--restore-from", "/new-stack"], "error: --restore-from /new-stack is this stack's own "
+         "backup.s3_path: give the new stack another backup.s3_path, so it never writes into the old stack's history"),
+        (["up", "--restore-from", "/new-stack/"], "is this stack's own backup.s3_path"),
+        (["up", "--restore-from", "old stack"], "error: --restore-from 'old stack': use an absolute path"),
+        (["up", "--target-time", "2026-11-25T12:00:00Z"], "error: --target-time needs --restore-from PATH"),
+        (["up", "--restore-from", "/old", "--target-time", "soon"], "error: --target-time 'soon' is not a time"),
+    ],
+)
+def test_refused_before_anything_is_made(project: Path, args: list[str], expected: str) -> None:
+    assert expected in refused(args)
+    assert not (project / ".postgressor").exists()  # no state, key or server
+
+
+def test_refused_without_an_s3_repository(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV:
+        monkeypatch.delenv(name)
+    (project / "postgressor.toml").write_text('provider = "local"\n')
+    assert "--restore-from reads an S3 repository" in refused(["up", "--restore-from", "/old"])
+
+
+def test_refused_on_a_stack_that_has_a_server(project: Path) -> None:
+    settings = load_settings()
+    state = open_state(settings.state_dir, "default", "local")
+    state.set_host(HostRecord("127.0.0.1", 2222, "root", "key"))
+    line = refused(["up", "--restore-from", "/old"])
+    assert line == ("error: stack 'default' already has a server: a running stack restores with 'postgressor "
+                    "restore'; --restore-from makes a new stack (--stack NEW)")
+
+
+def test_an_unfinished_restore_is_resumed_and_recorded_without_secrets(project: Path) -> None:
+    settings = load_settings()
+    source = stacks.restore_source(settings, "default", "/old/", "2026-11-25T14:00:00+02:00")
+    assert source == {"path": "/old", "target": "2026-11-25 12:00:00.000000+00"}
+    state = open_state(settings.state_dir, "default", "local")
+    state.restored_from = dict(source)
+    state.set_host(HostRecord("127.0.0.1", 2222, "root", "key"))
+    assert stacks.restore_source(settings, "default", "/old", "2026-11-25T12:00:00Z") == source  # resumed
+    with pytest.raises(Exception, match="already has a server"):
+        stacks.restore_source(settings, "default", "/other", None)
+    text = state.path.read_text()
+    assert '"restored_from"' in text and "/old" in text and ENV["POSTGRESSOR_BACKUP__CIPHER_PASS"] not in text
+
+
+def test_the_deploy_restores_what_the_state_records() -> None:
+    spec = load_settings(provider="local")
+    from postgressor.box.spec import Distro, box_spec
+
+    box = box_spec(spec, Distro("debian", 12, "bookworm"))
+    state = open_state(spec.state_dir, "default", "local")
+    assert stacks.with_restore(box, state) is box
+    state.restored_from = {"path": "/old", "target": "", "label": "20261125-040122F"}
+    restored = stacks.with_restore(box, state).backup
+    assert restored is not None and (restored.restore_from, restored.restore_target) == ("/old", "")
+
+
+def test_the_stanza_step_names_the_way_out_of_a_foreign_stanza() -> None:
+    spec = BackupSpec(15, 2, 6, "Sun", "Mon", 60, s3_endpoint="e", s3_bucket="b", s3_path="/pgbackrest")
+    line = foreign_stanza(spec)
+    assert line == ("backup.s3_path /pgbackrest already holds another database's backups: to restore them here, "
+                    "use 'postgressor up --restore-from /pgbackrest' with a new backup.s3_path; else point "
+                    "backup.s3_path at an empty path")
+    command = stanza_command(spec)
+    assert "stanza-create" in command and "*'[028]'*" in command
+    # the integration test (tests/integration/test_restore_new_stack.py) runs it against a real foreign stanza
