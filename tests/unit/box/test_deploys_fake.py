@@ -213,3 +213,27 @@ def test_pgdg_key_directory_is_made_before_the_key_is_written() -> None:
     made = next((i for i, c in enumerate(commands) if f"mkdir -p {key_dir}" in c), None)
     written = next(i for i, c in enumerate(commands) if "mv " in c and PGDG_KEY in c)
     assert made is not None and made < written, "nothing creates the key's directory on a fresh image"
+
+
+def test_a_restore_from_another_path_comes_before_the_stanza_and_the_first_backup() -> None:
+    from dataclasses import replace
+
+    from postgressor.box.deploys.backup import backup
+
+    s3 = {"s3_endpoint": "s3.example.com", "s3_region": "eu", "s3_bucket": "b", "s3_key": "AKIAEXAMPLEKEY0000001",
+          "s3_key_secret": "x" * 40, "s3_path": "/new", "cipher_pass": "p" * 40}  # fmt: skip
+    spec = box_spec(load_settings(provider="local", backup=s3), BOOKWORM)
+    assert spec.backup is not None
+    spec = replace(spec, backup=replace(spec.backup, restore_from="/old"))
+    info = ('[{"name":"main","status":{"code":0,"message":"ok"},"db":[{"version":"15"}],"backup":[{"label":'
+            '"20261130-010203F","type":"full","timestamp":{"start":1,"stop":2},"database":{"id":1}}]}]')
+    responses = {**FRESH_BOX, "--repo1-path=/old --output=json info": info}
+    data = {"fake_responses": responses, "fake_delay": 0, "fake_delay_jitter": 0}
+    inventory = Inventory(([("@fake/box", data)], {}))
+    result = run_deploys(inventory, [(backup, {"spec": spec})], lambda n, r: None)
+    commands = [str(c) for c in next(iter(inventory)).connector.executed_commands]
+    restore = next(i for i, c in enumerate(commands) if "--repo1-path=/old restore" in c)
+    stanza = next(i for i, c in enumerate(commands) if "stanza-create 2>&1" in c)
+    first_backup = next(i for i, c in enumerate(commands) if "--type=full backup" in c)
+    assert restore < stanza < first_backup, commands
+    assert not result.failed
