@@ -64,3 +64,19 @@ def saved(settings: Settings, stack: str = "default") -> StackState | None:
 
 def quick_backoff(rec: Recorder, attempts: int = 6) -> retry.Backoff:
     return retry.Backoff(attempts=attempts, sleep=rec.sleep)
+
+
+CLOUD_ENV = ("HCLOUD_TOKEN", "OCI_CONFIG_FILE", "OCI_CLI_PROFILE", "OVH_ENDPOINT", "OVH_APPLICATION_KEY",
+             "OVH_APPLICATION_SECRET", "OVH_CONSUMER_KEY", "OVH_CLOUD_PROJECT_SERVICE", "CI")  # fmt: skip
+
+
+def isolated_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A CLI run in ``tmp_path`` as home, with no cloud credentials from this machine, SSH faked and no waits
+    (the SDKs' own waiters, hcloud's action.wait_until_finished and oci.wait_until, sleep with time.sleep)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in CLOUD_ENV:
+        monkeypatch.delenv(name, raising=False)
+    fake_ssh(monkeypatch)
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    monkeypatch.setattr(retry, "sleep", lambda seconds: None)

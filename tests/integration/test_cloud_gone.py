@@ -18,11 +18,10 @@ from typer.testing import CliRunner
 
 from cloudfakes import ovh
 from cloudfakes.clouds import NAMES, Cloud, config_for, started
-from cloudfakes.harness import fake_ssh, saved
+from cloudfakes.harness import isolated_cli, saved
 from postgressor import lifecycle
 from postgressor.box.converge import DeployResult
 from postgressor.cli import app
-from postgressor.providers import retry
 
 TITLE = {"hetzner": "Hetzner", "oracle": "Oracle Cloud", "ovh": "OVHcloud"}
 SERVER_GET = {"hetzner": r"/v1/servers/\d+", "oracle": r"/20160918/instances/[^/]+",
@@ -34,14 +33,7 @@ S3 = ('[backup]\ns3_endpoint = "fsn1.your-objectstorage.com"\ns3_region = "fsn1"
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for name in ("HCLOUD_TOKEN", "OCI_CONFIG_FILE", "OCI_CLI_PROFILE", "OVH_ENDPOINT", "OVH_APPLICATION_KEY",
-                 "OVH_APPLICATION_SECRET", "OVH_CONSUMER_KEY", "OVH_CLOUD_PROJECT_SERVICE", "CI"):
-        monkeypatch.delenv(name, raising=False)
-    fake_ssh(monkeypatch)
-    monkeypatch.setattr("time.sleep", lambda seconds: None)  # the SDKs' own waiters
-    monkeypatch.setattr(retry, "sleep", lambda seconds: None)
+    isolated_cli(monkeypatch, tmp_path)
 
 
 @pytest.fixture

@@ -18,12 +18,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cloudfakes.clouds import NAMES, Cloud, config_for, started
-from cloudfakes.harness import Recorder, fake_ssh, saved
+from cloudfakes.harness import Recorder, isolated_cli, saved
 from postgressor import lifecycle
 from postgressor.box.converge import DeployResult
 from postgressor.cli import app
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.providers import retry
 
 # Per cloud: the settings of the first server, a bigger size, and a downsize the provider refuses (from the
 # first server, or from the bigger one when the refusal needs a bigger disk to start from).
@@ -38,15 +37,7 @@ OLD_NEW = {"hetzner": ("cx23", "cx33"), "ovh": ("d2-4", "b3-16"),
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for name in ("HCLOUD_TOKEN", "OCI_CONFIG_FILE", "OCI_CLI_PROFILE", "OVH_ENDPOINT", "OVH_APPLICATION_KEY",
-                 "OVH_APPLICATION_SECRET", "OVH_CONSUMER_KEY", "OVH_CLOUD_PROJECT_SERVICE", "CI"):
-        monkeypatch.delenv(name, raising=False)
-    fake_ssh(monkeypatch)
-    # The SDKs' own waiters (hcloud's action.wait_until_finished, oci.wait_until) sleep with time.sleep.
-    monkeypatch.setattr("time.sleep", lambda seconds: None)
-    monkeypatch.setattr(retry, "sleep", lambda seconds: None)
+    isolated_cli(monkeypatch, tmp_path)
 
 
 @pytest.fixture(params=NAMES)
