@@ -299,8 +299,11 @@ def _read_secret_file(path: Path, name: str) -> str:
 SCHEDULE = re.compile(r"^[A-Za-z0-9*.,:/~ -]{1,80}$")  # a systemd OnCalendar expression, one line
 
 
-REPO_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")  # backup.s3_path and `up --restore-from`
-REPO_PATH_RULE = "use an absolute path of letters, digits, '.', '_', '-' and '/', like /pgbackrest"
+# backup.s3_path and `up --restore-from`: one spelling per path (no '//', '.', '..' or trailing '/'), so two
+# paths are the same exactly when their text is.
+REPO_PATH = re.compile(r"/\Z|/(?!\.\.?(?:/|\Z))[A-Za-z0-9._-]+(?:/(?!\.\.?(?:/|\Z))[A-Za-z0-9._-]+)*\Z")
+REPO_PATH_RULE = ("use an absolute path of letters, digits, '.', '_' and '-' between single '/', with no '.' or "
+                  "'..' part and no trailing '/', like /pgbackrest (or / for the bucket's root)")
 
 
 class BackupConfig(Section):

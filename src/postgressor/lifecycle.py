@@ -5,7 +5,6 @@ The CLI only renders; status lives in checks/status.py.
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -189,9 +188,9 @@ def restore_source(settings: Settings, stack: str, path: str | None, target: str
         raise UsageError("--restore-from reads an S3 repository: set [backup] s3_* and cipher_pass as the old "
                          "stack's (same bucket, keys and passphrase) with a new s3_path")  # fmt: skip
     if not REPO_PATH.match(path):
-        raise UsageError(f"--restore-from '{path}': {REPO_PATH_RULE}")
-    old = posixpath.normpath(path)
-    if old == posixpath.normpath(backup.s3_path):
+        raise UsageError(f"--restore-from {path!r}: {REPO_PATH_RULE}")
+    old = path
+    if old == backup.s3_path:
         raise UsageError(f"--restore-from {old} is this stack's own backup.s3_path: give the new stack another "
                          "backup.s3_path, so it never writes into the old stack's history")  # fmt: skip
     source = {"path": old, "target": pg_time(parse_target(target, "--target-time")) if target else ""}
@@ -205,8 +204,9 @@ def restore_source(settings: Settings, stack: str, path: str | None, target: str
 
 
 def with_restore(spec: BoxSpec, state: StackState) -> BoxSpec:
-    """``spec`` with the restore recorded in ``state`` (``up --restore-from``), if any."""
-    if not state.restored_from or spec.backup is None:
+    """``spec`` with the restore recorded in ``state`` (``up --restore-from``) while it is unfinished: once its label
+    is recorded it is done, and a server that replaces this one later starts from this stack's own backups."""
+    if not state.restored_from or state.restored_from.get("label") or spec.backup is None:
         return spec
     backup = replace(spec.backup, restore_from=state.restored_from["path"],
                      restore_target=state.restored_from.get("target", ""))  # fmt: skip

@@ -83,7 +83,9 @@ def with_provider(settings: Settings, stack: str, say: Callable[[str], None]) ->
     return settings.model_copy(update={"provider": choice.provider, "region": choice.region})
 
 
-def billing_plan(settings: Settings, stack: str) -> BillPlan | None:
+def billing_plan(
+    settings: Settings, stack: str, log: Callable[[str], None] = lambda message: None
+) -> BillPlan | None:
     """What ``up`` would start paying for: None for local/ssh and when the stack's recorded server still exists.
 
     A recorded server costs one API read: "missing" only on the provider's not-found (errors are retried, then
@@ -95,7 +97,7 @@ def billing_plan(settings: Settings, stack: str) -> BillPlan | None:
     from postgressor.providers.cloud import CloudProvider
 
     state = open_state(settings.state_dir, stack, settings.provider)
-    provider = get_provider(settings, state, lambda message: None)
+    provider = get_provider(settings, state, log)  # retries of the server lookup are said, not silent
     assert isinstance(provider, CloudProvider)
     provider.validate()  # missing credentials or a bad region are reported before the question
     gone = ""

@@ -222,7 +222,7 @@ def up(
         say(f"restoring the backups in {restore['path']} ({restore['target'] or 'to the end of the archived WAL'}) "
             f"after PostgreSQL is installed; this stack archives to its own {settings.backup.s3_path}")
     postgres = stacks.postgres_note(settings, name)  # an impossible postgres.source is refused before the question
-    bill = billing_plan(settings, name)
+    bill = billing_plan(settings, name, say)
     for line in [*(bill.lines() if bill else []), *([postgres] if postgres else [])]:
         say(line)
     if bill is not None:

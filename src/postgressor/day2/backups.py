@@ -122,11 +122,13 @@ def parse_target(text: str, flag: str = "--to-time") -> datetime:
     """An ISO 8601 time (given as ``flag``); without a zone it is UTC."""
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment.astimezone(UTC)  # years 1 and 9999 with an offset overflow here
+    except (ValueError, OverflowError):
         raise UsageError(
             f"{flag} '{text}' is not a time; use ISO 8601 like 2026-05-01T12:30:00Z or '2026-05-01 12:30:00+02:00'"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment
 
 
 def restore_command(target: datetime | None, label: str) -> str:

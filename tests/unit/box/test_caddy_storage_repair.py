@@ -23,7 +23,7 @@ def exec_start_pre(storage: Path) -> str:
                                undefined=jinja2.StrictUndefined).render(storage=CADDY_STORAGE)  # fmt: skip
     (line,) = re.findall(r"^ExecStartPre=-/bin/sh -c '(.*)'$", rendered, re.MULTILINE)
     assert "%" not in line.replace("%%", "")  # systemd specifiers: none meant
-    return line.replace("$$", "$").replace(CADDY_STORAGE, str(storage))  # systemd's own unescaping
+    return line.replace("$$", "$").replace("%%", "%").replace(CADDY_STORAGE, str(storage))  # systemd's unescaping
 
 
 def put(root: Path, relative: str, text: str) -> Path:
@@ -57,7 +57,7 @@ def test_an_empty_certificate_file_removes_that_certificate_only(storage: Path) 
     assert not (storage / "certificates/local/203.0.113.7").exists()
     assert (storage / "certificates/local/good.example/good.example.json").read_text() == "json of good.example\n"
     assert (storage / "pki/authorities/local/root.key").exists()
-    assert "203.0.113.7.json is empty, an interrupted write" in proc.stdout
+    assert "removing certificates/local/203.0.113.7 (an empty file in it: an interrupted write)" in proc.stdout
 
 
 def test_an_empty_authority_file_removes_that_authority(storage: Path) -> None:
@@ -86,3 +86,16 @@ def test_systemd_reads_the_drop_in(tmp_path: Path) -> None:
     unit.write_text("[Unit]\nDescription=check\n" + rendered.replace("[Service]", "[Service]\nExecStart=/bin/true"))
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert f"{unit}:" not in proc.stderr, proc.stderr  # systemd names the file and line of what it ignores
+
+
+def test_links_are_never_followed_and_odd_names_are_one_word(storage: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    put(outside, "etc/empty", "")
+    put(outside, "keep/data", "precious\n")
+    (storage / "certificates/linked").symlink_to(outside)  # certificates/linked/etc holds an empty file
+    (storage / "pki/authorities/evil").symlink_to(outside / "etc")
+    put(storage, "certificates/local/odd name\nwith newline/x.json", "")
+    assert run(storage).returncode == 0
+    assert (outside / "etc/empty").exists() and (outside / "keep/data").read_text() == "precious\n"
+    assert not (storage / "certificates/local/odd name\nwith newline").exists()
+    assert (storage / "certificates/local/good.example").exists()
