@@ -189,11 +189,10 @@ def restore_source(settings: Settings, stack: str, path: str | None, target: str
                          "stack's (same bucket, keys and passphrase) with a new s3_path")  # fmt: skip
     if not REPO_PATH.match(path):
         raise UsageError(f"--restore-from {path!r}: {REPO_PATH_RULE}")
-    old = path
-    if old == backup.s3_path:
-        raise UsageError(f"--restore-from {old} is this stack's own backup.s3_path: give the new stack another "
+    if path == backup.s3_path:  # REPO_PATH admits one spelling per path: equal text is the same path
+        raise UsageError(f"--restore-from {path} is this stack's own backup.s3_path: give the new stack another "
                          "backup.s3_path, so it never writes into the old stack's history")  # fmt: skip
-    source = {"path": old, "target": pg_time(parse_target(target, "--target-time")) if target else ""}
+    source = {"path": path, "target": pg_time(parse_target(target, "--target-time")) if target else ""}
     state = load_state(settings.state_dir, stack)
     if state is not None and state.host is not None:
         recorded = {k: state.restored_from.get(k) for k in source}
