@@ -1,5 +1,6 @@
-"""The backup drill through S3 on a real Debian VM: a box moved to an off-box repository, and a point-in-time
-restore from it.
+"""The backup drill through S3 on a real Debian VM: a box moved to an off-box repository, a point-in-time
+restore from it, the disaster drill (the box killed, a new stack restored from the repository) and a destroy
+whose final backup outlives the server.
 
 The repository is moto's server with IAM authentication behind TLS (tests/s3_standin.py) on this machine's
 loopback, which the VM reaches as 10.0.2.2 (QEMU user networking's alias for the host). Every request the box's
@@ -9,21 +10,42 @@ checked by moto, so a wrong key or a missing substitution fails the deploy here.
 The module's box starts as the golden (an on-box repository and a passphrase generated on the box) and moves to
 S3 the way the README says: `backup passphrase --yes` to take custody of the passphrase, the S3 settings, the
 keys and the passphrase in the environment, `deploy`.
+
+The disaster drill (#20) kills that box while a writer commits rows (QEMU killed, its disk deleted), then makes
+a new stack on a second copy of the golden: a project of its own with the `ssh` provider, the same bucket, keys
+and passphrase, another `s3_path`, and `up --restore-from`. The second copy stands in for a new cloud server made
+from an image with postgressor's packages (a fresh `up` under TCG takes about 25 minutes); its own cluster is
+replaced by the restore. It prints the recovery point (rows and seconds lost) and time (kill -> new stack serving).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
+import jwt
 import pytest
+from golden_stack import ISSUER, SECRET
 
+from postgressor.remote.ssh import known_hosts_path
 from s3_standin import BUCKET, Moto, running_moto, s3
-from vmstack import Stack
+from vmstack import Golden, Stack, restored
 
 HOST_FROM_GUEST = "10.0.2.2"  # QEMU user networking: the host's loopback as the guest sees it
 PREFIX = "drill"
+NEW_PREFIX = "drill-new"  # the restored stack's own s3_path: it never writes into the old stack's history
+ARCHIVE_TIMEOUT = 60  # seconds: the drill's bound on the recovery point
+WAL_SEGMENT = 16 * 1024 * 1024  # bytes: PostgreSQL's default WAL segment size (initdb --wal-segsize)
+USER = str(uuid.uuid4())
 SQL = "cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d app"
 
 
@@ -33,9 +55,9 @@ def sql(stack: Stack, statement: str) -> str:
     return result.stdout.strip()
 
 
-def objects(server: Moto) -> list[str]:
-    listing = s3(server).list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/")
-    return [item["Key"] for item in listing.get("Contents", [])]
+def objects(server: Moto, prefix: str = PREFIX) -> list[str]:
+    pages = s3(server).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/")
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
 @pytest.fixture(scope="module")
@@ -44,20 +66,27 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
         yield server
 
 
+def s3_settings(server: Moto, prefix: str) -> str:
+    """The [backup] table that sends a stack's backups to ``prefix`` in the moto bucket (keys and passphrase come
+    from the environment)."""
+    return f"""
+[backup]
+s3_endpoint = "{HOST_FROM_GUEST}"
+s3_port = {server.port}
+s3_region = "us-east-1"
+s3_bucket = "{BUCKET}"
+s3_path = "/{prefix}"
+s3_uri_style = "path"
+s3_verify_tls = false   # moto's self-signed certificate
+archive_timeout = {ARCHIVE_TIMEOUT}
+"""
+
+
 @pytest.fixture(scope="module")
 def s3_stack(stack: Stack, moto: Moto) -> Iterator[Stack]:
     passphrase = stack.cli("backup", "passphrase", "--yes").stdout.strip()
     config = stack.project / "postgressor.toml"
-    config.write_text(config.read_text() + f"""
-[backup]
-s3_endpoint = "{HOST_FROM_GUEST}"
-s3_port = {moto.port}
-s3_region = "us-east-1"
-s3_bucket = "{BUCKET}"
-s3_path = "/{PREFIX}"
-s3_uri_style = "path"
-s3_verify_tls = false   # moto's self-signed certificate
-""")
+    config.write_text(config.read_text() + s3_settings(moto, PREFIX))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("POSTGRESSOR_BACKUP__S3_KEY", moto.key)
         env.setenv("POSTGRESSOR_BACKUP__S3_KEY_SECRET", moto.key_secret)
@@ -110,3 +139,176 @@ def test_point_in_time_restore_from_s3(s3_stack: Stack) -> None:
     while (status := stack.cli("--json", "status", check=False)).returncode != 0:
         assert time.monotonic() < deadline, status.stdout[-500:]
         time.sleep(10)
+
+
+# ---- the disaster drill (#20): the box killed, a new stack restored from the repository --------------------
+
+
+class Writer:
+    """Commits one row at a time into ``items`` on the box over one SSH session and records every commit it saw
+    acknowledged: (id, commit time on the box's clock in epoch seconds, WAL insert position right after it)."""
+
+    LINE = re.compile(r"^(\d+)\|([\d.]+) ([0-9A-F]+)/([0-9A-F]+)$")
+
+    def __init__(self, stack: Stack) -> None:
+        host, state = stack.host, stack.state
+        key = Path(host.key_path) if Path(host.key_path).is_absolute() else state.stack_dir.parent / host.key_path
+        insert = (f"INSERT INTO items (user_id, note) VALUES ('{USER}', 'w' || $i) "
+                  "RETURNING id, extract(epoch FROM clock_timestamp())")  # fmt: skip
+        # Each -c is its own transaction: the second reads the WAL position after the first one's commit record.
+        loop = (f'for i in $(seq 1 1000000); do out=$({SQL} -c "{insert}" -c "SELECT pg_current_wal_insert_lsn()")'
+                " || exit 1; echo $out; sleep 0.2; done")  # fmt: skip
+        self.acked: list[tuple[int, float, int]] = []
+        self.proc = subprocess.Popen(
+            ["ssh", "-i", str(key), "-p", str(host.port), "-o", f"UserKnownHostsFile={known_hosts_path(state)}",
+             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+             "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3", f"{host.user}@{host.address}", loop],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            found = self.LINE.match(line.strip())
+            if found:
+                lsn = (int(found[3], 16) << 32) + int(found[4], 16)
+                self.acked.append((int(found[1]), float(found[2]), lsn))
+
+    def end(self) -> None:
+        """Wait for the session to end (the box is gone), or end it."""
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.thread.join(timeout=30)
+
+
+def kill_box(stack: Stack) -> None:
+    """What a host failure does: the VM's process is killed (no shutdown, nothing flushed) and its disk deleted."""
+    stack_dir = stack.state.stack_dir
+    pid = int((stack_dir / "qemu.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, f"QEMU {pid} outlived SIGKILL"
+        time.sleep(0.2)
+    (stack_dir / "disk.qcow2").unlink()
+
+
+def archived_segments(server: Moto, timeline: str) -> list[int]:
+    """The WAL segment numbers of ``timeline`` (8 hex digits) pushed to the old stack's repository."""
+    names = (re.search(r"/([0-9A-F]{24})-[0-9a-f]{40}", key) for key in objects(server, f"{PREFIX}/archive"))
+    # A 16 MB segment's name: timeline, then the segment number as "log" (high) and "seg" (low, 0x00-0xFF).
+    return sorted(int(n[1][8:16], 16) * 0x100 + int(n[1][16:24], 16)
+                  for n in names if n and n[1].startswith(timeline))  # fmt: skip
+
+
+def bearer() -> dict[str, str]:
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "authenticated", "sub": USER, "role": "authenticated", "iat": now - 5,
+              "exp": now + 600, "session_id": str(uuid.uuid4())}  # fmt: skip
+    return {"Authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
+
+
+DRILL: dict[str, Stack] = {}  # what the drill made, for the destroy test after it
+
+
+@pytest.fixture(scope="module")
+def new_box(golden: Golden, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A second copy of the golden: the machine the new stack is made on (asked for after the kill)."""
+    with restored(golden, tmp_path_factory.mktemp("new-box")) as box:
+        yield box
+
+
+def restored_project(old: Stack, box: Stack, root: Path) -> Stack:
+    """A new project for the new stack: the old one's config (same bucket, keys and passphrase from the
+    environment) with another s3_path, on ``box`` through the ssh provider."""
+    text = (old.project / "postgressor.toml").read_text()
+    boxed = text[text.index("\n[supabase]"):].replace(f's3_path = "/{PREFIX}"', f's3_path = "/{NEW_PREFIX}"')
+    key = box.state.stack_dir / "id_ed25519"
+    (root / "postgressor.toml").write_text(f'provider = "ssh"\n\n[ssh]\nhost = "127.0.0.1"\nport = {box.host.port}'
+                                           f'\nuser = "root"\nkey_path = "{key}"\n{boxed}')  # fmt: skip
+    (root / "migrations").mkdir()
+    for migration in (old.project / "migrations").iterdir():
+        (root / "migrations" / migration.name).write_text(migration.read_text())
+    return Stack(root, {})
+
+
+def test_the_box_is_lost_and_a_new_stack_restores_it_from_s3(
+    s3_stack: Stack, moto: Moto, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    old = s3_stack
+    old.cli("migrate")  # `items`, with its row-level security, as the app has it
+    timeline = sql(old, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
+    writer = Writer(old)
+    time.sleep(2.5 * ARCHIVE_TIMEOUT)  # at least two forced WAL switches while it writes
+    assert len(writer.acked) > 50 and writer.proc.poll() is None, f"the writer stopped after {len(writer.acked)} rows"
+    killed = time.time()
+    kill_box(old)
+    writer.end()
+    last_archived = archived_segments(moto, timeline)[-1]
+
+    box = request.getfixturevalue("new_box")
+    booted = time.time()
+    new = restored_project(old, box, tmp_path_factory.mktemp("new-project"))
+    DRILL.update(box=box, new=new)
+    up = new.cli_json("up", "--yes", "--restore-from", f"/{PREFIX}", timeout=3600)
+    assert up["ok"] and up["deploy"]["failed"] == 0, up
+    deployed = time.time()
+    assert new.state.restored_from["path"] == f"/{PREFIX}" and new.state.restored_from.get("label")
+
+    present = {int(i) for i in sql(new, "SELECT id FROM items WHERE note LIKE 'w%'").split()}
+    acked = {row[0]: row for row in writer.acked}
+    # Every commit whose record lies in an archived segment is there; nothing is there that was never written.
+    archived = {i for i, (_, _, lsn) in acked.items() if (lsn - 1) // WAL_SEGMENT <= last_archived}
+    assert archived and archived <= present, sorted(archived - present)[:10]
+    assert present <= set(range(1, max(acked) + 2)), "rows the writer never committed"
+    newest = max(present & acked.keys())
+    lost_rows = len(acked.keys() - present)
+    lost_seconds = acked[max(acked)][1] - acked[newest][1]
+
+    # Serving: the user's newest restored row through Caddy, the gateway and Electric (which made its slot again).
+    deadline = time.monotonic() + 600
+    with httpx.Client(base_url=f"https://127.0.0.1:{box.forwarded(443)}", verify=False, timeout=30) as client:
+        while True:
+            shape = client.get("/v1/shape/items", params={"offset": "-1"}, headers=bearer())
+            notes = {m["value"]["note"] for m in shape.json() if "key" in m} if shape.status_code == 200 else set()
+            if f"w{newest}" in notes or time.monotonic() > deadline:
+                break
+            time.sleep(5)
+    serving = time.time()
+    assert f"w{newest}" in notes, (shape.status_code, shape.text[-300:])
+    assert sql(new, "SELECT pg_is_in_recovery()") == "f"
+    assert sql(new, "SHOW restore_command") == "", "the old stack's path stays out of the new stack's config"
+    assert new.cli_json("backup", "check")["ok"]  # archiving to its own path now
+    stored = objects(moto, NEW_PREFIX)
+    assert any(k.startswith(f"{NEW_PREFIX}/archive/main/") for k in stored), stored[:5]
+    with capsys.disabled():
+        print(f"\ndisaster drill: recovery point {lost_rows} of {len(acked)} acknowledged rows, "
+              f"{lost_seconds:.1f} s of writes lost (archive_timeout {ARCHIVE_TIMEOUT} s); recovery time "
+              f"{serving - killed:.0f} s from kill to serving (new machine {booted - killed:.0f} s, "
+              f"up --restore-from {deployed - booted:.0f} s, first good shape {serving - deployed:.0f} s)")
+    # The loss is what archiving had not shipped: at most one archive_timeout, plus the push in flight.
+    assert lost_seconds <= ARCHIVE_TIMEOUT + 30, lost_seconds
+
+
+def test_destroy_takes_a_verified_final_backup_that_outlives_the_server(moto: Moto) -> None:
+    if "new" not in DRILL:
+        pytest.fail("needs the drill's restored stack (the test above)")
+    box = DRILL["box"]  # the machine the new stack runs on, as a local-provider stack that destroy deletes
+    config = box.project / "postgressor.toml"
+    config.write_text(config.read_text() + s3_settings(moto, NEW_PREFIX))
+    asked = box.cli("destroy", check=False)
+    assert asked.returncode == 2 and f"s3://{BUCKET}/{NEW_PREFIX}" in asked.stderr, asked.stderr
+    pid = int((box.state.stack_dir / "qemu.pid").read_text().split()[0])
+    out = box.cli_json("destroy", "--yes", timeout=2400)
+    kept = [line for line in out["removed"] if line.startswith("kept: ")]
+    assert len(kept) == 1 and f"s3://{BUCKET}/{NEW_PREFIX}" in kept[0], out
+    label = re.search(r"\b\d{8}-\d{6}F\b", kept[0])
+    assert label, kept
+    assert f"{NEW_PREFIX}/backup/main/{label[0]}/backup.manifest" in objects(moto, NEW_PREFIX)
+    assert not Path(f"/proc/{pid}").exists() and not (box.project / ".postgressor" / "default.json").exists()

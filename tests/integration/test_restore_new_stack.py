@@ -37,6 +37,7 @@ from postgressor.box.layout import (
     S3_KEY_SECRET,
     S3_KEY_SECRET_SECRET,
     SECRETS_DIR,
+    SYNC_UNITS,
     postgres_unit,
 )
 from postgressor.box.operations import compose_command, digest
@@ -59,6 +60,7 @@ class Box:
     owner: str
     spec: BackupSpec
     archive: bool = False  # PostgreSQL archives to this box's pgbackrest.conf path (the backup deploy's drop-in)
+    settings: str = ""  # more server settings on its command line (a smaller box's limits)
 
     @property
     def datadir(self) -> Path:
@@ -79,7 +81,7 @@ class Box:
     def on_box(self, command: str) -> str:
         """The box's shell ``command`` with what belongs to the test swapped in."""
         ctl = self.ctl
-        settings = f"-c port={self.port} -c listen_addresses='' -c unix_socket_directories={self.work}"
+        settings = f"-c port={self.port} -c listen_addresses='' -c unix_socket_directories={self.work} {self.settings}"
         if self.archive:
             push = f"pgbackrest --config={self.config} --stanza=main archive-push %p"
             settings += f" -c archive_mode=on -c archive_command='{push}'"
@@ -90,6 +92,7 @@ class Box:
                                      "--stanza=main")
                 .replace("runuser -u postgres -- psql", f"runuser -u {self.owner} -- psql -h {self.work} "
                                                         f"-p {self.port} -U postgres")
+                .replace(f"systemctl stop {' '.join(SYNC_UNITS)} 2>/dev/null || true", "true")
                 .replace(f"systemctl stop {unit}", f"{ctl} -m fast stop")
                 .replace(f"systemctl start {unit}", f"{ctl} -o {options} start")
                 .replace(f"systemctl is-active -q {unit}", f"{ctl} status >/dev/null")
@@ -220,7 +223,9 @@ def test_a_new_stack_restores_another_stacks_path_and_archives_to_its_own(stacks
     before = listing(moto, old)
     assert any("/archive/main/" in key for key in before) and any("/backup/main/" in key for key in before)
 
-    # The new box, fresh: up's stanza step against the old path is refused with one line naming the way out.
+    # The new box, fresh and smaller (fewer connections than the old server had, which hot standby would refuse):
+    # up's stanza step against the old path is refused with one line naming the way out.
+    b.settings = "-c max_connections=20"
     b.start(archive=False)
     assert system_id(b) != system_id(a)
     b.compose(spec_for_moto(moto.url, old, moto.key, moto.key_secret))
@@ -241,9 +246,14 @@ def test_a_new_stack_restores_another_stacks_path_and_archives_to_its_own(stacks
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
     assert rows == {"before-backup": 50, "after-backup": 10}  # the rows after the backup came from archived WAL
     assert system_id(b) == system_id(a)
+    # pgBackRest 2.45 wrote the old path into restore_command (the WAL after the backup came from there) and
+    # hot_standby off: both are gone once the new box is promoted.
+    log = (b.work / "pg.log").read_text()
+    assert f"--repo1-path={old}" in log or "restored log file" in log, log[-2000:]
     auto = (b.datadir / "postgresql.auto.conf").read_text()
-    # pgBackRest 2.45 wrote the old path into restore_command: the WAL after the backup came from there.
-    assert f"--repo1-path={old}" in next(line for line in auto.splitlines() if line.startswith("restore_command"))
+    assert not [line for line in auto.splitlines() if line.startswith(("restore_command", "hot_standby"))], auto
+    with b.connect() as conn:
+        assert conn.execute("SHOW max_connections").fetchone() == ("20",)
     marker = (b.work / "applied" / RESTORED_MARKER.rsplit("/", 1)[1]).read_text().split()
     assert marker[0] == digest(old, "") and marker[1].endswith("F")
     assert list((b.work / "electric").iterdir()) == []

@@ -97,10 +97,14 @@ def pgbackrest_restore(label: str, target: str = "", repo_path: str = "") -> str
     timestamp) and promoted, else to the end of the archived WAL. ``repo_path`` reads another path of the same
     repository; pgBackRest 2.45 carries an option given on this command line into the ``restore_command`` it writes
     (src/config/exec.c cfgExecParam: local options whose source is the command line), so WAL comes from there too.
+    Such a restore (another stack's backup, maybe of a bigger box) also recovers with ``hot_standby`` off:
+    PostgreSQL checks max_connections and the other limits against the old server's only for hot standby
+    (xlogrecovery.c CheckRequiredParameterValues, PostgreSQL 15), so a smaller box can replay it;
+    ``RECOVERY_SETTINGS_RESET`` removes both settings once it is promoted.
     """
     command = f"{PGBACKREST} --delta --set={shlex.quote(label)}"
     if repo_path:
-        command += f" --repo1-path={shlex.quote(repo_path)}"
+        command += f" --repo1-path={shlex.quote(repo_path)} --recovery-option=hot_standby=off"
     if target:
         command += f" --type=time --target={shlex.quote(target)} --target-action=promote"
     return f"{command} restore"
@@ -136,3 +140,11 @@ def psql(sql: str | None = None, database: str = "postgres") -> str:
     """
     command = f"cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {shlex.quote(database)}"
     return command if sql is None else f"{command} -c {shlex.quote(sql)}"
+
+
+# After a restore from another stack's path: its recovery settings out of postgresql.auto.conf (one statement a
+# line: ALTER SYSTEM runs outside a transaction block).
+RECOVERY_SETTINGS_RESET = (
+    "printf '%s\\n' 'ALTER SYSTEM RESET restore_command;' 'ALTER SYSTEM RESET hot_standby;' "
+    f"'SELECT pg_reload_conf();' | ({psql()}) >/dev/null"
+)

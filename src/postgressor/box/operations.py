@@ -20,9 +20,11 @@ from postgressor.box.gated import JOURNAL_LINE
 from postgressor.box.layout import (
     LOST_SLOT_STATE,
     MARKERS_DIR,
+    RECOVERY_SETTINGS_RESET,
     RESTORED_MARKER,
     SECRETS_DIR,
     SSHD_DROP_INS,
+    SYNC_UNITS,
     pgbackrest_restore,
     postgres_log,
     postgres_unit,
@@ -271,7 +273,8 @@ def restored(repo_path: str, target: str, version: int, roles: list[str], storag
     """Once: replace the cluster with the newest backup in ``repo_path`` (another stack's path in this repository)
     finished before ``target`` (a PostgreSQL timestamp; '' for the end of its archived WAL), replayed and promoted.
     Then ``roles`` get their passwords from this box's files again (the backup holds the old server's) and Electric's
-    ``storage`` is emptied (pgBackRest leaves out replication slots: Electric makes its slot and shapes again)."""
+    ``storage`` is emptied (pgBackRest leaves out replication slots: Electric makes its slot and shapes again). The
+    old path's ``restore_command`` goes once it is promoted (``RECOVERY_SETTINGS_RESET``)."""
     want = digest(repo_path, target)
     done = host.get_fact(facts.FileText, path=RESTORED_MARKER).split()
     if done[:1] == [want]:
@@ -302,9 +305,13 @@ def restored(repo_path: str, target: str, version: int, roles: list[str], storag
     passwords = [set_password(role, secret_path(f"{role}.password")) for role in roles]
     yield "; ".join([
         "set -e",
+        # Electric and the gateway read PostgreSQL: on a box where they already run (a server used before), they
+        # stop first; the sync deploys after this one start them on the restored data.
+        f"systemctl stop {' '.join(SYNC_UNITS)} 2>/dev/null || true",
         f"systemctl stop {unit}",
         pgbackrest_restore(label, target, repo_path),
         f"( {start_recovered(version)} ) || {{ {fail(recovery_failed)}; }}",
+        RECOVERY_SETTINGS_RESET,
         *(f"{command} >/dev/null" for command in passwords),
         f"if [ -d {storage} ]; then find {storage} -mindepth 1 -delete; fi",
         f"install -d -m 0700 {MARKERS_DIR}",

@@ -232,7 +232,7 @@ def test_a_restore_from_another_path_comes_before_the_stanza_and_the_first_backu
     inventory = Inventory(([("@fake/box", data)], {}))
     result = run_deploys(inventory, [(backup, {"spec": spec})], lambda n, r: None)
     commands = [str(c) for c in next(iter(inventory)).connector.executed_commands]
-    restore = next(i for i, c in enumerate(commands) if "--repo1-path=/old restore" in c)
+    restore = next(i for i, c in enumerate(commands) if "--repo1-path=/old" in c and " restore;" in c)
     stanza = next(i for i, c in enumerate(commands) if "stanza-create 2>&1" in c)
     first_backup = next(i for i, c in enumerate(commands) if "--type=full backup" in c)
     assert restore < stanza < first_backup, commands
