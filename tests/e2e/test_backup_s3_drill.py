@@ -46,6 +46,7 @@ NEW_PREFIX = "drill-new"  # the restored stack's own s3_path: it never writes in
 ARCHIVE_TIMEOUT = 60  # seconds: the drill's bound on the recovery point
 WAL_SEGMENT = 16 * 1024 * 1024  # bytes: PostgreSQL's default WAL segment size (initdb --wal-segsize)
 USER = str(uuid.uuid4())
+QUEUE_MAX_MB = 32  # the old box's cap on WAL waiting to be archived: two segments
 SQL = "cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d app"
 
 
@@ -66,9 +67,9 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
         yield server
 
 
-def s3_settings(server: Moto, prefix: str) -> str:
+def s3_settings(server: Moto, prefix: str, more: str = "") -> str:
     """The [backup] table that sends a stack's backups to ``prefix`` in the moto bucket (keys and passphrase come
-    from the environment)."""
+    from the environment), with ``more`` lines."""
     return f"""
 [backup]
 s3_endpoint = "{HOST_FROM_GUEST}"
@@ -79,14 +80,14 @@ s3_path = "/{prefix}"
 s3_uri_style = "path"
 s3_verify_tls = false   # moto's self-signed certificate
 archive_timeout = {ARCHIVE_TIMEOUT}
-"""
+{more}"""
 
 
 @pytest.fixture(scope="module")
 def s3_stack(stack: Stack, moto: Moto) -> Iterator[Stack]:
     passphrase = stack.cli("backup", "passphrase", "--yes").stdout.strip()
     config = stack.project / "postgressor.toml"
-    config.write_text(config.read_text() + s3_settings(moto, PREFIX))
+    config.write_text(config.read_text() + s3_settings(moto, PREFIX, f"archive_queue_max_mb = {QUEUE_MAX_MB}\n"))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("POSTGRESSOR_BACKUP__S3_KEY", moto.key)
         env.setenv("POSTGRESSOR_BACKUP__S3_KEY_SECRET", moto.key_secret)
@@ -139,6 +140,45 @@ def test_point_in_time_restore_from_s3(s3_stack: Stack) -> None:
     while (status := stack.cli("--json", "status", check=False)).returncode != 0:
         assert time.monotonic() < deadline, status.stdout[-500:]
         time.sleep(10)
+
+
+def test_an_unreachable_repository_cannot_fill_the_disk_and_status_names_it(s3_stack: Stack, moto: Moto) -> None:
+    stack = s3_stack
+    block = f"OUTPUT -d {HOST_FROM_GUEST} -p tcp --dport {moto.port} -j REJECT --reject-with tcp-reset"
+    assert stack.sh(f"iptables -I {block}").ok
+    try:
+        sql(stack, "CREATE TABLE outage (id int)")
+        deadline, rows = time.monotonic() + 900, 0
+        while True:
+            for _ in range(2):  # two more full segments a round for the archiver, which cannot reach S3
+                sql(stack, "INSERT INTO outage SELECT generate_series(1, 1000)")
+                sql(stack, "SELECT pg_switch_wal()")
+                rows += 1000
+            asked = time.monotonic()
+            status = stack.cli("--json", "status", check=False, timeout=300)
+            report = json.loads(status.stdout)
+            # status answers within its bound and names the outage (pgBackRest's own connect error)
+            assert status.returncode == 1 and time.monotonic() - asked < 150, (status.returncode, report)
+            assert "unable to connect" in report["error"], report["error"]
+            if report["backup"].get("wal_dropped_at"):
+                break
+            assert time.monotonic() < deadline, f"nothing was dropped from the archive queue: {report['backup']}"
+            time.sleep(10)
+        # The queue stayed under its cap (pgBackRest let PostgreSQL recycle what it dropped), and PostgreSQL
+        # kept taking writes.
+        settled = time.monotonic() + 180  # the archiver hands pgBackRest the queue one segment at a time
+        while (ready := int(sql(stack, "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"))
+               ) * 16 > QUEUE_MAX_MB + 16:  # fmt: skip
+            assert time.monotonic() < settled, f"{ready} segments still wait to be archived"
+            time.sleep(5)
+        assert sql(stack, "SELECT count(*) FROM outage") == str(rows)
+    finally:
+        stack.sh(f"iptables -D {block}")
+    assert stack.cli_json("backup", "check", timeout=600)["ok"]  # archiving resumes once S3 answers
+    failing = stack.cli("--json", "status", check=False)
+    assert failing.returncode == 1 and "WAL was dropped" in json.loads(failing.stdout)["error"]
+    stack.cli_json("backup", "now", "--type", "full", timeout=1200)  # a new chain for point-in-time recovery
+    assert stack.cli("--json", "status", check=False).returncode == 0
 
 
 # ---- the disaster drill (#20): the box killed, a new stack restored from the repository --------------------
@@ -255,7 +295,7 @@ def test_the_box_is_lost_and_a_new_stack_restores_it_from_s3(
     box = request.getfixturevalue("new_box")
     booted = time.time()
     new = restored_project(old, box, tmp_path_factory.mktemp("new-project"))
-    DRILL.update(box=box, new=new)
+    DRILL["new"] = new
     up = new.cli_json("up", "--yes", "--restore-from", f"/{PREFIX}", timeout=3600)
     assert up["ok"] and up["deploy"]["failed"] == 0, up
     deployed = time.time()
@@ -296,10 +336,10 @@ def test_the_box_is_lost_and_a_new_stack_restores_it_from_s3(
     assert lost_seconds <= ARCHIVE_TIMEOUT + 30, lost_seconds
 
 
-def test_destroy_takes_a_verified_final_backup_that_outlives_the_server(moto: Moto) -> None:
+def test_destroy_takes_a_verified_final_backup_that_outlives_the_server(new_box: Stack, moto: Moto) -> None:
     if "new" not in DRILL:
         pytest.fail("needs the drill's restored stack (the test above)")
-    box = DRILL["box"]  # the machine the new stack runs on, as a local-provider stack that destroy deletes
+    box = new_box  # the machine the new stack runs on, as a local-provider stack that destroy deletes
     config = box.project / "postgressor.toml"
     config.write_text(config.read_text() + s3_settings(moto, NEW_PREFIX))
     asked = box.cli("destroy", check=False)

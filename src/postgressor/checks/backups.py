@@ -13,8 +13,8 @@ from typing import Any
 from postgressor.box.layout import (
     BACKUP_KINDS,
     BACKUP_UNIT,
-    PGBACKREST,
     PGBACKREST_ASYNC_LOG,
+    PGBACKREST_INFO,
     PGBACKREST_STANZA,
     WAL_DROPPED_MARK,
     backup_unit,
@@ -163,7 +163,7 @@ def info_problem(info: dict[str, Any]) -> str:
 
 
 def info(host: HostRecord) -> dict[str, Any]:
-    result = run_backup_command(host, f"{PGBACKREST} --output=json info 2>&1")
+    result = run_backup_command(host, f"{PGBACKREST_INFO} 2>&1")
     if not result.ok:
         raise PostgressorError(f"pgBackRest info failed: {pgbackrest_error(result.stdout + result.stderr)}")
     return parse_info(result.stdout)
@@ -212,7 +212,7 @@ def dropped_problem(dropped: str | None, last_backup: dict[str, Any] | None) -> 
 def backup_status(host: HostRecord) -> dict[str, Any]:
     """Last good backup, WAL archiving (pg_stat_archiver) and the scheduled backups; ``error`` when broken."""
     script = (
-        f'echo @@info; {PGBACKREST} --output=json info 2>&1; rc=$?; echo; echo "@@info_rc=$rc"; '
+        f'echo @@info; {PGBACKREST_INFO} 2>&1; rc=$?; echo; echo "@@info_rc=$rc"; '
         f"echo @@archiver; {psql(ARCHIVER_SQL)} 2>&1; "
         # rotated logs too (logrotate may have moved the line): the newest drop, as lines start with their time
         f"echo @@dropped; zgrep -h {shlex.quote(WAL_DROPPED_MARK)} {PGBACKREST_ASYNC_LOG}* 2>/dev/null "
