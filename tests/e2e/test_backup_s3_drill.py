@@ -282,7 +282,7 @@ def test_the_box_is_lost_and_a_new_stack_restores_it_from_s3(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     old = s3_stack
-    old.cli("migrate")  # `items`, with its row-level security, as the app has it
+    old.cli("migrate", "--yes")  # `items`, with its row-level security, as the app has it
     timeline = sql(old, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
     writer = Writer(old)
     time.sleep(2.5 * ARCHIVE_TIMEOUT)  # at least two forced WAL switches while it writes

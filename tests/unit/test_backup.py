@@ -486,3 +486,44 @@ def test_a_backup_after_the_drop_restarts_the_chain() -> None:
     assert dropped_problem("2026-11-25T05:10:57+00:00", {"stop": "2026-11-25T06:00:00+00:00"}) == ""
     assert dropped_problem("2026-11-25T05:10:57+00:00", {"stop": "2026-11-25T04:00:00+00:00"})
     assert dropped_problem(None, None) == "" and dropped_at("") is None
+
+
+# ---- restore's sequence on a box running sync (fake SSH) -------------------------------------------------
+
+
+def restore_box(monkeypatch: pytest.MonkeyPatch, healthy: bool) -> list[str]:
+    """A box with PostgreSQL, Electric and the gateway active: ``run_backup_command`` answers by command, and
+    every command is recorded in order."""
+    ran: list[str] = []
+
+    def run(host: HostRecord, command: str, timeout: float = 120) -> CommandResult:
+        ran.append(command)
+        if "echo \"now=" in command:
+            units = "unit_electric=active\nunit_postgressor-gateway=active\n"
+            return CommandResult(0, f"now=1900000000\npg=active\n{units}", "")
+        if "--output=json info" in command:
+            return CommandResult(0, json.dumps([INFO]), "")
+        if "/v1/health" in command and not healthy:
+            return CommandResult(1, "", "http://127.0.0.1:3000/v1/health did not answer 200 within 30 s (last: HTTP "
+                                        "503; electric last logged: slot busy); see journalctl -u electric on the box")
+        return CommandResult(0, '["electric_slot_default"]' if "pg_replication_slots" in command else "", "")
+
+    monkeypatch.setattr(backups, "run_backup_command", run)
+    monkeypatch.setattr(health, "run_backup_command", run)  # info() reads the repository through it
+    return ran
+
+
+def test_restore_waits_for_electric_after_starting_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran = restore_box(monkeypatch, healthy=True)
+    report = backups.restore(HostRecord("h", 22, "root", "k"), 15, None, lambda m: None, health_timeout=30)
+    assert report["started"] == ["postgresql@15-main", "electric", "postgressor-gateway"]
+    starts = [i for i, c in enumerate(ran) if c.startswith("systemctl start ")]
+    health = next(i for i, c in enumerate(ran) if "/v1/health" in c)
+    assert health > max(starts) and "end=$(($(date +%s) + 30))" in ran[health]
+
+
+def test_restore_names_electric_when_it_does_not_become_healthy(monkeypatch: pytest.MonkeyPatch) -> None:
+    restore_box(monkeypatch, healthy=False)
+    with pytest.raises(PostgressorError, match=r"^the database is restored but Electric is not healthy: .*HTTP 503; "
+                                               r"electric last logged: slot busy"):  # fmt: skip
+        backups.restore(HostRecord("h", 22, "root", "k"), 15, None, lambda m: None, health_timeout=30)

@@ -397,8 +397,14 @@ def http_ready(url: str, timeout: int, unit: str) -> Generator[str, None, None]:
     if host.get_fact(facts.HttpStatus, url=url) == "200":
         host.noop(f"{url} answers 200")
         return
+    yield http_ready_command(url, timeout, unit)
+
+
+def http_ready_command(url: str, timeout: int, unit: str) -> str:
+    """Shell that waits until ``url`` answers 200 (``timeout`` seconds by the box's clock), else exits 1 with one
+    line on stderr naming the last answer and the last line ``unit`` logged."""
     q = shlex.quote(url)
-    yield (
+    return (
         f"end=$(($(date +%s) + {timeout})); while :; do "
         f"code=$(curl -s -o /dev/null -m 5 -w '%{{http_code}}' {q}); [ \"$code\" = 200 ] && exit 0; "
         '[ "$(date +%s)" -ge "$end" ] && break; sleep 1; done; '

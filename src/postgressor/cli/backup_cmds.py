@@ -147,7 +147,7 @@ def restore(
         if not quiet:
             err_console.print(f"[cyan]→[/] {message}", highlight=False)
 
-    report = backups.restore(host, version, target, log)
+    report = backups.restore(host, version, target, log, settings_for(ctx).electric.health_timeout)
     if quiet:
         emit_json({"ok": True, **report})
         return

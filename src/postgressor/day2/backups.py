@@ -16,8 +16,10 @@ from typing import Any
 from postgressor.box.layout import (
     CIPHER_SECRET,
     ELECTRIC_STORAGE,
+    ELECTRIC_UNIT,
     PGBACKREST,
     SYNC_UNITS,
+    electric_health_url,
     pgbackrest_restore,
     postgres_log,
     postgres_unit,
@@ -26,7 +28,7 @@ from postgressor.box.layout import (
     secret_path,
     start_recovered,
 )
-from postgressor.box.operations import same_secret
+from postgressor.box.operations import http_ready_command, same_secret
 from postgressor.checks.backups import (
     backup_status,
     choose_set,
@@ -143,9 +145,11 @@ def _slots(host: HostRecord) -> list[str] | None:
         return None
 
 
-def restore(host: HostRecord, version: int, target: datetime | None, log: Log) -> dict[str, Any]:
+def restore(host: HostRecord, version: int, target: datetime | None, log: Log,
+            health_timeout: int = 300) -> dict[str, Any]:  # fmt: skip
     """Stop Electric, the gateway and PostgreSQL ``version`` (the one recorded in the state); restore (to ``target``
-    or the latest state); start them."""
+    or the latest state); start them, and wait up to ``health_timeout`` seconds until Electric answers its health
+    check (it rebuilds its slot and shapes first)."""
     parsed = info(host)
     problem = info_problem(parsed)
     if problem and not parsed["backups"]:
@@ -198,7 +202,7 @@ def restore(host: HostRecord, version: int, target: datetime | None, log: Log) -
         )
     report["started"].append(unit)
     report["slots_after"] = _slots(host)
-    if "electric" in running:
+    if ELECTRIC_UNIT in running:
         # Shapes hold data up to an LSN of the lost timeline: rebuild them all from the restored database.
         cleared = run_backup_command(host, f"find {ELECTRIC_STORAGE} -mindepth 1 -delete")
         report["electric_storage_cleared"] = cleared.ok
@@ -207,7 +211,14 @@ def restore(host: HostRecord, version: int, target: datetime | None, log: Log) -
         if not run_backup_command(host, f"systemctl start {name}", timeout=300).ok:
             raise PostgressorError(f"the database is restored but {name} did not start; see 'journalctl -u {name}'")
         report["started"].append(name)
-    report["notes"] = restore_notes(report, "electric" in running)
+    if ELECTRIC_UNIT in running:
+        log(f"waiting for Electric to answer {electric_health_url()} (up to {health_timeout} s)")
+        ready = run_backup_command(host, http_ready_command(electric_health_url(), health_timeout, ELECTRIC_UNIT),
+                                   timeout=health_timeout + 60)  # fmt: skip
+        if not ready.ok:
+            raise PostgressorError(f"the database is restored but Electric is not healthy: "
+                                   f"{(ready.stderr.strip().splitlines() or ['no answer'])[-1]}")  # fmt: skip
+    report["notes"] = restore_notes(report, ELECTRIC_UNIT in running)
     return report
 
 
