@@ -19,18 +19,18 @@ from postgressor.state import HostRecord, load_state, open_state
 
 S3 = {"s3_endpoint": "fsn1.your-objectstorage.com", "s3_region": "fsn1", "s3_bucket": "my-backups",
       "s3_key": "AKIAEXAMPLEKEY1234", "s3_key_secret": "s3cr3t-Value-That-Must-Not-Leak"}  # fmt: skip
-LABEL = "20261130-120000F"
-# `pgbackrest --output=json info` after the final backup (shape of pgBackRest 2.45's, as in tests/unit/test_backup.py)
-INFO = [{"name": "main", "status": {"code": 0, "message": "ok"}, "cipher": "aes-256-cbc",
-         "db": [{"id": 1, "system-id": 7711954270052820274, "version": "15"}],
-         "repo": [{"cipher": "aes-256-cbc", "key": 1, "status": {"code": 0, "message": "ok"}}],
-         "archive": [{"database": {"id": 1}, "id": "15-1", "min": "000000010000000000000001",
-                      "max": "000000010000000000000009"}],
-         "backup": [{"label": LABEL, "type": "full", "error": False, "prior": None, "reference": None,
-                     "timestamp": {"start": 1796040000, "stop": 1796040030},
-                     "archive": {"start": "000000010000000000000008", "stop": "000000010000000000000008"},
-                     "info": {"size": 23025315, "delta": 23025315, "repository": {"size": 2835920, "delta": 2835920}},
-                     "database": {"id": 1}, "lsn": {"start": "0/8000028", "stop": "0/8000138"}}]}]  # fmt: skip
+# Real pgBackRest 2.45 outputs of the box's own commands (restorable_fixtures/README.md says how they were made):
+# the final backup's `info --set`, which `info` lists alone after it, and its range 0000000100000000000000FF to
+# 000000010000000100000004, which crosses the wrap of the segment numbers.
+FIXTURES = Path(__file__).parent / "restorable_fixtures"
+LABEL = "20261201-025606F"
+WAL_START, WAL_STOP = "0000000100000000000000FF", "000000010000000100000004"
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
 S3_CONF = ("repo1-type=s3\nrepo1-path=/pgbackrest\nrepo1-s3-endpoint=fsn1.your-objectstorage.com\n"
            "repo1-s3-bucket=my-backups\n")
 
@@ -63,9 +63,9 @@ class Box:
         raise AssertionError(f"unexpected command on the box: {command}")
 
 
-VERIFY = f"--set={LABEL} --output=text verify"
 HEALTHY = {"grep -E '^repo1-": (0, S3_CONF), "--type=full backup": (0, "backup ok"),
-           "--output=json info": (0, json.dumps(INFO)), VERIFY: (0, "status: ok")}  # fmt: skip
+           "--output=json info": (0, fixture("info_set.json")), f"--set={LABEL} info": (0, fixture("info_set.json")),
+           "repo-ls": (0, fixture("listings.json")), " verify": (0, fixture("verify_ok.txt"))}  # fmt: skip
 
 
 @pytest.fixture
@@ -132,21 +132,27 @@ def test_s3_takes_a_verified_final_backup_first_and_names_what_remains(project: 
     result = CliRunner().invoke(app, ["--json", "--stack", "demo", "destroy", "--yes"])
     assert result.exit_code == 0, result.output
     order = [next(p for p in HEALTHY if p in c) for c in box.commands]
-    assert order == list(HEALTHY)  # repository check, full backup, info, verify of that set: then the server goes
+    # repository check, full backup, info; then the proof: info of that set, one listing of its WAL, verify;
+    # then the server goes
+    assert order == list(HEALTHY)
     assert provider.destroyed and not kept(project)
     removed = json.loads(result.stdout)["removed"]
     assert removed[0] == "deleted server 4711"
     assert "s3://my-backups/pgbackrest on fsn1.your-objectstorage.com" in removed[-1] and LABEL in removed[-1]
+    verified = (f"verified: backup {LABEL} and the 6 WAL segments it needs to reach consistency ({WAL_START} "
+                f"to {WAL_STOP}) are in the repository, each once, and pgbackrest verify read them back "
+                "intact")  # fmt: skip
+    assert verified in removed[-1]
     assert "backup.cipher_pass" in removed[-1] and "'postgressor restore'" not in removed[-1]  # no false promise
     assert S3["s3_key_secret"] not in result.output and not any(S3["s3_key"] in c for c in box.commands)
 
 
 @pytest.mark.parametrize(("broken", "answer", "says"), [
-    (VERIFY, (1, "ERROR: [028]: backup set 20261130-120000F is invalid"), "did not verify"),
-    # pgBackRest 2.45 reports what it found and exits 0
-    (VERIFY, (0, "stanza: main\nstatus: error\n  missing: 2, checksum invalid: 0\n"), "did not verify: missing: 2"),
+    (" verify", (29, fixture("verify_aborted.txt")),
+     f"the final backup {LABEL} did not verify: pgbackrest verify could not run: zst error"),
+    (" verify", (0, fixture("verify_set_invalid.txt")), "lists it with status invalid, 966 of 967 files valid"),
     ("--type=full backup", (1, "ERROR: [082]: WAL segment was not archived before the 60000ms timeout"),
-     "full backup failed"),
+     "the final full backup failed"),
     ("grep -E '^repo1-", (0, "repo1-path=/var/lib/pgbackrest\n"), "on its own disk"),
 ])  # fmt: skip
 def test_a_failed_final_backup_destroys_nothing(project: Path, monkeypatch: pytest.MonkeyPatch, broken: str,

@@ -6,6 +6,7 @@ them out. Plain data and string builders only (no pyinfra, no SSH), so any layer
 
 from __future__ import annotations
 
+import json
 import shlex
 
 CONFIG_DIR = "/etc/postgressor"  # root-owned config and environment files
@@ -82,6 +83,30 @@ def secret_digest_command(name: str) -> str:
     is a shell builtin, so the value is in no process's argv."""
     path = shlex.quote(secret_path(name))
     return f"if [ -s {path} ]; then printf '%s' \"$(cat {path})\" | sha256sum | cut -d' ' -f1; fi"
+
+
+def pgbackrest_set_info(label: str) -> str:
+    """pgBackRest's JSON ``info`` of backup set ``label`` alone (the stanza's archive ids too); stderr joins stdout,
+    where the JSON is one line of its own."""
+    return f"{PGBACKREST} --output=json --set={shlex.quote(label)} info 2>&1"
+
+
+def pgbackrest_listings(paths: list[str]) -> str:
+    """Shell printing ONE JSON object: each repository path (relative to the repository, e.g.
+    ``archive/main/15-1/0000000100000000``) mapped to pgBackRest's ``repo-ls --output=json`` of it, in one SSH
+    round trip. The first listing that fails ends it with pgBackRest's exit status, its ERROR line on stderr.
+    The keys are JSON-quoted here, so any path is one well-formed key."""
+    steps = []
+    for index, path in enumerate(paths):
+        key = ("{" if index == 0 else ",") + json.dumps(path) + ":"
+        steps += [f"printf '%s' {shlex.quote(key)}", f"{PGBACKREST} --output=json repo-ls {shlex.quote(path)}"]
+    return " && ".join([*steps, "echo '}'"]) if paths else "echo '{}'"
+
+
+# pgBackRest's verify of the whole repository (2.45 ignores --set for verify: the option is internal there): the
+# text report with a line per backup (--verbose), and the reasons, which 2.45 logs at INFO only
+# (--log-level-console=info); WARN and ERROR lines go to stderr, which joins stdout.
+PGBACKREST_VERIFY = f"{PGBACKREST} --output=text --verbose --log-level-console=info verify 2>&1"
 
 
 def postgres_unit(version: int | str) -> str:

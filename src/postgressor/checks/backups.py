@@ -95,8 +95,9 @@ def _iso(epoch: Any) -> str | None:
     return datetime.fromtimestamp(int(epoch), UTC).isoformat(timespec="seconds") if epoch else None
 
 
-def parse_info(text: str, stanza: str = PGBACKREST_STANZA) -> dict[str, Any]:
-    """The stanza's status, backups (oldest first) and WAL range from `pgbackrest info --output=json`."""
+def info_stanza(text: str, stanza: str = PGBACKREST_STANZA) -> dict[str, Any] | None:
+    """The stanza's entry in `pgbackrest info --output=json` (None when it lists no such stanza);
+    PostgressorError when the output holds no JSON array."""
     line = next((ln for ln in text.split("\n") if ln.startswith("[{") or ln.strip() == "[]"), "")
     try:
         # strict=False: a wrong passphrase puts undecryptable bytes (control characters) into messages
@@ -104,8 +105,13 @@ def parse_info(text: str, stanza: str = PGBACKREST_STANZA) -> dict[str, Any]:
     except ValueError:
         data = None
     if not isinstance(data, list):
-        raise PostgressorError(f"pgBackRest info is unreadable: {_one_line(pgbackrest_error(text))}")
-    entry = next((s for s in data if isinstance(s, dict) and s.get("name") == stanza), None)
+        raise PostgressorError(f"pgBackRest info is unreadable: {one_line(pgbackrest_error(text))}")
+    return next((s for s in data if isinstance(s, dict) and s.get("name") == stanza), None)
+
+
+def parse_info(text: str, stanza: str = PGBACKREST_STANZA) -> dict[str, Any]:
+    """The stanza's status, backups (oldest first) and WAL range from `pgbackrest info --output=json`."""
+    entry = info_stanza(text, stanza)
     if entry is None:
         return {"status": {"code": -1, "message": f"no stanza '{stanza}' configured"}, "backups": [],
                 "archive": None, "cipher": None}  # fmt: skip
@@ -132,7 +138,7 @@ def parse_info(text: str, stanza: str = PGBACKREST_STANZA) -> dict[str, Any]:
     message = str(status.get("message", "unknown"))
     repo_problems = [r["status"]["message"] for r in entry.get("repo") or [] if (r.get("status") or {}).get("code")]
     if status.get("code") and repo_problems:
-        message = _one_line(str(repo_problems[0]))  # more precise than the stanza's "other"
+        message = one_line(str(repo_problems[0]))  # more precise than the stanza's "other"
     dbs = entry.get("db") or []
     return {
         "status": {"code": status.get("code", 99), "message": message},
@@ -143,7 +149,7 @@ def parse_info(text: str, stanza: str = PGBACKREST_STANZA) -> dict[str, Any]:
     }
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
     """The first line of a pgBackRest message, printable characters only, at most 200 of them."""
     first = message.splitlines()[0] if message else ""
     clean = "".join(ch if ch.isprintable() else "?" for ch in first)
@@ -237,7 +243,7 @@ def backup_status(host: HostRecord) -> dict[str, Any]:
             report["last_backup"] = last
         problems.append(info_problem(parsed))
     except PostgressorError:
-        problems.append(f"backup repository unreadable: {_one_line(pgbackrest_error(info_text))}")
+        problems.append(f"backup repository unreadable: {one_line(pgbackrest_error(info_text))}")
     try:
         report["archiver"] = json.loads(sections.get("archiver", "").strip().splitlines()[-1])
     except (ValueError, IndexError):

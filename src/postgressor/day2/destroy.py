@@ -7,13 +7,13 @@ live on the server is not destroyed unless the caller says ``skip_final_backup``
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from postgressor.box.layout import PGBACKREST, PGBACKREST_CONF, PGBACKREST_LOCAL_REPO
-from postgressor.checks.backups import pgbackrest_error, run_backup_command
+from postgressor.box.layout import PGBACKREST_CONF, PGBACKREST_LOCAL_REPO
+from postgressor.checks import restorable
+from postgressor.checks.backups import run_backup_command
 from postgressor.config import Settings
 from postgressor.day2.backups import BACKUP_TIMEOUT, backup_now
 from postgressor.errors import PostgressorError
@@ -98,37 +98,51 @@ def repository_on_box(host: HostRecord) -> dict[str, str]:
 
 
 def final_backup(host: HostRecord) -> dict[str, Any]:
-    """A full backup to the box's S3 repository, then ``pgbackrest verify`` of that set; the set and where it is.
+    """A full backup to the box's S3 repository, then proof that it restores to consistency (checks.restorable:
+    the set is a full one without errors, each WAL segment from its start to its stop is in the repository exactly
+    once, and ``pgbackrest verify`` read the set and those segments back intact). Returns the set, where it is and
+    what was checked.
 
-    Raises PostgressorError (nothing destroyed) when the box's repository is not S3 or either step fails."""
+    Raises PostgressorError, one line ending "nothing was destroyed", when the box's repository is not S3, the
+    backup fails, or the proof does."""
     repo = repository_on_box(host)
     if repo.get("type") != "s3":
         raise PostgressorError(
             f"the box's backup repository is {repo.get('path') or PGBACKREST_LOCAL_REPO} on its own disk, not "
             "the S3 one in the config; run 'postgressor deploy' so backups go to S3, then destroy"
         )
-    label = backup_now(host, "full")["backup"]["label"]
-    verify = f"{PGBACKREST} --set={shlex.quote(label)} --output=text verify 2>&1"
-    result = run_backup_command(host, verify, timeout=BACKUP_TIMEOUT)
-    # pgBackRest 2.45 exits 0 when verify finds errors: its text report's own "status:" line is the verdict.
-    if not result.ok or not re.search(r"^status: ok$", result.stdout, re.MULTILINE):
-        problem = next((line.strip() for line in result.stdout.splitlines()
-                        if line.strip() and not line.startswith(("stanza:", "status:"))), "")  # fmt: skip
-        raise PostgressorError(f"the final backup {label} did not verify: "
-                               f"{pgbackrest_error(result.stdout) if not result.ok else problem or 'status: error'}; "
-                               "nothing was destroyed")  # fmt: skip
+    try:
+        label = backup_now(host, "full")["backup"]["label"]
+    except PostgressorError as exc:
+        raise PostgressorError(f"the final {exc}; nothing was destroyed") from None
+    try:
+        proof = restorable.prove(host, label, timeout=BACKUP_TIMEOUT)
+    except PostgressorError as exc:
+        raise PostgressorError(
+            f"the final backup {label} did not verify: {exc}; fix the repository, or pass --skip-final-backup to "
+            "destroy without a final backup; nothing was destroyed"
+        ) from None
     return {"label": label, "bucket": repo.get("s3-bucket", ""), "path": repo.get("path", ""),
-            "endpoint": repo.get("s3-endpoint", "")}  # fmt: skip
+            "endpoint": repo.get("s3-endpoint", ""), **proof}  # fmt: skip
 
 
 def remaining(final: dict[str, Any] | None, backups: Backups) -> str:
-    """The line saying what is left after the server is gone ("" when nothing is)."""
+    """The line saying what is left after the server is gone ("" when nothing is), and for a final backup exactly
+    what was verified of it."""
     if final:
-        return (f"kept: backups in s3://{final['bucket']}{final['path']} on {final['endpoint']}, the newest "
-                f"{final['label']} (verified), readable with the passphrase you hold (backup.cipher_pass); "
-                f"a new stack with another backup.s3_path restores them: 'postgressor up --stack NEW "
-                f"--restore-from {final['path']}'")  # fmt: skip
+        count = final["wal_segments"]
+        label, path = final["label"], final["path"]
+        line = (f"kept: backups in s3://{final['bucket']}{path} on {final['endpoint']}, the newest {label}; "
+                f"verified: backup {label} and the {count} WAL segment{'s' if count != 1 else ''} it needs to "
+                f"reach consistency ({final['wal_start']} to {final['wal_stop']}) are in the repository, each once, "
+                "and pgbackrest verify read them back intact; readable with the passphrase you hold "
+                "(backup.cipher_pass); a new stack with another backup.s3_path restores them: "
+                f"'postgressor up --stack NEW --restore-from {path}'")  # fmt: skip
+        problems = final.get("repository_problems") or []
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            line += f"; pgbackrest verify also reported, outside this backup and its WAL: {problems[0]}{more}"
+        return line
     if backups.off_box:
         return f"kept: backups in {backups.where} (no final backup was taken: --skip-final-backup)"
     return ""
-
