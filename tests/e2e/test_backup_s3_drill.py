@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import threading
@@ -51,7 +52,7 @@ SQL = "cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d app"
 
 
 def sql(stack: Stack, statement: str) -> str:
-    result = stack.sh(f"{SQL} -c {json.dumps(statement)}")
+    result = stack.sh(f"{SQL} -c {shlex.quote(statement)}")
     assert result.ok, result.stderr
     return result.stdout.strip()
 
@@ -150,10 +151,11 @@ def test_an_unreachable_repository_cannot_fill_the_disk_and_status_names_it(s3_s
         sql(stack, "CREATE TABLE outage (id int)")
         deadline, rows = time.monotonic() + 900, 0
         while True:
-            for _ in range(2):  # two more full segments a round for the archiver, which cannot reach S3
-                sql(stack, "INSERT INTO outage SELECT generate_series(1, 1000)")
-                sql(stack, "SELECT pg_switch_wal()")
-                rows += 1000
+            # Four full segments at once for the archiver, which cannot reach S3: pgBackRest's asynchronous
+            # archive-push looks at the queue when it starts, so it finds the cap exceeded at once.
+            sql(stack, "DO $$BEGIN FOR i IN 1..4 LOOP INSERT INTO outage SELECT generate_series(1, 1000); "
+                       "PERFORM pg_switch_wal(); END LOOP; END$$")  # fmt: skip
+            rows += 4000
             asked = time.monotonic()
             status = stack.cli("--json", "status", check=False, timeout=300)
             report = json.loads(status.stdout)

@@ -37,6 +37,7 @@ from postgressor.box.layout import (
     S3_KEY_SECRET_SECRET,
     SECRETS_DIR,
     WAL_DROPPED_MARK,
+    WAL_MARK,
 )
 from postgressor.box.operations import compose_command
 from postgressor.box.spec import BackupSpec, Distro, box_spec
@@ -302,3 +303,13 @@ def test_an_unreachable_repository_drops_the_archive_queue_at_its_cap(rig: Rig, 
         while ready_segments(conn) > 2:
             assert time.monotonic() < deadline, f"{ready_segments(conn)} segments still wait to be archived"
             time.sleep(1)
+        # S3 answers again. `backup check` on an idle box: its logical message gives pgbackrest check a segment
+        # to switch and wait for; without WAL since the last switch it would wait for one that was dropped.
+        rig.write_secret(S3_KEY_SECRET_SECRET, moto.key_secret)
+        rig.compose()
+        deadline = time.monotonic() + 120
+        while ready_segments(conn) > 0:
+            assert time.monotonic() < deadline, f"{ready_segments(conn)} segments still wait to be archived"
+            time.sleep(1)
+        conn.execute(WAL_MARK)
+    rig.pgbackrest("check")

@@ -176,3 +176,10 @@ RECOVERY_SETTINGS_RESET = (
     "printf '%s\\n' 'ALTER SYSTEM RESET restore_command;' 'ALTER SYSTEM RESET hot_standby;' "
     f"'SELECT pg_reload_conf();' | ({psql()}) >/dev/null"
 )
+
+
+# pgbackrest check switches WAL and waits until the segment it closed is in the repository. With no WAL written
+# since the last switch, PostgreSQL switches nothing and check waits for the previous segment, which may be one
+# that archive-push-queue-max dropped: it never arrives. A logical message (no transaction, a few bytes) first.
+WAL_MARK = "SELECT pg_logical_emit_message(false, 'postgressor', 'backup check')"
+PGBACKREST_CHECK = f"{psql(WAL_MARK)} >/dev/null && {PGBACKREST} check"
