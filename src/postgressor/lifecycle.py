@@ -192,7 +192,11 @@ def restore_source(settings: Settings, stack: str, path: str | None, target: str
     if path == backup.s3_path:  # REPO_PATH admits one spelling per path: equal text is the same path
         raise UsageError(f"--restore-from {path} is this stack's own backup.s3_path: give the new stack another "
                          "backup.s3_path, so it never writes into the old stack's history")  # fmt: skip
-    source = {"path": path, "target": pg_time(parse_target(target, "--target-time")) if target else ""}
+    moment = parse_target(target, "--target-time") if target else None
+    if moment is not None and moment > datetime.now(UTC):  # recovery would stop short of it and refuse to start
+        raise UsageError(f"--target-time {pg_time(moment)} is in the future; leave it out to restore the newest "
+                         "archived state")  # fmt: skip
+    source = {"path": path, "target": pg_time(moment) if moment else ""}
     state = load_state(settings.state_dir, stack)
     if state is not None and state.host is not None:
         recorded = {k: state.restored_from.get(k) for k in source}
@@ -324,7 +328,7 @@ def destroy(settings: Settings, stack: str, log: Log, skip_final_backup: bool = 
         final = safe_destroy.final_backup(provider.ensure_running())
     removed = provider.destroy()
     state.delete()
-    kept = safe_destroy.remaining(final, backups)
+    kept = safe_destroy.remaining(final, backups, safe_destroy.no_final_backup(state, skip_final_backup))
     return [*removed, *([kept] if kept else [])]
 
 

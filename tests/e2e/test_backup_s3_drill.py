@@ -308,7 +308,9 @@ def test_the_box_is_lost_and_a_new_stack_restores_it_from_s3(
     # Every commit whose record lies in an archived segment is there; nothing is there that was never written.
     archived = {i for i, (_, _, lsn) in acked.items() if (lsn - 1) // WAL_SEGMENT <= last_archived}
     assert archived and archived <= present, sorted(archived - present)[:10]
-    assert present <= set(range(1, max(acked) + 2)), "rows the writer never committed"
+    # Commits whose acknowledgement was still in the SSH pipe at the kill may be there too: a few ids past the last
+    # one seen (about two rows a second), never more.
+    assert present <= set(range(1, max(acked) + 20)), "rows the writer never committed"
     newest = max(present & acked.keys())
     lost_rows = len(acked.keys() - present)
     lost_seconds = acked[max(acked)][1] - acked[newest][1]
@@ -352,5 +354,6 @@ def test_destroy_takes_a_verified_final_backup_that_outlives_the_server(new_box:
     assert len(kept) == 1 and f"s3://{BUCKET}/{NEW_PREFIX}" in kept[0], out
     label = re.search(r"\b\d{8}-\d{6}F\b", kept[0])
     assert label, kept
+    assert f"verified: backup {label[0]} and the " in kept[0] and "also reported" not in kept[0], kept[0]
     assert f"{NEW_PREFIX}/backup/main/{label[0]}/backup.manifest" in objects(moto, NEW_PREFIX)
     assert not Path(f"/proc/{pid}").exists() and not (box.project / ".postgressor" / "default.json").exists()

@@ -527,3 +527,11 @@ def test_restore_names_electric_when_it_does_not_become_healthy(monkeypatch: pyt
     with pytest.raises(PostgressorError, match=r"^the database is restored but Electric is not healthy: .*HTTP 503; "
                                                r"electric last logged: slot busy"):  # fmt: skip
         backups.restore(HostRecord("h", 22, "root", "k"), 15, None, lambda m: None, health_timeout=30)
+
+
+def test_archive_push_gives_up_on_an_unreachable_repository_within_its_own_io_timeout() -> None:
+    settings = load_settings(backup={**S3, "cipher_pass": "c" * 40})
+    lines = conf_lines(backup_spec(settings, 15))
+    section = lines.index("[global:archive-push]")  # pgBackRest's command section: archive-push only
+    assert lines[section + 1] == "io-timeout=10" and "io-timeout=10" not in lines[:section]
+    assert lines.index("[main]") > section + 1

@@ -53,6 +53,9 @@ def refused(args: list[str]) -> str:
         (["up", "--restore-from", "old stack"], "error: --restore-from 'old stack': use an absolute path"),
         (["up", "--target-time", "2026-11-25T12:00:00Z"], "error: --target-time needs --restore-from PATH"),
         (["up", "--restore-from", "/old", "--target-time", "soon"], "error: --target-time 'soon' is not a time"),
+        (["up", "--restore-from", "/old", "--target-time", "2999-01-01T00:00:00Z"],
+         "error: --target-time 2999-01-01 00:00:00.000000+00 is in the future; leave it out to restore the newest "
+         "archived state"),
     ],
 )
 def test_refused_before_anything_is_made(project: Path, args: list[str], expected: str) -> None:

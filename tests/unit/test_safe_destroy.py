@@ -15,7 +15,7 @@ from postgressor.cli import app, common
 from postgressor.config import load_settings
 from postgressor.day2 import destroy as safe_destroy
 from postgressor.remote.ssh import CommandResult
-from postgressor.state import HostRecord, load_state, open_state
+from postgressor.state import HostRecord, StackState, load_state, open_state
 
 S3 = {"s3_endpoint": "fsn1.your-objectstorage.com", "s3_region": "fsn1", "s3_bucket": "my-backups",
       "s3_key": "AKIAEXAMPLEKEY1234", "s3_key_secret": "s3cr3t-Value-That-Must-Not-Leak"}  # fmt: skip
@@ -65,7 +65,8 @@ class Box:
 
 HEALTHY = {"grep -E '^repo1-": (0, S3_CONF), "--type=full backup": (0, "backup ok"),
            "--output=json info": (0, fixture("info_set.json")), f"--set={LABEL} info": (0, fixture("info_set.json")),
-           "repo-ls": (0, fixture("listings.json")), " verify": (0, fixture("verify_ok.txt"))}  # fmt: skip
+           "repo-ls": (0, fixture("listings.json")), " verify": (0, fixture("verify_ok.txt")),
+           "--stanza=main check": (0, "")}  # fmt: skip
 
 
 @pytest.fixture
@@ -133,7 +134,7 @@ def test_s3_takes_a_verified_final_backup_first_and_names_what_remains(project: 
     assert result.exit_code == 0, result.output
     order = [next(p for p in HEALTHY if p in c) for c in box.commands]
     # repository check, full backup, info; then the proof: info of that set, one listing of its WAL, verify;
-    # then the server goes
+    # then the WAL written since is archived, and the server goes
     assert order == list(HEALTHY)
     assert provider.destroyed and not kept(project)
     removed = json.loads(result.stdout)["removed"]
@@ -220,3 +221,29 @@ def test_a_gone_server_says_where_the_data_could_come_from(project: Path, deploy
     config(project, backup)
     line = safe_destroy.gone(state, safe_destroy.backups_of(load_settings()), "Hetzner")
     assert line.startswith("the recorded server 4711 no longer exists at Hetzner") and says in line
+
+
+def test_the_kept_line_says_why_no_final_backup_was_taken() -> None:
+    s3 = safe_destroy.Backups("s3", "s3://b/p on e")
+    yours = StackState("default", "ssh", Path("s.json"), pg_version=15)
+    assert safe_destroy.remaining(None, s3, safe_destroy.no_final_backup(yours, False)).endswith(
+        "(no final backup was taken: the server is yours and keeps running with its data)")
+    empty = StackState("default", "hetzner", Path("s.json"))
+    assert "no database was deployed" in safe_destroy.no_final_backup(empty, False)
+    held = StackState("default", "hetzner", Path("s.json"), pg_version=15)
+    assert safe_destroy.no_final_backup(held, True) == "--skip-final-backup"
+
+
+def test_wal_that_cannot_be_archived_after_the_final_backup_destroys_nothing(project: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    make_stack(project)
+    config(project, S3)
+    provider, box = wire(monkeypatch, {**HEALTHY, "--stanza=main check": (82, "ERROR: [082]: WAL segment "
+                                       "000000010000000100000005 was not archived before the 60000ms timeout")})
+    result = CliRunner().invoke(app, ["--stack", "demo", "destroy", "--yes"])
+    assert result.exit_code == 1 and not provider.destroyed and kept(project)
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: the final backup {LABEL} is verified, but the WAL written since could not be archived: WAL segment "
+        "000000010000000100000005 was not archived before the 60000ms timeout; fix archiving (postgressor backup "
+        "check), or pass --skip-final-backup to destroy without it; nothing was destroyed")
+    assert "logical_emit_message" in box.commands[-1]  # a record first: the switch always closes a new segment

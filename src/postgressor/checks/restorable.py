@@ -43,6 +43,7 @@ ARCHIVE_ID = re.compile(r"\d+-\d+")
 # boundary then has names this sequence does not expect (…3F is followed by the next log's …00 with 64 MB, which
 # leaves …40 to …FF "missing"). A low part beyond …FF with smaller segments is refused as a name.
 SEGMENTS_PER_LOG = 0x100
+MAX_SEGMENTS = 100_000  # a backup's own WAL range beyond this (1.6 TB written while it ran) is refused as absurd
 # A WAL segment in the archive: <segment>-<sha1 of its content>[.<compression>] (pgBackRest 2.45 archive-push).
 # Encryption keeps the name. <segment>.<offset>.backup and .partial files are no segments.
 WAL_FILE = re.compile(r"([0-9A-F]{24})-[0-9a-f]{40}(?:\.(?:gz|zst|lz4|bz2))?")
@@ -121,6 +122,9 @@ def wal_segments(start: str, stop: str) -> list[str]:
     first, last = (int(name[8:16], 16) * SEGMENTS_PER_LOG + int(name[16:], 16) for name in (start, stop))
     if last < first:
         raise PostgressorError(f"its WAL range ends ({stop}) before it starts ({start})")
+    if last - first >= MAX_SEGMENTS:
+        raise PostgressorError(f"its WAL range {start} to {stop} spans {last - first + 1} segments, more than a "
+                               f"backup of a box writes ({MAX_SEGMENTS}, 1.6 TB)")  # fmt: skip
     return [f"{start[:8]}{n // SEGMENTS_PER_LOG:08X}{n % SEGMENTS_PER_LOG:08X}" for n in range(first, last + 1)]
 
 

@@ -11,9 +11,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from postgressor.box.layout import PGBACKREST_CONF, PGBACKREST_LOCAL_REPO
+from postgressor.box.layout import PGBACKREST_CHECK, PGBACKREST_CONF, PGBACKREST_LOCAL_REPO
 from postgressor.checks import restorable
-from postgressor.checks.backups import run_backup_command
+from postgressor.checks.backups import pgbackrest_error, run_backup_command
 from postgressor.config import Settings
 from postgressor.day2.backups import BACKUP_TIMEOUT, backup_now
 from postgressor.errors import PostgressorError
@@ -77,6 +77,15 @@ def gone(state: StackState, backups: Backups, title: str) -> str:
     return f"{head}, and it had no backups (backup.enabled = false)"
 
 
+def no_final_backup(state: StackState, skip_final_backup: bool) -> str:
+    """Why destroy takes no final backup of ``state``'s stack (when its backups are off the box)."""
+    if state.provider in KEEPS_SERVER:
+        return "the server is yours and keeps running with its data"
+    if not holds_data(state):
+        return "no database was deployed on the server"
+    return "--skip-final-backup" if skip_final_backup else ""
+
+
 def refusal(state: StackState, backups: Backups, skip_final_backup: bool) -> str:
     """Why destroy must not go ahead (``""`` when it may): the database's only backups would go with the server."""
     if skip_final_backup or not holds_data(state) or backups.off_box:
@@ -92,7 +101,8 @@ def repository_on_box(host: HostRecord) -> dict[str, str]:
     command = f"grep -E '^repo1-(type|path|s3-bucket|s3-endpoint)=' {shlex.quote(PGBACKREST_CONF)}"
     result = run_backup_command(host, command)
     if not result.ok:
-        raise PostgressorError(f"cannot read {PGBACKREST_CONF} on {host.address}; run 'postgressor deploy' first")
+        raise PostgressorError(f"cannot read {PGBACKREST_CONF} on {host.address}; run 'postgressor deploy' first; "
+                               "nothing was destroyed")  # fmt: skip
     values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     return {key.removeprefix("repo1-"): value.strip() for key, value in values.items()}
 
@@ -109,12 +119,13 @@ def final_backup(host: HostRecord) -> dict[str, Any]:
     if repo.get("type") != "s3":
         raise PostgressorError(
             f"the box's backup repository is {repo.get('path') or PGBACKREST_LOCAL_REPO} on its own disk, not "
-            "the S3 one in the config; run 'postgressor deploy' so backups go to S3, then destroy"
+            "the S3 one in the config; run 'postgressor deploy' so backups go to S3, then destroy; nothing was "
+            "destroyed"
         )
     try:
         label = backup_now(host, "full")["backup"]["label"]
     except PostgressorError as exc:
-        raise PostgressorError(f"the final {exc}; nothing was destroyed") from None
+        raise PostgressorError(f"the final full backup failed: {exc}; nothing was destroyed") from None
     try:
         proof = restorable.prove(host, label, timeout=BACKUP_TIMEOUT)
     except PostgressorError as exc:
@@ -122,13 +133,21 @@ def final_backup(host: HostRecord) -> dict[str, Any]:
             f"the final backup {label} did not verify: {exc}; fix the repository, or pass --skip-final-backup to "
             "destroy without a final backup; nothing was destroyed"
         ) from None
+    # What was written after the backup is in WAL: push the current segment so S3 holds it up to this moment.
+    pushed = run_backup_command(host, f"( {PGBACKREST_CHECK} ) 2>&1", timeout=600)
+    if not pushed.ok:
+        raise PostgressorError(
+            f"the final backup {label} is verified, but the WAL written since could not be archived: "
+            f"{pgbackrest_error(pushed.stdout)}; fix archiving (postgressor backup check), or pass --skip-final-backup "
+            "to destroy without it; nothing was destroyed"
+        )
     return {"label": label, "bucket": repo.get("s3-bucket", ""), "path": repo.get("path", ""),
             "endpoint": repo.get("s3-endpoint", ""), **proof}  # fmt: skip
 
 
-def remaining(final: dict[str, Any] | None, backups: Backups) -> str:
+def remaining(final: dict[str, Any] | None, backups: Backups, why_none: str = "--skip-final-backup") -> str:
     """The line saying what is left after the server is gone ("" when nothing is), and for a final backup exactly
-    what was verified of it."""
+    what was verified of it; ``why_none`` says why no final backup was taken."""
     if final:
         count = final["wal_segments"]
         label, path = final["label"], final["path"]
@@ -144,5 +163,5 @@ def remaining(final: dict[str, Any] | None, backups: Backups) -> str:
             line += f"; pgbackrest verify also reported, outside this backup and its WAL: {problems[0]}{more}"
         return line
     if backups.off_box:
-        return f"kept: backups in {backups.where} (no final backup was taken: --skip-final-backup)"
+        return f"kept: backups in {backups.where} (no final backup was taken: {why_none})"
     return ""

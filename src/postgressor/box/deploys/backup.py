@@ -77,6 +77,9 @@ def archive_queue_mb(spec: BackupSpec, disk_kb: int) -> int:
     return max(MIN_ARCHIVE_QUEUE_MB, int(disk_kb * ARCHIVE_QUEUE_SHARE) // 1024)
 
 
+ARCHIVE_PUSH_IO_TIMEOUT = 10  # seconds pgBackRest's archive-push waits on one S3 request before it gives up
+
+
 def conf_lines(spec: BackupSpec, secret: Callable[[str], str] = box_secret, queue_mb: int = 1024) -> list[str]:
     """pgbackrest.conf, line by line; ``secret(name)`` renders each secret. WAL is archived asynchronously and at
     most ``queue_mb`` of it waits: beyond that pgBackRest drops the queue (PostgreSQL keeps running, the PITR chain
@@ -108,6 +111,12 @@ def conf_lines(spec: BackupSpec, secret: Callable[[str], str] = box_secret, queu
         "compress-type=zst",
         "start-fast=y",
         "log-level-file=info",
+        "",
+        # The queue cap is applied when an asynchronous archive-push starts; one still retrying an unreachable S3
+        # holds its lock, and with the default io-timeout (60 s a request, several requests a segment) the queue
+        # grew to 27 segments past a 2-segment cap in 6 minutes (VM test). 10 s bounds that wait.
+        "[global:archive-push]",
+        f"io-timeout={ARCHIVE_PUSH_IO_TIMEOUT}",
         "",
         f"[{PGBACKREST_STANZA}]",
         f"pg1-path={spec.data_dir}",
