@@ -382,8 +382,20 @@ def test_check_reports_backups_archiving_and_wal_range(monkeypatch: pytest.Monke
     assert result["last_backup"]["label"] == "20261125-040122F"
     assert result["archiver"] == ARCHIVER_OK
     assert result["archive"] == {"min": "000000010000000000000001", "max": "000000010000000000000004"}
-    assert seen[0].endswith("pgbackrest --stanza=main check 2>&1")
+    assert seen[0].endswith("pgbackrest --stanza=main check ) 2>&1") and "pg_logical_emit_message" in seen[0]
     assert len(seen) == 2  # check, then one status read (pgBackRest info is read once)
+    assert result["notes"] == []
+
+
+def test_check_passes_after_wal_was_dropped_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Archiving works again; the WAL dropped during the outage (after the last backup) is a gap status reports.
+    dropped = "2026-11-26 10:00:00.123 P00   WARN: dropped WAL file '...' because archive queue exceeded 256MB"
+    out = (f"@@info\n{json.dumps([INFO])}\n@@info_rc=0\n@@archiver\n{json.dumps(ARCHIVER_OK)}\n"
+           f"@@dropped\n{dropped}\n@@units\nfull=inactive\ndiff=inactive\n")  # fmt: skip
+    fake_box(monkeypatch, out)
+    result = backups.check(HostRecord("h", 22, "root", "k"))
+    assert result["ok"] and result["notes"][0].startswith("WAL was dropped from the archive queue at 2026-11-26")
+    assert backup_status(HostRecord("h", 22, "root", "k"))["error"] == result["notes"][0]  # status still fails
 
 
 def test_check_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -90,6 +90,8 @@ def check(ctx: typer.Context) -> None:
         emit_json(result)
         return
     render_status(result)
+    for note in result.get("notes", []):
+        console.print(f"note: {note}", markup=False)
 
 
 @backup_app.command("passphrase")
