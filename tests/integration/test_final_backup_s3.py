@@ -36,13 +36,16 @@ REDO_SEGMENT = "SELECT redo_wal_file FROM pg_control_checkpoint()"
 
 
 def on_rig(rig: Rig) -> Callable[..., CommandResult]:
-    """The SSH runner: the box's command, with the rig's pgbackrest.conf for the box's, run by a local shell."""
+    """The SSH runner: the box's command, with the rig's pgbackrest.conf for the box's and psql reaching the rig's
+    cluster, run by a local shell."""
     user = f"runuser -u {rig.owner} -- " if os.geteuid() == 0 else ""
+    psql = f"{user}psql -h {rig.work} -p {rig.port} -U postgres"
 
     def run(host: HostRecord, command: str, timeout: float = 120) -> CommandResult:
         local = (command.replace(PGBACKREST, f"cd / && {user}pgbackrest --config={rig.config} "
                                              f"--stanza={PGBACKREST_STANZA}")
-                 .replace(PGBACKREST_CONF, str(rig.config)))  # fmt: skip
+                 .replace(PGBACKREST_CONF, str(rig.config))
+                 .replace("runuser -u postgres -- psql", psql))  # fmt: skip
         done = subprocess.run(["sh", "-c", local], capture_output=True, text=True, cwd="/", timeout=timeout)
         return CommandResult(done.returncode, done.stdout, done.stderr)
 
