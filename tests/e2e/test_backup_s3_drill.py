@@ -20,7 +20,6 @@ replaced by the restore. It prints the recovery point (rows and seconds lost) an
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -143,46 +142,6 @@ def test_point_in_time_restore_from_s3(s3_stack: Stack) -> None:
         time.sleep(10)
 
 
-def test_an_unreachable_repository_cannot_fill_the_disk_and_status_names_it(s3_stack: Stack, moto: Moto) -> None:
-    stack = s3_stack
-    block = f"OUTPUT -d {HOST_FROM_GUEST} -p tcp --dport {moto.port} -j REJECT --reject-with tcp-reset"
-    assert stack.sh(f"iptables -I {block}").ok
-    try:
-        sql(stack, "CREATE TABLE outage (id int)")
-        deadline, rows = time.monotonic() + 900, 0
-        while True:
-            # Four full segments at once for the archiver, which cannot reach S3: pgBackRest's asynchronous
-            # archive-push looks at the queue when it starts, so it finds the cap exceeded at once.
-            sql(stack, "DO $$BEGIN FOR i IN 1..4 LOOP INSERT INTO outage SELECT generate_series(1, 1000); "
-                       "PERFORM pg_switch_wal(); END LOOP; END$$")  # fmt: skip
-            rows += 4000
-            asked = time.monotonic()
-            status = stack.cli("--json", "status", check=False, timeout=300)
-            report = json.loads(status.stdout)
-            # status answers within its bound and names the outage (pgBackRest's own connect error)
-            assert status.returncode == 1 and time.monotonic() - asked < 150, (status.returncode, report)
-            assert "unable to connect" in report["error"], report["error"]
-            if report["backup"].get("wal_dropped_at"):
-                break
-            assert time.monotonic() < deadline, f"nothing was dropped from the archive queue: {report['backup']}"
-            time.sleep(10)
-        # The queue stayed under its cap (pgBackRest let PostgreSQL recycle what it dropped), and PostgreSQL
-        # kept taking writes.
-        settled = time.monotonic() + 180  # the archiver hands pgBackRest the queue one segment at a time
-        while (ready := int(sql(stack, "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"))
-               ) * 16 > QUEUE_MAX_MB + 16:  # fmt: skip
-            assert time.monotonic() < settled, f"{ready} segments still wait to be archived"
-            time.sleep(5)
-        assert sql(stack, "SELECT count(*) FROM outage") == str(rows)
-    finally:
-        stack.sh(f"iptables -D {block}")
-    assert stack.cli_json("backup", "check", timeout=600)["ok"]  # archiving resumes once S3 answers
-    failing = stack.cli("--json", "status", check=False)
-    assert failing.returncode == 1 and "WAL was dropped" in json.loads(failing.stdout)["error"]
-    stack.cli_json("backup", "now", "--type", "full", timeout=1200)  # a new chain for point-in-time recovery
-    assert stack.cli("--json", "status", check=False).returncode == 0
-
-
 # ---- the disaster drill (#20): the box killed, a new stack restored from the repository --------------------
 
 
@@ -289,7 +248,7 @@ def test_the_box_is_lost_and_a_new_stack_restores_it_from_s3(
     old.cli_json("backup", "now", "--type", "incr", timeout=1200)
     timeline = sql(old, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
     writer = Writer(old)
-    time.sleep(2.5 * ARCHIVE_TIMEOUT)  # at least two forced WAL switches while it writes
+    time.sleep(2 * ARCHIVE_TIMEOUT)  # forced WAL switches while it writes
     assert len(writer.acked) > 50 and writer.proc.poll() is None, f"the writer stopped after {len(writer.acked)} rows"
     killed = time.time()
     kill_box(old)
