@@ -114,34 +114,6 @@ def test_deploy_moves_backups_to_s3_with_a_first_full_backup(s3_stack: Stack, mo
     assert "error" not in report["backup"], report["backup"]
 
 
-def test_point_in_time_restore_from_s3(s3_stack: Stack) -> None:
-    stack = s3_stack
-    sql(stack, "CREATE TABLE s3_items (id int PRIMARY KEY, batch text NOT NULL)")
-    sql(stack, "INSERT INTO s3_items SELECT g, 'one' FROM generate_series(1, 5) g")
-    taken = stack.cli_json("backup", "now", "--type", "incr")
-    assert taken["ok"] and taken["backup"]["type"] == "incr"
-    sql(stack, "INSERT INTO s3_items SELECT g, 'two' FROM generate_series(6, 8) g")
-    noted = sql(stack, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-    sql(stack, "INSERT INTO s3_items SELECT g, 'three' FROM generate_series(9, 12) g")
-    report = stack.cli_json("restore", "--to-time", noted, "--yes")
-    assert report["ok"] and report["backup_set"] == taken["backup"]["label"]
-    # Electric and the gateway read PostgreSQL: stopped first, started again after it (the golden box runs sync).
-    sync_units = ["electric", "postgressor-gateway"]
-    assert report["stopped"] == [*sync_units, "postgresql@15-main"], report["stopped"]
-    assert report["started"] == ["postgresql@15-main", *sync_units], report["started"]
-    rows = sql(stack, "SELECT batch || ':' || count(*) FROM s3_items GROUP BY batch ORDER BY batch")
-    assert rows.split() == ["one:5", "two:3"]
-    assert sql(stack, "SELECT pg_is_in_recovery()") == "f"
-    # Replication slots are not in a physical backup: Electric's is made again when it starts.
-    assert "electric_slot_default" in report["slots_before"]
-    assert stack.cli_json("backup", "check")["ok"]  # archiving to S3 again, on the new timeline
-    # Electric comes back after PostgreSQL (its stand-in needs about a minute under TCG): status passes then.
-    deadline = time.monotonic() + 300
-    while (status := stack.cli("--json", "status", check=False)).returncode != 0:
-        assert time.monotonic() < deadline, status.stdout[-500:]
-        time.sleep(10)
-
-
 # ---- the disaster drill (#20): the box killed, a new stack restored from the repository --------------------
 
 
