@@ -1,6 +1,5 @@
-"""The backup drill through S3 on a real Debian VM: a box moved to an off-box repository, a point-in-time
-restore from it, the disaster drill (the box killed, a new stack restored from the repository) and a destroy
-whose final backup outlives the server.
+"""The backup drill through S3 on a real Debian VM: a box moved to an off-box repository, the disaster drill
+(the box killed, a new stack restored from the repository) and a destroy whose final backup outlives the server.
 
 The repository is moto's server with IAM authentication behind TLS (tests/s3_standin.py) on this machine's
 loopback, which the VM reaches as 10.0.2.2 (QEMU user networking's alias for the host). Every request the box's
