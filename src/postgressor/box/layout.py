@@ -182,4 +182,4 @@ RECOVERY_SETTINGS_RESET = (
 # since the last switch, PostgreSQL switches nothing and check waits for the previous segment, which may be one
 # that archive-push-queue-max dropped: it never arrives. A logical message (no transaction, a few bytes) first.
 WAL_MARK = "SELECT pg_logical_emit_message(false, 'postgressor', 'backup check')"
-PGBACKREST_CHECK = f"{psql(WAL_MARK)} >/dev/null && {PGBACKREST} check"
+PGBACKREST_CHECK = f"( {psql(WAL_MARK)} >/dev/null && {PGBACKREST} check ) 2>&1"  # psql errors kept

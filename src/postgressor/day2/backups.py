@@ -68,7 +68,7 @@ def backup_now(host: HostRecord, kind: str) -> dict[str, Any]:
 
 def check(host: HostRecord) -> dict[str, Any]:
     """`pgbackrest check` (archives one WAL segment and waits for it) plus the repository's contents."""
-    result = run_backup_command(host, f"( {PGBACKREST_CHECK} ) 2>&1", timeout=600)
+    result = run_backup_command(host, PGBACKREST_CHECK, timeout=600)
     if not result.ok:
         raise PostgressorError(
             f"backup check failed: {pgbackrest_error(result.stdout + result.stderr)}; fix the repository "
@@ -176,7 +176,7 @@ def restore(host: HostRecord, version: int, target: datetime | None, log: Log,
     if facts.get("pg") == "active":
         # Archive the WAL still in pg_wal first, so the restore can reach the newest commits.
         log("archiving the current WAL segment (pgbackrest check)")
-        result = run_backup_command(host, f"( {PGBACKREST_CHECK} ) 2>&1", timeout=600)
+        result = run_backup_command(host, PGBACKREST_CHECK, timeout=600)
         if not result.ok:
             raise PostgressorError(
                 f"cannot archive the current WAL before restoring: {pgbackrest_error(result.stdout)}; fix it "

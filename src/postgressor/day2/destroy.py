@@ -134,7 +134,7 @@ def final_backup(host: HostRecord) -> dict[str, Any]:
             "destroy without a final backup; nothing was destroyed"
         ) from None
     # What was written after the backup is in WAL: push the current segment so S3 holds it up to this moment.
-    pushed = run_backup_command(host, f"( {PGBACKREST_CHECK} ) 2>&1", timeout=600)
+    pushed = run_backup_command(host, PGBACKREST_CHECK, timeout=600)
     if not pushed.ok:
         raise PostgressorError(
             f"the final backup {label} is verified, but the WAL written since could not be archived: "
