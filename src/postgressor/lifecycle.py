@@ -13,6 +13,7 @@ from pyinfra.api import Host
 from pyinfra.facts.server import Arch, LinuxDistribution
 
 from postgressor.box.converge import DeployResult, Deploys, OpListener, run_deploys, ssh_inventory
+from postgressor.box.converged import desired_digest
 from postgressor.box.deploys.backup import CIPHER_MISMATCH, backup
 from postgressor.box.deploys.base import base
 from postgressor.box.deploys.postgres import postgresql
@@ -159,9 +160,14 @@ def deploy_host(
             state.save()
         return deploys_for(spec, found, host)
 
+    def desired(deploys: Deploys) -> str:
+        sync = specs[0].sync
+        return desired_digest(deploys, [sync.image_archive] if sync is not None and sync.image_archive else [])
+
     watch = OpWatch(host, listener, detail)
     try:
-        result = run_deploys(ssh_inventory(host, known_hosts_path(state)), deploys_for_box, watch, dry_run=dry_run)
+        result = run_deploys(ssh_inventory(host, known_hosts_path(state)), deploys_for_box, watch, dry_run=dry_run,
+                             desired=desired)  # fmt: skip
     finally:
         watch.close()
     if not dry_run and not result.failed:

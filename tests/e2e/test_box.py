@@ -36,6 +36,13 @@ def test_up_changed_the_box(stack: Stack) -> None:
     assert deploy["changed"] > 10
 
 
+def test_the_first_up_restarted_postgres_once(stack: Stack) -> None:
+    # The package starts the cluster; the tuning and WAL archiving drop-ins are applied together: one restart.
+    journal = stack.sh("journalctl --no-pager -o cat -u postgresql@15-main").stdout
+    assert journal.count("Started postgresql@15-main.service") == 2, journal
+    assert journal.count("Stopping postgresql@15-main.service") == 1, journal
+
+
 def test_postgres_runs_under_systemd_with_logical_wal(stack: Stack) -> None:
     assert stack.sh("systemctl is-active postgresql@15-main").stdout.strip() == "active"
     assert stack.sh("systemctl is-enabled postgresql@15-main").stdout.strip() == "enabled"
@@ -213,10 +220,35 @@ def test_logs_follow_streams_until_ctrl_c(stack: Stack) -> None:
 
 
 def test_plan_on_the_converged_box_changes_nothing(stack: Stack) -> None:
-    # A real no-op deploy is checked at the end of the next test and of test_sync.py.
     plan = stack.cli_json("plan")
     assert plan["provider_steps"] == []
     assert plan["operations"] and not [op for op in plan["operations"] if op["status"] == "would change"]
+
+
+NOOP_COMMAND_LIMIT = 20  # issue 12
+
+
+def assert_noop(deploy: dict) -> None:
+    """A deploy that found the box as the last one left it: no operation pass, a few remote commands."""
+    assert deploy["converged_since"] and deploy["changed"] == 0 and deploy["operations"] == [], deploy
+    assert deploy["remote_commands"] <= NOOP_COMMAND_LIMIT, deploy
+
+
+def test_a_noop_deploy_skips_the_pass_and_drift_brings_it_back(stack: Stack) -> None:
+    assert_noop(stack.cli_json("deploy")["deploy"])
+    # Drift of kinds no file stamp sees: a unit stopped, a role's membership revoked, an account edited.
+    drift = stack.sh("systemctl stop pgbackrest-diff.timer && " + psql("REVOKE anon FROM app") + " && "
+                     "usermod --shell /bin/bash postgressor-gw")  # fmt: skip
+    assert drift.ok, drift.stderr
+    repair = stack.cli_json("deploy")["deploy"]
+    assert not repair["converged_since"] and repair["failed"] == 0, repair
+    changed = {op["name"] for op in repair["operations"] if op["status"] == "changed"}
+    assert {"Backups | diff backup timer active", "PostgreSQL | app may act as the Supabase roles",
+            "Gateway | Gateway user"} <= changed, changed  # fmt: skip
+    assert stack.sh("systemctl is-active pgbackrest-diff.timer").stdout.strip() == "active"
+    assert stack.sh(psql("SELECT pg_has_role('app', 'anon', 'MEMBER')")).stdout.strip() == "t"
+    assert stack.sh("getent passwd postgressor-gw").stdout.strip().endswith(":/usr/sbin/nologin")
+    assert_noop(stack.cli_json("deploy")["deploy"])
 
 
 HOLD_APT_LOCKS = (
@@ -292,8 +324,7 @@ def test_deploy_killed_half_way_then_rerun_converges(stack: Stack) -> None:
 
     first = stack.cli_json("deploy")
     assert first["deploy"]["failed"] == 0 and first["deploy"]["changed"] > 0
-    second = stack.cli_json("deploy")
-    assert [op["name"] for op in second["deploy"]["operations"] if op["status"] == "changed"] == []
+    assert_noop(stack.cli_json("deploy")["deploy"])
     # Converged: the running sshd refuses passwords again, 443 is open, PostgreSQL has its settings.
     test_password_ssh_login_is_refused(stack)
     assert "443/tcp" in stack.sh("ufw status").stdout

@@ -195,7 +195,7 @@ def test_deploy_puts_the_vault_values_in_the_box_spec_and_nowhere_else(
         HostRecord("192.0.2.10", 22, "root", str(project / "id"), "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB"))
     planned: list[Any] = []
 
-    def run_deploys(inventory: object, deploys: Any, listener: object, dry_run: bool = False) -> DeployResult:
+    def run_deploys(inventory: object, deploys: Any, listener: object, dry_run: bool = False, **_: Any) -> DeployResult:
         planned.extend(deploys(Box()))
         return DeployResult()
 

@@ -177,13 +177,24 @@ def test_archive_dropin_settings() -> None:
 def test_converged_box_runs_no_backup_command() -> None:
     commands, result, _ = run_fake(converged())
     ours = {"Backup encryption passphrase", "pgbackrest.conf (0600, postgres)", "Stanza main", "First full backup",
-            "Backup units loaded", "Backup config loaded"}  # fmt: skip
+            "Backup units loaded"}  # fmt: skip
     changed = {op.name.removeprefix("Backups | ") for op in result.operations if op.status == "changed"}
     assert not ours & changed, changed
     assert ours <= {op.name.removeprefix("Backups | ") for op in result.operations}
     joined = "\n".join(commands)
     for needle in ("stanza-create", "--type=full backup", "pgbackrest_cipher.new", "pgbackrest.conf.new"):
         assert needle not in joined
+
+
+def test_a_fresh_box_applies_tuning_and_archiving_with_one_restart() -> None:
+    commands, result, uploads = run_fake(FRESH)
+    names = [op.name for op in result.operations]
+    archiving = names.index("PostgreSQL | WAL archiving (postgresql.conf drop-in)")
+    assert archiving < names.index("PostgreSQL | Apply config (reload, restart only if needed)")
+    assert not [n for n in names if n.startswith("Backups |") and "WAL archiving" in n]
+    applies = [c for c in commands if "systemctl reload postgresql@15-main" in c]
+    assert len(applies) == 1, applies  # one reload, restarting only if a setting needs it: once
+    assert any(dest.endswith("conf.d/60-postgressor-backup.conf") for dest, _ in uploads)
 
 
 def test_a_changed_repository_gets_its_own_stanza_and_first_backup() -> None:

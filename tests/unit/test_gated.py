@@ -156,8 +156,8 @@ def test_a_box_deployed_before_gating_keeps_its_working_files_first(tmp_path: Pa
 
 
 def test_the_gateway_user_gets_no_home_directory(tmp_path: Path) -> None:
-    # pyinfra's server.user makes and chowns `home` unless told not to (ensure_home defaults to true).
+    # pyinfra's server.user made and chowned `home` unless told not to; system_user never makes it.
     commands = sync_commands(tmp_path, {})
     useradd = [c for c in commands if "useradd" in c and "postgressor-gw" in c]
-    assert useradd and all("-m" not in c.split() for c in useradd), useradd
+    assert useradd and all("--no-create-home" in c and "-m" not in c.split() for c in useradd), useradd
     assert not [c for c in commands if "/nonexistent" in c and ("mkdir" in c or "chown" in c)], commands

@@ -151,7 +151,7 @@ def test_a_mismatch_is_refused_before_the_deploy_changes_anything(tmp_path: Path
     box = FakeHost(facts)
     planned: list[Any] = []
 
-    def run_deploys(inventory: object, deploys: Any, listener: object, dry_run: bool = False) -> DeployResult:
+    def run_deploys(inventory: object, deploys: Any, listener: object, dry_run: bool = False, **_: Any) -> DeployResult:
         planned.extend(deploys(box))
         return DeployResult()
 

@@ -245,7 +245,7 @@ def test_the_box_files_count_too_when_the_state_recorded_nothing(
     jwks = f'jwks_url = "{ISSUER}/.well-known/jwks.json"'
     without = settings_from(tmp_path, GOOD_SYNC.replace(f'jwt_secret = "{SECRET}"', jwks))
 
-    def run_deploys(inventory: object, deploys: object, listener: object, dry_run: bool = False) -> object:
+    def run_deploys(inventory: object, deploys: object, listener: object, dry_run: bool = False, **_: object) -> object:
         return deploys(box)  # type: ignore[operator]
 
     monkeypatch.setattr(stacks, "run_deploys", run_deploys)

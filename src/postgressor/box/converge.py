@@ -7,18 +7,20 @@ import copy
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyinfra.api import BaseStateCallback, Config, Host, Inventory, State
+from pyinfra.api import BaseStateCallback, Config, Host, Inventory, State, StringCommand
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 
+from postgressor.box import converged
+from postgressor.box.layout import CONVERGED_RECORD
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.state import HostRecord
 
@@ -40,6 +42,8 @@ class DeployResult:
     remote_commands: int = 0
     seconds: float = 0.0
     dry_run: bool = False
+    converged_since: str = ""  # set when the pass was skipped: the time of the deploy the box still matches
+    facts_compared: int = 0  # the facts read back to find that out
 
     @property
     def changed(self) -> int:
@@ -57,6 +61,8 @@ class DeployResult:
             "remote_commands": self.remote_commands,
             "seconds": round(self.seconds, 1),
             "dry_run": self.dry_run,
+            "converged_since": self.converged_since or None,
+            "facts_compared": self.facts_compared,
             "operations": [op.__dict__ for op in self.operations],
         }
 
@@ -158,11 +164,16 @@ def run_deploys(
     deploys: Deploys | Callable[[Host], Deploys],
     listener: OpListener,
     dry_run: bool = False,
+    desired: Callable[[Deploys], str] | None = None,
 ) -> DeployResult:
     """Connect, add ``deploys`` (facts are read now), run them unless ``dry_run``, disconnect.
 
     ``deploys`` may be a function of the connected host (one-host inventories): it reads what it needs as facts in
     this connection and returns the deploys, so the box is reached once.
+
+    With ``desired`` (the digest of what the deploys would make, ``converged.desired_digest``), the box's converged
+    record is used: the facts it names are read in one round trip, and when the digest and every fact still match,
+    no operation runs (``converged_since`` says since when). A pass that succeeds leaves a new record.
     """
     result = DeployResult(dry_run=dry_run)
     started = time.monotonic()
@@ -171,6 +182,7 @@ def run_deploys(
     pyinfra_log.addHandler(errors)
     state = State(inventory, Config(CONNECT_TIMEOUT=20, FAIL_PERCENT=0))
     state.add_callback_handler(_Progress(result, listener, errors))
+    readers: list[_FactReader] = []
     try:
         with contextlib.suppress(PyinfraError):  # every host failed to connect: said below, with pyinfra's reason
             connect_all(state)
@@ -178,10 +190,21 @@ def run_deploys(
             raise login_error(inventory, errors.reason())
         for box in state.inventory:
             _count_commands(box, result)
-            _FactMemo(box).install()
+            readers.append(_FactReader(box))
+            readers[-1].install()
+        record = readers[0].read_record() if desired is not None and len(readers) == 1 else None
+        if record is not None:  # every fact it names, the ones ``deploys`` reads first included: one round trip
+            readers[0].prefetch(record.commands, [converged.Merge(m["command"], m["members"]) for m in record.merges])
         if callable(deploys):
             (box,) = state.inventory
             deploys = deploys(box)
+        wanted = desired(deploys) if desired is not None and len(readers) == 1 else ""
+        if record is not None:
+            if readers[0].matches(record) and record.desired == wanted and not dry_run:
+                result.converged_since, result.facts_compared = record.at, len(record.facts)
+                return result
+            if not dry_run:
+                readers[0].write_record(None)  # a pass cut off half-way must not leave the old record behind
         for func, kwargs in deploys:
             add_deploy(state, func, **kwargs)
         if dry_run:
@@ -198,6 +221,8 @@ def run_deploys(
                     result.operations.append(OpReport(name, status))
         else:
             run_ops(state)
+            if wanted and not result.failed:
+                readers[0].write_record(readers[0].record(wanted))
     except PyinfraError as err:
         if not result.failed:
             reason = errors.reason() or str(err)
@@ -211,49 +236,171 @@ def run_deploys(
     return result
 
 
-class _FactMemo:
-    """Read each fact once until the box changes: pyinfra 3 evaluates every operation twice (to plan, then to run)
-    and reads its facts each time. A fact read again with the same arguments is answered from memory as long as no
-    operation has run a command or uploaded a file since; the first such command forgets everything read before.
-    Facts marked ``volatile`` (what other processes or time change: locks, health, effective settings) are read
-    every time."""
+class _FactReader:
+    """Read each fact once until the box changes, and keep what was read for the converged record.
+
+    pyinfra 3 evaluates every operation twice (to plan, then to run) and reads its facts each time. A fact read
+    again with the same arguments is answered from memory as long as no operation has run a command or uploaded
+    a file since; the first such command forgets everything read before. Facts marked ``volatile`` (what other
+    processes or time change: locks, health, effective settings) are read every time. Commands answered by a
+    batch (``prefetch``) never reach the box: pyinfra processes those answers as its own."""
 
     def __init__(self, box: Any) -> None:
         self.box = box
         self.values: dict[tuple[Any, str], Any] = {}
-        self.reading = 0
+        self.reads: dict[tuple[Any, str], converged.FactRead] = {}  # every fact asked for, in order
+        self.answers: dict[str, tuple[bool, Any]] = {}  # shell line -> (succeeded, CommandOutput), from a batch
+        self.reading: list[converged.FactRead] = []
 
     def install(self) -> None:
         read_fact, connector = self.box.get_fact, self.box.connector
-        run, put = connector.run_shell_command, connector.put_file
+        self.run, put = connector.run_shell_command, connector.put_file
 
         def get_fact(cls: Any, *args: Any, **kwargs: Any) -> Any:
-            if getattr(cls, "volatile", False):  # what a process or a clock changes: read every time
-                return read_fact(cls, *args, **kwargs)
             # pyinfra runs the read with the operation's connector arguments (_sudo, _su_user...): part of the key
             current = getattr(self.box, "current_op_global_arguments", None) or {}
-            scope = repr(sorted((k, v) for k, v in current.items() if k in CONNECTOR_ARGUMENT_KEYS))
-            key = (cls, repr((args, sorted(kwargs.items()))) + scope)
-            if key not in self.values:
-                self.reading += 1
-                try:
-                    self.values[key] = read_fact(cls, *args, **kwargs)
-                finally:
-                    self.reading -= 1
-            return copy.deepcopy(self.values[key])  # an operation may change what it was given
+            call = {**{k: v for k, v in current.items() if k in CONNECTOR_ARGUMENT_KEYS}, **kwargs}
+            key = (cls, repr((args, sorted(call.items()))))
+            read = self.reads.setdefault(key, converged.FactRead(cls, args, call))
+            if key in self.values and not getattr(cls, "volatile", False):
+                return copy.deepcopy(self.values[key])  # an operation may change what it was given
+            self.reading.append(read)
+            try:
+                value = read_fact(cls, *args, **kwargs)
+            finally:
+                self.reading.pop()
+            self.values[key] = value
+            return copy.deepcopy(value)
 
-        def changing_run(*args: Any, **kwargs: Any) -> Any:
+        def changing_run(command: Any, *args: Any, **kwargs: Any) -> Any:
             if not self.reading:
-                self.values.clear()
-            return run(*args, **kwargs)
+                self.forget()
+                return self.run(command, *args, **kwargs)
+            line = converged.raw_command(self.box, command, kwargs)
+            if line not in self.reading[-1].commands:
+                self.reading[-1].commands.append(line)
+            if line in self.answers and converged.cacheable(kwargs):
+                # what time or another process changes is answered from a batch once, then asked again
+                volatile = getattr(self.reading[-1].cls, "volatile", False)
+                return self.answers.pop(line) if volatile else self.answers[line]
+            return self.run(command, *args, **kwargs)
 
         def changing_put(*args: Any, **kwargs: Any) -> Any:
-            self.values.clear()
+            self.forget()
             return put(*args, **kwargs)
 
         self.box.get_fact = get_fact
         connector.run_shell_command = changing_run
         connector.put_file = changing_put
+
+    def forget(self) -> None:
+        """The box is about to change: what was read or fetched before no longer holds."""
+        self.values.clear()
+        self.answers.clear()
+
+    def prefetch(self, commands: list[str], merges: Iterable[converged.Merge] = ()) -> None:
+        """Run ``commands`` (shell lines as facts ran them) in one round trip; facts then read their answers.
+        A merged command's answer is split into its members' answers."""
+        self.answers.update(converged.run_batch(self.box, self.run, commands))
+        for merge in merges:
+            answer = self.answers.pop(merge.command, None)
+            if answer is not None:
+                self.answers.update(merge.split(answer))
+
+    def read_record(self) -> converged.Record | None:
+        ok, output = self.run(StringCommand(f"cat {CONVERGED_RECORD} 2>/dev/null || true"), **self._root())
+        return converged.parse_record("\n".join(output.stdout_lines)) if ok else None
+
+    def matches(self, record: converged.Record) -> bool:
+        """Every fact and file stamp the record names reads the value it recorded (``prefetch`` its commands first:
+        then this asks the box nothing)."""
+        for entry in record.facts:
+            if "stamp" in entry:
+                answer = self.answers.get(str(entry["stamp"]))
+                if answer is None or converged.digest([answer[0], answer[1].stdout_lines]) != entry.get("value"):
+                    return False
+                continue
+            cls = converged.fact_class(str(entry.get("fact")))
+            if cls is None:
+                return False
+            try:
+                value = self.box.get_fact(cls, *entry["args"], **entry["kwargs"])
+            except Exception:  # a fact that cannot be read now is drift: the full pass says why
+                return False
+            if converged.digest(value) != entry.get("value"):
+                return False
+        return True
+
+    def record(self, desired: str) -> converged.Record | None:
+        """The box as this deploy left it, read in one round trip: every fact read in this run, except that facts
+        about files are replaced by a stamp of those files. None when a fact's arguments are not plain data or a
+        fact cannot be read."""
+        replayed: list[converged.FactRead] = []
+        groups: dict[tuple[bool, bool], set[str]] = {}
+        for read in self.reads.values():
+            paths = converged.fact_paths(read)
+            if paths is None:
+                replayed.append(read)
+            else:
+                groups.setdefault(paths[1:], set()).update(paths[0])
+        stamps = [converged.raw_command(self.box, StringCommand(command), self._root())
+                  for command in converged.stamp_commands(groups)]  # fmt: skip
+        merges = self._merges(replayed)
+        merged = {line for merge in merges for line in merge.members}
+        lines = [line for read in replayed for line in read.commands if line not in merged]
+        commands = list(dict.fromkeys([*lines, *(merge.command for merge in merges), *stamps]))
+        self.forget()
+        self.prefetch(commands, merges)
+        entries: list[dict[str, Any]] = []
+        for read in replayed:
+            entry = converged.recordable(read)
+            if entry is None:
+                return None
+            try:
+                entry["value"] = converged.digest(self.box.get_fact(read.cls, *read.args, **read.kwargs))
+            except Exception:  # no record: the next deploy runs its full pass
+                return None
+            entries.append(entry)
+        for line in stamps:
+            answer = self.answers.get(line)
+            if answer is None:
+                return None
+            entries.append({"stamp": line, "value": converged.digest([answer[0], answer[1].stdout_lines])})
+        return converged.Record(converged.now(), desired, entries, commands,
+                                [{"command": m.command, "members": m.members} for m in merges])  # fmt: skip
+
+    def _merges(self, reads: list[converged.FactRead]) -> list[converged.Merge]:
+        """One command for the reads of a fact that can merge them (``converged.merging``), grouped by the
+        arguments they must share and the connector arguments."""
+        groups: dict[str, tuple[Callable[..., str], dict[str, Any], list[tuple[dict[str, Any], str]]]] = {}
+        for read in reads:
+            rule = converged.merging(read)
+            arguments = converged.fact_arguments(read)
+            if rule is None or arguments is None:
+                continue
+            merge_by, merged_command = rule
+            connector = {k: v for k, v in read.kwargs.items() if k.startswith("_")}
+            key = repr((read.name, [arguments.get(k) for k in merge_by], sorted(connector.items())))
+            groups.setdefault(key, (merged_command, connector, []))[2].append((arguments, read.commands[0]))
+        merges = []
+        for merged_command, connector, members in groups.values():
+            if len(members) > 1:
+                command = merged_command([arguments for arguments, _ in members], converged.MERGE_MARK)
+                line = converged.raw_command(self.box, StringCommand(command), connector)
+                merges.append(converged.Merge(line, [member for _, member in members]))
+        return merges
+
+    def write_record(self, record: converged.Record | None) -> None:
+        """Keep ``record`` on the box (root only), or remove the one there when ``record`` is None."""
+        if record is None:
+            self.run(StringCommand(f"rm -f {CONVERGED_RECORD}"), **self._root())
+            return
+        self.run(StringCommand(f"umask 077 && mkdir -p {Path(CONVERGED_RECORD).parent} && "
+                               f"cat > {CONVERGED_RECORD}.new && mv {CONVERGED_RECORD}.new {CONVERGED_RECORD}"),
+                 _stdin=record.as_json(), **self._root())  # fmt: skip
+
+    def _root(self) -> dict[str, Any]:
+        return {"_sudo": True} if self.box.data.get("_sudo") else {}
 
 
 def _count_commands(box: Any, result: DeployResult) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from typing import Any
 
 from pyinfra.api import FactBase
 
@@ -55,6 +56,9 @@ class ActiveSwap(FactBase[list[str]]):
 class UfwStatus(FactBase[dict]):
     """{'active': bool, 'default_incoming': str, 'allowed': set of 'PORT/tcp' or 'PORT/tcp FROM'}."""
 
+    # ufw's status is read from these (box/converged.py stamps them instead of running ufw, a Python program)
+    follows_files = ("/etc/ufw/ufw.conf", "/etc/default/ufw", "/etc/ufw/user.rules", "/etc/ufw/user6.rules")
+
     def command(self) -> str:
         return "command -v ufw >/dev/null && LC_ALL=C ufw status verbose || true"
 
@@ -80,6 +84,20 @@ class PostgresScalar(FactBase[str]):
 
     def command(self, sql: str, database: str = "postgres") -> str:
         return f"if command -v psql >/dev/null; then {psql(sql, database)} 2>/dev/null || true; fi"
+
+    merge_by = ("database",)  # reads with the same database can share one psql run (merged_command)
+
+    @staticmethod
+    def merged_command(calls: list[dict[str, Any]], mark: str) -> str:
+        """One psql run for several reads (``calls``: each one's arguments, all with the same database); starting
+        a PostgreSQL session costs a second on a small box. Each query's output follows a ``<mark> <i>`` line, and
+        one that fails prints nothing, as it does alone."""
+        database = calls[0].get("database", "postgres")
+        command = psql(None, database, stop_at_error=False)
+        for i, call in enumerate(calls):
+            label = f"SELECT '{mark} {i}'"
+            command += f" -c {shlex.quote(label)} -c {shlex.quote(call['sql'])}"
+        return f"if command -v psql >/dev/null; then {command} 2>/dev/null || true; fi"
 
     def process(self, output: list[str]) -> str:
         return "\n".join(output).strip()
@@ -138,6 +156,10 @@ class SecretDigest(FactBase[str]):
 
 
 class DockerImagePresent(FactBase[bool]):
+    """Whether Docker holds ``image``."""
+
+    follows_files = ("/var/lib/docker/image/*/repositories.json",)  # box/converged.py stamps them instead
+
     def command(self, image: str) -> str:
         return f"docker image inspect {shlex.quote(image)} >/dev/null 2>&1 && echo yes || echo no"
 
@@ -215,6 +237,10 @@ class EffectiveHardening(FactBase[dict]):
     ``APT::Periodic::Unattended-Upgrade`` (``"unattended-upgrade"``), e.g. ``{"passwordauthentication": "no"}``."""
 
     volatile = True  # read again each time (box/converge.py _FactMemo)
+    # What those follow from, besides package versions and unit states (facts of their own): a converged box's
+    # record stamps these files instead of asking sshd, fail2ban and apt again (box/converged.py)
+    follows_files = ("/etc/ssh/sshd_config", "/etc/ssh/sshd_config.d/*", "/etc/fail2ban/jail.conf",
+                     "/etc/fail2ban/jail.d/*", "/etc/fail2ban/jail.local", "/etc/apt/apt.conf.d/*")  # fmt: skip
 
     SSHD_KEYS = ("passwordauthentication", "kbdinteractiveauthentication", "permitemptypasswords",
                  "permitrootlogin", "pubkeyauthentication")  # fmt: skip
@@ -284,7 +310,10 @@ class CloudInitDone(FactBase[bool]):
     volatile = True  # read again each time (box/converge.py _FactMemo)
 
     def command(self) -> str:
-        return "if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null 2>&1; fi; echo done"
+        # /run/cloud-init/result.json is written when this boot's cloud-init has finished: asking cloud-init (a
+        # Python program, seconds on a small box) is needed only before that.
+        return ("[ -e /run/cloud-init/result.json ] || ! command -v cloud-init >/dev/null || "
+                "cloud-init status --wait >/dev/null 2>&1; echo done")  # fmt: skip
 
     def process(self, output: list[str]) -> bool:
         return output[-1:] == ["done"]
@@ -328,3 +357,27 @@ CARRIED_ON_BOX = (
     ("backup.s3_key", "^repo1-s3-key=", PGBACKREST_CONF),
     ("backup.s3_key_secret", "^repo1-s3-key-secret=", PGBACKREST_CONF),
 )
+
+
+class SystemAccount(FactBase[dict]):
+    """``{"group": bool, "user": {"gid", "home", "shell"} or None}`` for a system user and its own group, from
+    getent (one command; pyinfra's Users fact runs lastlog and groups for every user: seconds on a small box)."""
+
+    def command(self, account: str) -> str:
+        quoted = shlex.quote(account)
+        return f"getent group {quoted} | sed 's/^/group:/'; getent passwd {quoted} | sed 's/^/user:/'; true"
+
+    def process(self, output: list[str]) -> dict:
+        found: dict = {"group": "", "user": None}
+        for line in output:
+            kind, _, entry = line.partition(":")
+            fields = entry.split(":")
+            if kind == "group" and len(fields) >= 3:
+                found["group"] = fields[2]
+            elif kind == "user" and len(fields) >= 7:
+                found["user"] = {"gid": fields[3], "home": fields[5], "shell": fields[6]}
+        return found
+
+    @staticmethod
+    def default() -> dict:
+        return {"group": "", "user": None}

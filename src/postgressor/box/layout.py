@@ -13,6 +13,7 @@ CONFIG_DIR = "/etc/postgressor"  # root-owned config and environment files
 SECRETS_DIR = f"{CONFIG_DIR}/secrets"  # generated secrets, root-only (0700 directory, 0600 files)
 STATE_DIR = "/var/lib/postgressor"
 MARKERS_DIR = f"{STATE_DIR}/applied"  # `applied` digests and config-applied timestamps
+CONVERGED_RECORD = f"{STATE_DIR}/converged.json"  # what the last successful deploy left (box/converged.py)
 IMAGES_DIR = f"{STATE_DIR}/images"  # uploaded `docker save` archives
 
 SSHD_DROP_INS = "/etc/ssh/sshd_config.d"
@@ -161,12 +162,14 @@ def electric_health_url(port: int = ELECTRIC_PORT) -> str:
     return f"http://127.0.0.1:{port}/v1/health"
 
 
-def psql(sql: str | None = None, database: str = "postgres") -> str:
+def psql(sql: str | None = None, database: str = "postgres", stop_at_error: bool = True) -> str:
     """psql as the postgres superuser (peer authentication: no password anywhere), unaligned tuples only, stopping
-    at the first error. ``sql`` None reads the statements from stdin, which is how a value that must stay out of
-    argv (a password) reaches the server; nothing secret is ever part of this command line, so it can be logged.
+    at the first error unless ``stop_at_error`` is False. ``sql`` None reads the statements from stdin, which is
+    how a value that must stay out of argv (a password) reaches the server; nothing secret is ever part of this
+    command line, so it can be logged.
     """
-    command = f"cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {shlex.quote(database)}"
+    stop = 1 if stop_at_error else 0
+    command = f"cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP={stop} -d {shlex.quote(database)}"
     return command if sql is None else f"{command} -c {shlex.quote(sql)}"
 
 

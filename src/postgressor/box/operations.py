@@ -62,6 +62,31 @@ def retry_while_locked(command: str) -> str:
 
 
 @operation()
+def system_user(user: str, home: str, login_shell: str) -> Generator[str, None, None]:
+    """A system user with a group of its own name, ``home`` (never created) and ``login_shell``."""
+    account = host.get_fact(facts.SystemAccount, account=user)
+    quoted = shlex.quote(user)
+    if not account["group"]:
+        yield f"groupadd --system {quoted}"
+    found = account["user"]
+    if found is None:
+        yield (f"useradd --system --gid {quoted} --home-dir {shlex.quote(home)} --no-create-home "
+               f"--shell {shlex.quote(login_shell)} {quoted}")  # fmt: skip
+        return
+    wrong = []
+    if account["group"] and found["gid"] != account["group"]:
+        wrong.append(f"--gid {quoted}")
+    if found["home"] != home:
+        wrong.append(f"--home {shlex.quote(home)}")
+    if found["shell"] != login_shell:
+        wrong.append(f"--shell {shlex.quote(login_shell)}")
+    if wrong:
+        yield f"usermod {' '.join(wrong)} {quoted}"
+    elif account["group"]:
+        host.noop(f"system user {user} exists with group {user}, home {home} and shell {login_shell}")
+
+
+@operation()
 def apt_idle(timeout: int = APT_IDLE_TIMEOUT) -> Generator[str, None, None]:
     """Wait (bounded) until no other process uses apt or dpkg, as right after a cloud server's first boot."""
     busy = host.get_fact(facts.AptBusy, timeout=timeout)

@@ -169,12 +169,18 @@ def _finish(ctx: typer.Context, result: stacks.UpResult, verb: str, reporter: Re
     if global_options(ctx).json:
         emit_json({"ok": not deploy.failed, **result.as_dict(), "seconds": round(total, 1)})
     else:
-        console.print(
-            f"[bold]{verb}[/] stack '{result.stack}' at {result.host.address}:{result.host.port}: "
-            f"{deploy.changed} changed, {len(deploy.operations) - deploy.changed - len(deploy.failed)} unchanged, "
-            f"{len(deploy.failed)} failed in {total:.0f} s (deploys {deploy.seconds:.0f} s, "
-            f"{deploy.remote_commands} remote commands)"
-        )
+        where = f"[bold]{verb}[/] stack '{result.stack}' at {result.host.address}:{result.host.port}"
+        if deploy.converged_since:
+            console.print(
+                f"{where}: 0 changed: the box matches the deploy of {deploy.converged_since} ({deploy.facts_compared} "
+                f"facts compared in {deploy.remote_commands} remote commands, {total:.0f} s)"
+            )
+        else:
+            unchanged = len(deploy.operations) - deploy.changed - len(deploy.failed)
+            console.print(
+                f"{where}: {deploy.changed} changed, {unchanged} unchanged, {len(deploy.failed)} failed in "
+                f"{total:.0f} s (deploys {deploy.seconds:.0f} s, {deploy.remote_commands} remote commands)"
+            )
         done = result.restored_from
         if done.get("label"):
             when = done["target"] or "to the end of its archived WAL"

@@ -36,19 +36,17 @@ from postgressor.box.layout import (
 )
 from postgressor.box.operations import (
     applied,
-    apply_config_command,
     apt_index_update,
     composed_file,
     generated_secret,
     held_secret,
     marked,
-    postgres_config_current,
     reapply_if_stale,
     restored,
 )
 from postgressor.box.spec import BackupSpec, BoxSpec
 
-DROPIN = "conf.d/60-postgressor-backup.conf"
+ARCHIVE_DROPIN = "conf.d/60-postgressor-backup.conf"  # the WAL archiving settings (postgres.py writes it)
 SERVICE = f"{BACKUP_UNIT}@.service"
 TIMERS = SCHEDULED_BACKUP_TIMERS
 
@@ -193,14 +191,7 @@ def backup(spec: BoxSpec) -> None:
     applied(name=f"Stanza {PGBACKREST_STANZA}", marker="pgbackrest-stanza", digest=backup.repo_id,
             command=stanza_command(backup))  # fmt: skip
 
-    # WAL archiving: reload, and restart only when archive_mode changes.
-    dropin = f"{spec.conf_dir}/{DROPIN}"
-    postgres_config_current(name="Backup config loaded", version=spec.pg_version, paths=[dropin])
-    archive = files.template(name="WAL archiving (postgresql.conf drop-in)", src=template("backup.conf.j2"),
-                             dest=dropin, user="postgres", group="postgres", mode="644",
-                             settings=archive_settings(backup))  # fmt: skip
-    server.shell(name="Apply WAL archiving (reload, restart only if needed)",
-                 commands=[apply_config_command(spec.pg_version)], _if=archive.did_change)  # fmt: skip
+    # WAL archiving is configured by the PostgreSQL deploy, with the tuning (one restart).
     # A backup to restore from, checked end to end (check archives a WAL segment and waits for it).
     applied(name="First full backup", marker="pgbackrest-first-backup", digest=backup.repo_id,
             command=f"{PGBACKREST} check && {PGBACKREST} --type=full backup")  # fmt: skip

@@ -8,6 +8,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, postgres, server, systemd
 
 from postgressor.box import facts
+from postgressor.box.deploys.backup import ARCHIVE_DROPIN, archive_settings
 from postgressor.box.deploys.base import template
 from postgressor.box.layout import postgres_unit
 from postgressor.box.operations import apply_config_command, postgres_config_current, role_password, sql_unless
@@ -39,11 +40,18 @@ def postgresql(spec: BoxSpec) -> None:
         private_address=bool(spec.private_network), private_network=spec.private_network,
         electric_network=spec.sync.bridge_network if spec.sync else "", database=spec.database,
     )  # fmt: skip
+    config_ops, paths = [conf_op, hba_op], [conf, hba]
+    if spec.backup is not None:  # written with the tuning, so the first deploy restarts PostgreSQL once
+        paths.append(f"{spec.conf_dir}/{ARCHIVE_DROPIN}")
+        config_ops.append(files.template(
+            name="WAL archiving (postgresql.conf drop-in)", src=template("backup.conf.j2"), dest=paths[-1],
+            user="postgres", group="postgres", mode="644", settings=archive_settings(spec.backup),
+        ))  # fmt: skip
     server.shell(name="Apply config (reload, restart only if needed)",
                  commands=[apply_config_command(spec.pg_version)],
-                 _if=lambda: conf_op.did_change() or hba_op.did_change())  # fmt: skip
+                 _if=lambda: any(op.did_change() for op in config_ops))  # fmt: skip
     # After the files are current: config an interrupted run wrote but never loaded is applied now.
-    postgres_config_current(name="Config loaded", version=spec.pg_version, paths=[conf, hba])
+    postgres_config_current(name="Config loaded", version=spec.pg_version, paths=paths)
     systemd.service(name="PostgreSQL running", service=postgres_unit(spec.pg_version),
                     running=True, enabled=True)  # fmt: skip
 

@@ -8,7 +8,7 @@ from io import StringIO
 from typing import Any
 
 from pyinfra.api import deploy
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import files, systemd
 
 from postgressor.box.deploys.base import apply_on_change, template
 from postgressor.box.gated import gated_apply, gateway_probe, keep_last_good
@@ -42,6 +42,7 @@ from postgressor.box.operations import (
     generated_secret,
     http_ready,
     loopback_guarded,
+    system_user,
 )
 from postgressor.box.quoting import caddyfile_token, systemd_word
 from postgressor.box.spec import BoxSpec
@@ -126,10 +127,7 @@ def electric(spec: BoxSpec) -> None:
 def gateway(spec: BoxSpec, bundle: GatewayBundle) -> None:
     sync = spec.sync
     assert sync is not None
-    server.group(name="Gateway group", group=GATEWAY_USER, system=True)
-    nologin = "/usr/sbin/nologin"
-    server.user(name="Gateway user", user=GATEWAY_USER, group=GATEWAY_USER, system=True,
-                home="/nonexistent", shell=nologin, create_home=False, ensure_home=False)  # fmt: skip
+    system_user(name="Gateway user", user=GATEWAY_USER, home="/nonexistent", login_shell="/usr/sbin/nologin")
     files.directory(name="Gateway home", path=GATEWAY_HOME, mode="755")
     files.sync(name="Gateway wheels", src=str(bundle.wheels), dest=f"{GATEWAY_HOME}/wheels", delete=True,
                exclude=[".complete"])  # fmt: skip
