@@ -105,6 +105,11 @@ class GoldenBuild:
                 errors = [line for line in self.log.read_text().splitlines() if "error" in line]
                 raise RuntimeError(f"postgressor up exited {self.up.returncode}: {' / '.join(errors[-3:])}")
             box.up_result = json.loads(out)
+            # The pass after `up` changes nothing and so records the box as converged (box/converged.py): every
+            # module's copy then starts from a box whose no-op deploy skips the operation pass, as users' boxes do.
+            settled = box.cli_json("deploy", timeout=UP_TIMEOUT)["deploy"]
+            if settled["changed"] or settled["failed"]:
+                raise RuntimeError(f"the deploy after the golden's up changed {settled['changed']} operations")
             return save_golden(box, cloud_image, MEMORY_MB, CPUS, FORWARDED)
         except BaseException:
             box.cli("destroy", "--yes", "--skip-final-backup", check=False, timeout=120)

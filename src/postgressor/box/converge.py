@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -194,17 +196,16 @@ def run_deploys(
             readers[-1].install()
         record = readers[0].read_record() if desired is not None and len(readers) == 1 else None
         if record is not None:  # every fact it names, the ones ``deploys`` reads first included: one round trip
-            readers[0].prefetch(record.commands, [converged.Merge(m["command"], m["members"]) for m in record.merges])
+            readers[0].prefetch(record.commands, converged.merges_of(record))
         if callable(deploys):
             (box,) = state.inventory
             deploys = deploys(box)
         wanted = desired(deploys) if desired is not None and len(readers) == 1 else ""
-        if record is not None:
-            if readers[0].matches(record) and record.desired == wanted and not dry_run:
+        if record is not None and not dry_run:
+            if record.verified and record.desired == wanted and readers[0].matches(record):
                 result.converged_since, result.facts_compared = record.at, len(record.facts)
                 return result
-            if not dry_run:
-                readers[0].write_record(None)  # a pass cut off half-way must not leave the old record behind
+            readers[0].write_record(None)  # a pass cut off half-way must not leave the old record behind
         for func, kwargs in deploys:
             add_deploy(state, func, **kwargs)
         if dry_run:
@@ -222,7 +223,9 @@ def run_deploys(
         else:
             run_ops(state)
             if wanted and not result.failed:
-                readers[0].write_record(readers[0].record(wanted))
+                # A pass that changed nothing read exactly what a converged box needs read: its record may let the
+                # next pass be skipped. After changes, the record only saves the next pass most of its reads.
+                readers[0].write_record(readers[0].record(wanted, verified=result.changed == 0))
     except PyinfraError as err:
         if not result.failed:
             reason = errors.reason() or str(err)
@@ -313,7 +316,14 @@ class _FactReader:
 
     def matches(self, record: converged.Record) -> bool:
         """Every fact and file stamp the record names reads the value it recorded (``prefetch`` its commands first:
-        then this asks the box nothing)."""
+        then this asks the box nothing). Its reads are not this run's: they stay out of the next record."""
+        reads = dict(self.reads)
+        try:
+            return self._matches(record)
+        finally:
+            self.reads = reads
+
+    def _matches(self, record: converged.Record) -> bool:
         for entry in record.facts:
             if "stamp" in entry:
                 answer = self.answers.get(str(entry["stamp"]))
@@ -331,7 +341,7 @@ class _FactReader:
                 return False
         return True
 
-    def record(self, desired: str) -> converged.Record | None:
+    def record(self, desired: str, verified: bool) -> converged.Record | None:
         """The box as this deploy left it, read in one round trip: every fact read in this run, except that facts
         about files are replaced by a stamp of those files. None when a fact's arguments are not plain data or a
         fact cannot be read."""
@@ -367,7 +377,7 @@ class _FactReader:
                 return None
             entries.append({"stamp": line, "value": converged.digest([answer[0], answer[1].stdout_lines])})
         return converged.Record(converged.now(), desired, entries, commands,
-                                [{"command": m.command, "members": m.members} for m in merges])  # fmt: skip
+                                [dataclasses.asdict(m) for m in merges], verified)  # fmt: skip
 
     def _merges(self, reads: list[converged.FactRead]) -> list[converged.Merge]:
         """One command for the reads of a fact that can merge them (``converged.merging``), grouped by the
@@ -383,11 +393,12 @@ class _FactReader:
             key = repr((read.name, [arguments.get(k) for k in merge_by], sorted(connector.items())))
             groups.setdefault(key, (merged_command, connector, []))[2].append((arguments, read.commands[0]))
         merges = []
+        mark = f"{converged.MERGE_MARK}-{secrets.token_hex(6)}"
         for merged_command, connector, members in groups.values():
             if len(members) > 1:
-                command = merged_command([arguments for arguments, _ in members], converged.MERGE_MARK)
+                command = merged_command([arguments for arguments, _ in members], mark)
                 line = converged.raw_command(self.box, StringCommand(command), connector)
-                merges.append(converged.Merge(line, [member for _, member in members]))
+                merges.append(converged.Merge(line, [member for _, member in members], mark))
         return merges
 
     def write_record(self, record: converged.Record | None) -> None:

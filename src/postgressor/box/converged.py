@@ -124,10 +124,15 @@ class Record:
     desired: str
     facts: list[dict[str, Any]]  # {"fact", "args", "kwargs", "value"} or {"stamp": shell line, "value"}
     commands: list[str]  # what the batch runs
-    merges: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # Merge as {"command", "members"}
+    merges: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # Merge as {"command", "members", "mark"}
+    verified: bool = False  # written after a pass that changed nothing: only such a record lets a pass be skipped
 
     def as_json(self) -> str:
         return json.dumps({"version": RECORD_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+
+
+def merges_of(record: Record) -> list[Merge]:
+    return [Merge(m["command"], m["members"], m["mark"]) for m in record.merges]
 
 
 def parse_record(text: str) -> Record | None:
@@ -136,10 +141,10 @@ def parse_record(text: str) -> Record | None:
         data = json.loads(text)
         if data.get("version") != RECORD_VERSION:
             return None
-        merges = [{"command": str(m["command"]), "members": [str(x) for x in m["members"]]}
+        merges = [{"command": str(m["command"]), "members": [str(x) for x in m["members"]], "mark": str(m["mark"])}
                   for m in data.get("merges", [])]  # fmt: skip
         return Record(str(data["at"]), str(data["desired"]), list(data["facts"]), [str(c) for c in data["commands"]],
-                      merges)  # fmt: skip
+                      merges, data.get("verified") is True)  # fmt: skip
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -226,7 +231,7 @@ def stamp_commands(groups: dict[tuple[bool, bool], set[str]]) -> list[str]:
     for (follow, directories), paths in sorted(groups.items()):
         if paths:
             stamp = DIRECTORY_STAMP if directories else FILE_STAMP
-            quoted = " ".join(p if "*" in p else shlex.quote(p) for p in sorted(paths))  # globs: our own constants
+            quoted = " ".join(shlex.quote(p).replace("*", "'*'") for p in sorted(paths))  # a * stays a pattern
             commands.append(f"stat {'-L ' if follow else ''}-c '{stamp}' -- {quoted} 2>/dev/null; true")
     return commands
 
@@ -237,10 +242,12 @@ MERGE_MARK = "postgressor-merge"
 @dataclasses.dataclass
 class Merge:
     """Several facts' commands answered by one (``command``): ``members`` are their shell lines, in the order of
-    the ``<MERGE_MARK> <i>`` lines that start each one's output."""
+    the ``<mark> <i>`` lines that start each one's output (``mark``: MERGE_MARK and a random part, new for each
+    record, so no output a box can be made to print in advance splits it)."""
 
     command: str
     members: list[str]
+    mark: str
 
     def split(self, answer: tuple[bool, CommandOutput]) -> dict[str, tuple[bool, CommandOutput]]:
         """Each member's answer, or {} when the merged command failed or a member's mark is missing."""
@@ -249,7 +256,7 @@ class Merge:
         current: list[str] | None = None
         for line in output.stdout_lines:
             mark, _, index = line.partition(" ")
-            if mark == MERGE_MARK and index.isdigit():
+            if mark == self.mark and index.isdigit():
                 current = parts.setdefault(int(index), [])
             elif current is not None:
                 current.append(line)
@@ -315,6 +322,7 @@ def raw_command(box: Any, command: Any, arguments: dict[str, Any]) -> str:
 
 
 BATCH_MARK = "postgressor-batch"
+BATCH_TIMEOUT = 1200  # seconds: a fact may wait for apt (AptBusy, 900 s) as the deploy itself would
 
 
 def batch_script(commands: list[str], nonce: str) -> str:
@@ -378,7 +386,7 @@ def run_batch(box: Any, run: Any, commands: list[str]) -> dict[str, tuple[bool, 
     if not commands:
         return {}
     nonce = secrets.token_hex(8)
-    ok, output = run(StringCommand(batch_script(commands, nonce)))
+    ok, output = run(StringCommand(batch_script(commands, nonce)), _timeout=BATCH_TIMEOUT)
     if not ok and not output.stdout_lines:
         return {}
     answers = parse_batch(output.stdout_lines, nonce, len(commands))

@@ -56,8 +56,6 @@ class ActiveSwap(FactBase[list[str]]):
 class UfwStatus(FactBase[dict]):
     """{'active': bool, 'default_incoming': str, 'allowed': set of 'PORT/tcp' or 'PORT/tcp FROM'}."""
 
-    # ufw's status is read from these (box/converged.py stamps them instead of running ufw, a Python program)
-    follows_files = ("/etc/ufw/ufw.conf", "/etc/default/ufw", "/etc/ufw/user.rules", "/etc/ufw/user6.rules")
 
     def command(self) -> str:
         return "command -v ufw >/dev/null && LC_ALL=C ufw status verbose || true"
@@ -237,10 +235,6 @@ class EffectiveHardening(FactBase[dict]):
     ``APT::Periodic::Unattended-Upgrade`` (``"unattended-upgrade"``), e.g. ``{"passwordauthentication": "no"}``."""
 
     volatile = True  # read again each time (box/converge.py _FactMemo)
-    # What those follow from, besides package versions and unit states (facts of their own): a converged box's
-    # record stamps these files instead of asking sshd, fail2ban and apt again (box/converged.py)
-    follows_files = ("/etc/ssh/sshd_config", "/etc/ssh/sshd_config.d/*", "/etc/fail2ban/jail.conf",
-                     "/etc/fail2ban/jail.d/*", "/etc/fail2ban/jail.local", "/etc/apt/apt.conf.d/*")  # fmt: skip
 
     SSHD_KEYS = ("passwordauthentication", "kbdinteractiveauthentication", "permitemptypasswords",
                  "permitrootlogin", "pubkeyauthentication")  # fmt: skip

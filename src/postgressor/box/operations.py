@@ -74,7 +74,7 @@ def system_user(user: str, home: str, login_shell: str) -> Generator[str, None, 
                f"--shell {shlex.quote(login_shell)} {quoted}")  # fmt: skip
         return
     wrong = []
-    if account["group"] and found["gid"] != account["group"]:
+    if not account["group"] or found["gid"] != account["group"]:  # a group made just now is not the user's yet
         wrong.append(f"--gid {quoted}")
     if found["home"] != home:
         wrong.append(f"--home {shlex.quote(home)}")
@@ -82,7 +82,7 @@ def system_user(user: str, home: str, login_shell: str) -> Generator[str, None, 
         wrong.append(f"--shell {shlex.quote(login_shell)}")
     if wrong:
         yield f"usermod {' '.join(wrong)} {quoted}"
-    elif account["group"]:
+    else:
         host.noop(f"system user {user} exists with group {user}, home {home} and shell {login_shell}")
 
 

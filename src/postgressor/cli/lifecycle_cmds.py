@@ -172,8 +172,8 @@ def _finish(ctx: typer.Context, result: stacks.UpResult, verb: str, reporter: Re
         where = f"[bold]{verb}[/] stack '{result.stack}' at {result.host.address}:{result.host.port}"
         if deploy.converged_since:
             console.print(
-                f"{where}: 0 changed: the box matches the deploy of {deploy.converged_since} ({deploy.facts_compared} "
-                f"facts compared in {deploy.remote_commands} remote commands, {total:.0f} s)"
+                f"{where}: 0 changed in {total:.0f} s (the box matches the deploy of {deploy.converged_since}: "
+                f"{deploy.facts_compared} facts and file stamps compared in {deploy.remote_commands} remote commands)"
             )
         else:
             unchanged = len(deploy.operations) - deploy.changed - len(deploy.failed)
