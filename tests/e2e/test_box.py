@@ -235,7 +235,12 @@ def assert_noop(deploy: dict) -> None:
 
 
 def test_a_noop_deploy_skips_the_pass_and_drift_brings_it_back(stack: Stack) -> None:
-    assert_noop(stack.cli_json("deploy")["deploy"])
+    first = stack.cli_json("deploy")["deploy"]
+    assert first["changed"] == 0 and first["failed"] == 0, first
+    if not first["converged_since"]:  # the tests before this one changed the box: this pass recorded it again
+        assert_noop(stack.cli_json("deploy")["deploy"])
+    else:
+        assert_noop(first)
     # Drift of kinds no file stamp sees: a unit stopped, a role's membership revoked, an account edited.
     drift = stack.sh("systemctl stop pgbackrest-diff.timer && " + psql("REVOKE anon FROM app") + " && "
                      "usermod --shell /bin/bash postgressor-gw")  # fmt: skip

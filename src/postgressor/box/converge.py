@@ -304,11 +304,14 @@ class _FactReader:
     def prefetch(self, commands: list[str], merges: Iterable[converged.Merge] = ()) -> None:
         """Run ``commands`` (shell lines as facts ran them) in one round trip; facts then read their answers.
         A merged command's answer is split into its members' answers."""
-        self.answers.update(converged.run_batch(self.box, self.run, commands))
+        answers = converged.run_batch(self.box, self.run, commands)
         for merge in merges:
-            answer = self.answers.pop(merge.command, None)
+            answer = answers.pop(merge.command, None)
             if answer is not None:
-                self.answers.update(merge.split(answer))
+                answers.update(merge.split(answer))
+        # A command that failed is asked again when its fact is read: on a box still starting (a server booted
+        # from a snapshot), PostgreSQL may answer by then, and a failure kept would fail the fact.
+        self.answers.update({line: answer for line, answer in answers.items() if answer[0]})
 
     def read_record(self) -> converged.Record | None:
         ok, output = self.run(StringCommand(f"cat {CONVERGED_RECORD} 2>/dev/null || true"), **self._root())

@@ -340,3 +340,23 @@ def test_a_record_keeps_only_what_the_last_pass_read(monkeypatch: pytest.MonkeyP
     fresh = FakeBox(BASELINE)
     fresh.deploy(monkeypatch, [spec], desired="base only")
     assert len(json.loads(box.record)["facts"]) == len(json.loads(fresh.record)["facts"])
+
+
+def test_a_command_that_failed_in_the_batch_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server booted from a snapshot of a converged box: PostgreSQL is not up when the batch runs.
+    box = FakeBox(BASELINE)
+    box.deploy(monkeypatch, base_and_postgres())
+    box.settle()
+    down = {"success": False, "stderr": "psql: error: connection to server failed"}
+    box.responses = {"pg_roles": down, **box.responses}
+    real_batch = box.batch
+
+    def batch_then_up(connector: FakeConnector, script: str) -> Iterator[str]:
+        yield from real_batch(connector, script)
+        del box.responses["pg_roles"]  # up by the time the operations read the roles
+
+    monkeypatch.setattr(box, "batch", batch_then_up)
+    result = box.deploy(monkeypatch, base_and_postgres())
+    assert not result.converged_since and not result.failed
+    batch = next(i for i, c in enumerate(box.commands) if c.startswith(f": {converged.BATCH_MARK}"))
+    assert any("pg_roles" in c for c in box.commands[batch + 1 :])  # read again, from the box
