@@ -21,6 +21,7 @@ from pyinfra.api import FactBase, Inventory, deploy, operation
 from pyinfra.connectors.fake import FakeConnector
 from pyinfra.connectors.util import CommandOutput, OutputLine
 from test_deploys_fake import CONVERGED
+from test_fact_memo import markers
 
 from postgressor.box import converged
 from postgressor.box.converge import DeployResult, run_deploys
@@ -300,35 +301,14 @@ def test_the_batch_script_keeps_each_commands_output_status_and_stderr() -> None
     }
 
 
-class Marker(FactBase[str]):
-    def command(self) -> str:
-        return "cat /etc/marker"
-
-    def process(self, output: list[str]) -> str:
-        return "\n".join(output)
-
-
-@operation()
-def marker(value: str) -> Any:
-    if host.get_fact(Marker) != value:
-        yield f"echo {value} > /etc/marker"
-    else:
-        host.noop(f"/etc/marker says {value}")
-
-
-@deploy("Markers")
-def markers(value: str) -> None:
-    marker(name="marker", value=value)
-
-
 def test_only_a_pass_that_changed_nothing_lets_the_next_one_be_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     box = FakeBox({"cat /etc/marker": "old"})
-    changed = box.deploy(monkeypatch, [(markers, {"value": "new"})])
+    changed = box.deploy(monkeypatch, [(markers, {"values": ["new"]})])
     assert changed.changed == 1 and json.loads(box.record)["verified"] is False
     box.responses["cat /etc/marker"] = "new"  # what the change made
-    checked = box.deploy(monkeypatch, [(markers, {"value": "new"})])
+    checked = box.deploy(monkeypatch, [(markers, {"values": ["new"]})])
     assert not checked.converged_since and checked.changed == 0 and json.loads(box.record)["verified"] is True
-    assert box.deploy(monkeypatch, [(markers, {"value": "new"})]).converged_since
+    assert box.deploy(monkeypatch, [(markers, {"values": ["new"]})]).converged_since
 
 
 def test_a_record_keeps_only_what_the_last_pass_read(monkeypatch: pytest.MonkeyPatch) -> None:
