@@ -202,9 +202,13 @@ def run_deploys(
             deploys = deploys(box)
         wanted = desired(deploys) if desired is not None and len(readers) == 1 else ""
         if record is not None and not dry_run:
-            if record.verified and record.desired == wanted and readers[0].matches(record):
-                result.converged_since, result.facts_compared = record.at, len(record.facts)
-                return result
+            if record.verified and record.desired == wanted:
+                if readers[0].matches(record):
+                    result.converged_since, result.facts_compared = record.at, len(record.facts)
+                    return result
+                # The box moved since its record (drift, or a boot still under way): the pass reads it live,
+                # never from answers taken while services were still starting.
+                readers[0].forget()
             readers[0].write_record(None)  # a pass cut off half-way must not leave the old record behind
         for func, kwargs in deploys:
             add_deploy(state, func, **kwargs)
