@@ -194,13 +194,14 @@ def run_deploys(
             _count_commands(box, result)
             readers.append(_FactReader(box))
             readers[-1].install()
-        record = readers[0].read_record() if desired is not None and len(readers) == 1 else None
+        converging = desired is not None and len(readers) == 1  # the record serves one-host runs
+        record = readers[0].read_record() if converging else None
         if record is not None:  # every fact it names, the ones ``deploys`` reads first included: one round trip
             readers[0].prefetch(record.commands, converged.merges_of(record))
         if callable(deploys):
             (box,) = state.inventory
             deploys = deploys(box)
-        wanted = desired(deploys) if desired is not None and len(readers) == 1 else ""
+        wanted = desired(deploys) if converging and desired is not None else ""
         if record is not None and not dry_run:
             if record.verified and record.desired == wanted:
                 if readers[0].matches(record):
@@ -392,10 +393,9 @@ class _FactReader:
         groups: dict[str, tuple[Callable[..., str], dict[str, Any], list[tuple[dict[str, Any], str]]]] = {}
         for read in reads:
             rule = converged.merging(read)
-            arguments = converged.fact_arguments(read)
-            if rule is None or arguments is None:
+            if rule is None:
                 continue
-            merge_by, merged_command = rule
+            merge_by, merged_command, arguments = rule
             connector = {k: v for k, v in read.kwargs.items() if k.startswith("_")}
             key = repr((read.name, [arguments.get(k) for k in merge_by], sorted(connector.items())))
             groups.setdefault(key, (merged_command, connector, []))[2].append((arguments, read.commands[0]))

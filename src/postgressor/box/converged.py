@@ -1,17 +1,20 @@
 """A converged box is not asked the same thing twice: its facts in one round trip, and no operation pass when
 nothing changed since the last successful deploy.
 
-After a deploy succeeds, the box keeps a record (``layout.CONVERGED_RECORD``, root only, JSON)::
+After a deploy succeeds, the box keeps a record (``layout.CONVERGED_RECORD``, root only, JSON; ``Record``)::
 
     {"version": 1, "at": ISO-8601 time, "desired": sha256 of what was deployed (``desired_digest``),
-     "facts": [{"fact": "module:Class", "args": [...], "kwargs": {...}, "value": sha256 of its value}, ...],
-     "commands": [the exact shell line each of those facts ran, after sudo wrapping]}
+     "facts": [{"fact": "module:Class", "args": [...], "kwargs": {...}, "value": sha256 of its value}
+               or {"stamp": a stat of the files the file facts read, "value": sha256 of its output}, ...],
+     "commands": [the shell lines the batch runs, after sudo wrapping],
+     "merges": [{"command", "members", "mark"}: one command answering several facts' commands],
+     "verified": true when the pass that wrote it changed nothing}
 
-The next deploy runs every recorded command in one SSH command (``prefetch``) and pyinfra reads its facts from
-those answers exactly as it would from the box. When the desired state and every fact's value match the record,
-no operation would change anything: the pass is skipped. Any drift (a file edited by hand, a unit stopped, a role
-dropped, a firewall rule removed, a package removed, sshd's effective settings) changes a fact's value, and the
-full pass runs and repairs it.
+The next deploy runs the recorded commands in one SSH command (``run_batch``) and pyinfra reads its facts from
+those answers exactly as it would from the box. When the record is verified and the desired state and every
+value match, no operation would change anything: the pass is skipped. Any drift (a file edited by hand, a unit
+stopped, a role dropped, a firewall rule removed, a package removed, sshd's effective settings) changes a value,
+and the full pass runs and repairs it.
 """
 
 from __future__ import annotations
@@ -62,8 +65,8 @@ def canonical(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Path):  # a local file or directory a deploy uploads: its files' content
         if value.is_dir():
-            return [str(value), [file_stamp(str(p)) for p in sorted(value.iterdir()) if p.is_file()]]
-        return file_stamp(str(value))
+            return [str(value), [local_file_digest(str(p)) for p in sorted(value.iterdir()) if p.is_file()]]
+        return local_file_digest(str(value))
     if isinstance(value, bytes):
         return value.hex()
     if callable(value):
@@ -83,7 +86,7 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-def file_stamp(path: str) -> list[Any]:
+def local_file_digest(path: str) -> list[Any]:
     """(path, sha256 of its content) of a local file a deploy uploads; (path, None) when it is missing. Content,
     not times: the gateway's tarball is written again, byte for byte the same, on every run."""
     h = hashlib.sha256()
@@ -100,7 +103,7 @@ def desired_digest(deploys: Iterable[tuple[Any, dict[str, Any]]], uploads: Itera
     """sha256 of what a pass would deploy: each deploy and its arguments, postgressor's deploy code, and the
     content of the local files it uploads (``uploads``)."""
     return digest({"deploys": [[func, kwargs] for func, kwargs in deploys], "code": code_digest(),
-                   "uploads": [file_stamp(p) for p in uploads]})  # fmt: skip
+                   "uploads": [local_file_digest(p) for p in uploads]})  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -298,18 +301,21 @@ _PYINFRA_MERGES: dict[str, tuple[tuple[str, ...], Callable[[list[dict[str, Any]]
 }  # fmt: skip
 
 
-def merging(read: FactRead) -> tuple[tuple[str, ...], Callable[[list[dict[str, Any]], str], str]] | None:
-    """(the arguments reads must share, the merged command) when ``read`` can share a command with others."""
+def merging(
+    read: FactRead,
+) -> tuple[tuple[str, ...], Callable[[list[dict[str, Any]], str], str], dict[str, Any]] | None:
+    """(the arguments reads must share, the merged command, this read's arguments by name) when ``read`` can
+    share a command with others."""
     arguments = fact_arguments(read)
     if arguments is None or len(read.commands) != 1:
         return None
     merged = getattr(read.cls, "merged_command", None)
     if merged is not None:
-        return tuple(getattr(read.cls, "merge_by", ())), merged
+        return tuple(getattr(read.cls, "merge_by", ())), merged, arguments
     rule = _PYINFRA_MERGES.get(read.name)
     if rule is None or not rule[2](arguments):
         return None
-    return rule[0], rule[1]
+    return rule[0], rule[1], arguments
 
 
 def raw_command(box: Any, command: Any, arguments: dict[str, Any]) -> str:
