@@ -18,7 +18,7 @@ from postgressor.box.deploys.backup import CIPHER_MISMATCH, backup
 from postgressor.box.deploys.base import base
 from postgressor.box.deploys.postgres import postgresql
 from postgressor.box.deploys.sync import caddy, electric, gateway
-from postgressor.box.facts import CarriedSettings, CloudInitDone, PythonVersion, SecretDigest
+from postgressor.box.facts import BootFinished, CarriedSettings, PythonVersion, SecretDigest
 from postgressor.box.gateway_bundle import gateway_bundle
 from postgressor.box.layout import CIPHER_SECRET, RESTORED_MARKER
 from postgressor.box.operations import same_secret
@@ -36,7 +36,7 @@ from postgressor.providers.base import Log, Provider, SizeChange
 from postgressor.remote.ssh import known_hosts_path, run
 from postgressor.state import HostRecord, StackState, load_state, open_state, require_state
 
-CLOUD_INIT_TIMEOUT = 900  # seconds to wait for cloud-init on a fresh box
+BOOT_TIMEOUT = 1200  # seconds to wait for cloud-init and the boot on a fresh box
 
 @dataclass
 class UpResult:
@@ -100,10 +100,14 @@ class BoxFacts:
     carried: tuple[str, ...] = ()  # carried settings (preflight.CARRIED) the box's files hold now, by name
 
 
+def wait_for_boot(box: Host) -> None:
+    """Wait until the box has finished booting (cloud-init holds the apt lock on fresh boxes; units still starting
+    after a power-on would read as stopped)."""
+    box.get_fact(BootFinished, _timeout=BOOT_TIMEOUT)
+
+
 def read_box(box: Host) -> BoxFacts:
-    """Wait for cloud-init (it holds the apt lock on fresh boxes), then read the OS, Python and CPU as pyinfra
-    facts, in the connection the deploy then uses."""
-    box.get_fact(CloudInitDone, _timeout=CLOUD_INIT_TIMEOUT)
+    """Read the OS, Python and CPU as pyinfra facts, in the connection the deploy then uses."""
     release = box.get_fact(LinuxDistribution)
     distro = distro_from_fact(dict(release))
     carried: list[str] = box.get_fact(CarriedSettings)
@@ -167,7 +171,7 @@ def deploy_host(
     watch = OpWatch(host, listener, detail)
     try:
         result = run_deploys(ssh_inventory(host, known_hosts_path(state)), deploys_for_box, watch, dry_run=dry_run,
-                             desired=desired)  # fmt: skip
+                             desired=desired, wait_ready=wait_for_boot)  # fmt: skip
     finally:
         watch.close()
     if not dry_run and not result.failed:

@@ -168,7 +168,7 @@ def test_config_check_and_verify_jwt_use_the_value_from_vault_and_show_it_nowher
 class Box:
     """The facts ``deploy`` reads from a Debian 12 box (the deploy itself is not run: there is no box)."""
 
-    FACTS = {"CloudInitDone": True, "PythonVersion": "3.11", "Arch": "x86_64", "CarriedSettings": [],
+    FACTS = {"BootFinished": True, "PythonVersion": "3.11", "Arch": "x86_64", "CarriedSettings": [],
              "LinuxDistribution": {"name": "Debian", "major": 12, "release_meta": {"VERSION_CODENAME": "bookworm"}},
              "SecretDigest": ""}  # fmt: skip
 

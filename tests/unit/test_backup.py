@@ -552,6 +552,31 @@ def test_restore_names_electric_when_it_does_not_become_healthy(monkeypatch: pyt
         backups.restore(HostRecord("h", 22, "root", "k"), 15, None, lambda m: None, health_timeout=30)
 
 
+def test_backup_and_check_wait_past_the_archivers_retry_pause(tmp_path: Path) -> None:
+    """Read by the real pgBackRest: `backup` and `check` wait ARCHIVE_WAIT for their WAL segment (PostgreSQL's
+    archiver pauses up to 60 s after three failed pushes), archive-push keeps its own default."""
+    import shutil
+    import subprocess
+
+    from postgressor.box.deploys.backup import ARCHIVE_WAIT
+
+    if shutil.which("pgbackrest") is None:
+        pytest.fail("pgbackrest is not installed (scripts/setup installs it)")
+    assert ARCHIVE_WAIT > 60
+    conf = tmp_path / "pgbackrest.conf"
+    lines = conf_lines(backup_spec(load_settings(backup={"cipher_pass": "c" * 40}), 15), secret=lambda name: "x")
+    conf.write_text("\n".join(line.replace("/var/lib/postgresql", str(tmp_path)) for line in lines) + "\n")
+
+    def options(command: str) -> str:
+        ran = subprocess.run(["pgbackrest", f"--config={conf}", "--stanza=main", "--log-level-console=info",
+                              "--log-level-file=off", command], capture_output=True, text=True, timeout=60, check=False)
+        return next(line for line in ran.stdout.splitlines() if f"{command} command begin" in line)
+
+    assert f"--archive-timeout={ARCHIVE_WAIT}" in options("check")
+    assert f"--archive-timeout={ARCHIVE_WAIT}" in options("backup")
+    assert "--archive-timeout" not in options("archive-push")
+
+
 def test_archive_push_gives_up_on_an_unreachable_repository_within_its_own_io_timeout() -> None:
     settings = load_settings(backup={**S3, "cipher_pass": "c" * 40})
     lines = conf_lines(backup_spec(settings, 15))

@@ -145,7 +145,7 @@ def test_a_different_passphrase_on_the_box_stops_the_deploy_in_one_line() -> Non
 def test_a_mismatch_is_refused_before_the_deploy_changes_anything(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     settings = load_settings(provider="local", backup={**S3, "cipher_pass": PASS})
-    facts = {"CloudInitDone": True, "PythonVersion": "3.11", "Arch": "x86_64", "CarriedSettings": [],
+    facts = {"BootFinished": True, "PythonVersion": "3.11", "Arch": "x86_64", "CarriedSettings": [],
              "LinuxDistribution": {"name": "Debian", "major": 12, "release_meta": {"VERSION_CODENAME": "bookworm"}},
              f"SecretDigest:{CIPHER_SECRET}": secret_digest(BOX_PASS)}  # fmt: skip
     box = FakeHost(facts)

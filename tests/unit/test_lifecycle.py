@@ -28,14 +28,39 @@ def fake_inventory(responses: dict[str, Any]) -> Inventory:
     return Inventory(([("@fake/box", {"fake_responses": responses, "fake_delay": 0, "fake_delay_jitter": 0})], {}))
 
 
-def test_facts_are_read_after_cloud_init_in_the_deploy_connection() -> None:
+def test_facts_are_read_after_the_boot_in_the_deploy_connection() -> None:
     inventory = fake_inventory(BOX)
     seen: list[lifecycle.BoxFacts] = []
-    lifecycle.run_deploys(inventory, lambda box: seen.append(lifecycle.read_box(box)) or [], lambda n, r: None)
+    lifecycle.run_deploys(inventory, lambda box: seen.append(lifecycle.read_box(box)) or [], lambda n, r: None,
+                          desired=lambda deploys: "d", wait_ready=lifecycle.wait_for_boot)  # fmt: skip
     assert seen[0].distro.name == "debian" and seen[0].distro.major == 12 and seen[0].distro.codename == "bookworm"
     assert (seen[0].python, seen[0].machine) == ("3.11", "aarch64")
     commands = [str(c) for c in next(iter(inventory)).connector.executed_commands]
-    assert "cloud-init status --wait" in commands[0]  # first: cloud-init holds the apt lock on a fresh box
+    # First, before the converged record and its batch: cloud-init holds the apt lock on a fresh box, and a box
+    # just powered on is still starting its units (read then, they look stopped and the pass would start them).
+    assert "cloud-init status --wait" in commands[0] and "systemctl is-system-running --wait" in commands[0]
+    assert any("converged.json" in c for c in commands[1:]), commands
+
+
+def test_the_boot_wait_returns_when_systemd_has_finished_starting(tmp_path: Path) -> None:
+    """The fact's shell, run here with a stand-in systemctl that is still booting for a moment: "done" comes only
+    after systemd says the boot is over, whatever state it ends in ("degraded" counts)."""
+    import subprocess
+
+    from postgressor.box.facts import BootFinished
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls"
+    systemctl = bin_dir / "systemctl"
+    systemctl.write_text(f'#!/bin/sh\necho "$*" >> {log}\nsleep 1\necho degraded\nexit 1\n')
+    systemctl.chmod(0o755)
+    shell = BootFinished().command()
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    done = subprocess.run(["sh", "-c", shell], env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert done.stdout.splitlines()[-1:] == ["done"]
+    assert log.read_text().split() == ["is-system-running", "--wait"]
+    assert BootFinished().process(done.stdout.splitlines()) is True
 
 
 def test_an_unsupported_os_is_one_usage_line() -> None:

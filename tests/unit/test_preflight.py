@@ -233,7 +233,7 @@ def test_the_box_files_count_too_when_the_state_recorded_nothing(
     from postgressor.box.facts import CarriedSettings
 
     box = FakeHost({
-        "CloudInitDone": True,
+        "BootFinished": True,
         "LinuxDistribution": {"name": "Debian", "major": 12, "release_meta": {"VERSION_CODENAME": "bookworm"}},
         "PythonVersion": "3.11", "Arch": "x86_64", "CarriedSettings": ["supabase.jwt_secret"],
     })  # fmt: skip

@@ -167,6 +167,7 @@ def run_deploys(
     listener: OpListener,
     dry_run: bool = False,
     desired: Callable[[Deploys], str] | None = None,
+    wait_ready: Callable[[Host], object] | None = None,
 ) -> DeployResult:
     """Connect, add ``deploys`` (facts are read now), run them unless ``dry_run``, disconnect.
 
@@ -176,6 +177,9 @@ def run_deploys(
     With ``desired`` (the digest of what the deploys would make, ``converged.desired_digest``), the box's converged
     record is used: the facts it names are read in one round trip, and when the digest and every fact still match,
     no operation runs (``converged_since`` says since when). A pass that succeeds leaves a new record.
+
+    ``wait_ready(host)`` runs on each connected host before any other fact is read (e.g. until its boot has
+    finished: a unit still starting would read as stopped, and the pass would start it itself).
     """
     result = DeployResult(dry_run=dry_run)
     started = time.monotonic()
@@ -192,6 +196,8 @@ def run_deploys(
             raise login_error(inventory, errors.reason())
         for box in state.inventory:
             _count_commands(box, result)
+            if wait_ready is not None:
+                wait_ready(box)
             readers.append(_FactReader(box))
             readers[-1].install()
         converging = desired is not None and len(readers) == 1  # the record serves one-host runs

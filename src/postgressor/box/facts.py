@@ -28,7 +28,7 @@ class MachineSize(FactBase[Machine]):
 class DpkgInterrupted(FactBase[bool]):
     """True when an earlier dpkg run was cut off and needs `dpkg --configure -a`."""
 
-    volatile = True  # read again each time (box/converge.py _FactMemo)
+    volatile = True  # read again each time (box/converge.py _FactReader)
 
     def command(self) -> str:
         return "ls -A /var/lib/dpkg/updates 2>/dev/null | head -n 1"
@@ -186,7 +186,7 @@ class IptablesRulePresent(FactBase[bool]):
 class HttpStatus(FactBase[str]):
     """The HTTP status code a URL answers on the box ('' without an answer)."""
 
-    volatile = True  # read again each time (box/converge.py _FactMemo)
+    volatile = True  # read again each time (box/converge.py _FactReader)
 
     def command(self, url: str) -> str:
         return f"curl -s -o /dev/null -m 5 -w '%{{http_code}}' {shlex.quote(url)} 2>/dev/null || true"
@@ -234,7 +234,7 @@ class EffectiveHardening(FactBase[dict]):
     ``SSHD_KEYS``, whether fail2ban's ``sshd`` jail is up (``"fail2ban-sshd"``: ``"on"``/``"off"``) and apt's
     ``APT::Periodic::Unattended-Upgrade`` (``"unattended-upgrade"``), e.g. ``{"passwordauthentication": "no"}``."""
 
-    volatile = True  # read again each time (box/converge.py _FactMemo)
+    volatile = True  # read again each time (box/converge.py _FactReader)
 
     SSHD_KEYS = ("passwordauthentication", "kbdinteractiveauthentication", "permitemptypasswords",
                  "permitrootlogin", "pubkeyauthentication")  # fmt: skip
@@ -274,7 +274,7 @@ class AptBusy(FactBase[str]):
     unattended-upgrades run), as at first boot; '' once free, else what still holds them (``"apt-get holds
     /var/lib/apt/lists/lock"``). Locks are read with ``lslocks`` (util-linux, on every Debian and Ubuntu)."""
 
-    volatile = True  # read again each time (box/converge.py _FactMemo)
+    volatile = True  # read again each time (box/converge.py _FactReader)
 
     def command(self, timeout: int) -> str:
         return (
@@ -297,17 +297,24 @@ class AptBusy(FactBase[str]):
         return ""
 
 
-class CloudInitDone(FactBase[bool]):
-    """Waits until cloud-init has finished (it holds the apt lock on a fresh box); True on a box without it too.
-    Read it with a ``_timeout``: the first boot of a cloud server can take minutes."""
+SYSTEMD_BOOT_WAIT = 300  # seconds: a unit stuck starting must not hold the deploy for ever
 
-    volatile = True  # read again each time (box/converge.py _FactMemo)
+
+class BootFinished(FactBase[bool]):
+    """Waits until the box has finished booting: cloud-init done (it holds the apt lock on a fresh box) and
+    systemd's boot jobs finished (a server just powered on is still starting PostgreSQL, Docker and the rest; a
+    deploy reading their state then would start them itself). True on a box without cloud-init too. Read it with
+    a ``_timeout``: the first boot of a cloud server can take minutes."""
+
+    volatile = True  # read again each time (box/converge.py _FactReader)
 
     def command(self) -> str:
         # /run/cloud-init/result.json is written when this boot's cloud-init has finished: asking cloud-init (a
-        # Python program, seconds on a small box) is needed only before that.
-        return ("[ -e /run/cloud-init/result.json ] || ! command -v cloud-init >/dev/null || "
-                "cloud-init status --wait >/dev/null 2>&1; echo done")  # fmt: skip
+        # Python program, seconds on a small box) is needed only before that. `is-system-running --wait` returns
+        # once the boot's start jobs are done ("running", or "degraded" when a unit failed: both end the wait).
+        return ("{ [ -e /run/cloud-init/result.json ] || ! command -v cloud-init >/dev/null || "
+                "cloud-init status --wait >/dev/null 2>&1; }; "
+                f"timeout {SYSTEMD_BOOT_WAIT} systemctl is-system-running --wait >/dev/null 2>&1; echo done")
 
     def process(self, output: list[str]) -> bool:
         return output[-1:] == ["done"]

@@ -76,6 +76,11 @@ def archive_queue_mb(spec: BackupSpec, disk_kb: int) -> int:
 
 
 ARCHIVE_PUSH_IO_TIMEOUT = 10  # seconds pgBackRest's archive-push waits on one S3 request before it gives up
+# Seconds `backup` and `check` wait for their WAL segment to reach the repository. pgBackRest's default is 60 s, but
+# PostgreSQL's archiver, after three failed attempts (one push that hit ARCHIVE_PUSH_IO_TIMEOUT on a busy box is
+# enough), pauses up to 60 s before it tries again (pgarch.c, PGARCH_AUTOWAKE_INTERVAL): a final backup before
+# destroy failed so on a VM under load while archiving itself worked.
+ARCHIVE_WAIT = 300
 
 
 def conf_lines(spec: BackupSpec, secret: Callable[[str], str] = box_secret, queue_mb: int = 1024) -> list[str]:
@@ -115,6 +120,12 @@ def conf_lines(spec: BackupSpec, secret: Callable[[str], str] = box_secret, queu
         # grew to 27 segments past a 2-segment cap in 6 minutes (VM test). 10 s bounds that wait.
         "[global:archive-push]",
         f"io-timeout={ARCHIVE_PUSH_IO_TIMEOUT}",
+        "",
+        "[global:backup]",
+        f"archive-timeout={ARCHIVE_WAIT}",
+        "",
+        "[global:check]",
+        f"archive-timeout={ARCHIVE_WAIT}",
         "",
         f"[{PGBACKREST_STANZA}]",
         f"pg1-path={spec.data_dir}",
