@@ -36,7 +36,7 @@ from postgressor.providers.base import Log, Provider, SizeChange
 from postgressor.remote.ssh import known_hosts_path, run
 from postgressor.state import HostRecord, StackState, load_state, open_state, require_state
 
-BOOT_TIMEOUT = 1200  # seconds to wait for cloud-init and the boot on a fresh box
+BOOT_TIMEOUT = 1200  # seconds the boot wait may take in all (a fresh cloud server's cloud-init takes minutes)
 
 @dataclass
 class UpResult:

@@ -42,25 +42,45 @@ def test_facts_are_read_after_the_boot_in_the_deploy_connection() -> None:
     assert any("converged.json" in c for c in commands[1:]), commands
 
 
-def test_the_boot_wait_returns_when_systemd_has_finished_starting(tmp_path: Path) -> None:
-    """The fact's shell, run here with a stand-in systemctl that is still booting for a moment: "done" comes only
-    after systemd says the boot is over, whatever state it ends in ("degraded" counts)."""
+def boot_wait(tmp_path: Path, systemctl_body: str) -> tuple[str, list[str]]:
+    """Runs the BootFinished shell under sh with a stand-in systemctl (and no cloud-init) on PATH: (stdout, the
+    lines the stand-in wrote to its log: its arguments, then "finished" if it was not cut off)."""
+    import shutil
     import subprocess
 
     from postgressor.box.facts import BootFinished
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    for tool in ("timeout", "sleep"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or tool)
     log = tmp_path / "calls"
     systemctl = bin_dir / "systemctl"
-    systemctl.write_text(f'#!/bin/sh\necho "$*" >> {log}\nsleep 1\necho degraded\nexit 1\n')
+    systemctl.write_text(f'#!/bin/sh\necho "$*" >> {log}\n{systemctl_body}\necho finished >> {log}\nexit 1\n')
     systemctl.chmod(0o755)
-    shell = BootFinished().command()
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
-    done = subprocess.run(["sh", "-c", shell], env=env, capture_output=True, text=True, timeout=30, check=False)
-    assert done.stdout.splitlines()[-1:] == ["done"]
-    assert log.read_text().split() == ["is-system-running", "--wait"]
-    assert BootFinished().process(done.stdout.splitlines()) is True
+    shell = [shutil.which("sh") or "/bin/sh", "-c", BootFinished().command()]
+    done = subprocess.run(shell, env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60, check=False)
+    return done.stdout, log.read_text().splitlines()
+
+
+def test_the_boot_wait_returns_when_systemd_has_finished_starting(tmp_path: Path) -> None:
+    """A stand-in systemctl still booting for a moment: "done" comes only after it returned, whatever state the
+    boot ended in ("degraded", exit 1, counts)."""
+    from postgressor.box.facts import BootFinished
+
+    stdout, calls = boot_wait(tmp_path, "sleep 1; echo degraded")
+    assert calls == ["is-system-running --wait", "finished"]
+    assert stdout.splitlines()[-1:] == ["done"] and BootFinished().process(stdout.splitlines()) is True
+
+
+def test_a_boot_that_never_finishes_holds_the_deploy_only_for_the_systemd_wait(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from postgressor.box import facts
+
+    monkeypatch.setattr(facts, "SYSTEMD_BOOT_WAIT", 1)
+    stdout, calls = boot_wait(tmp_path, "sleep 3600")
+    assert calls == ["is-system-running --wait"]  # cut off by `timeout`, then the deploy goes on
+    assert stdout.splitlines()[-1:] == ["done"]
 
 
 def test_an_unsupported_os_is_one_usage_line() -> None:
@@ -91,6 +111,8 @@ def test_deploy_host_uses_no_second_connection(monkeypatch: pytest.MonkeyPatch, 
     assert spec.distro.codename == "bookworm" and spec.pg_version == 15
     assert added[0].machine == "aarch64" and not result.failed
     assert state.pg_version is None  # a dry run records nothing
+    commands = [str(c) for c in next(iter(inventory)).connector.executed_commands]
+    assert "systemctl is-system-running --wait" in commands[0], commands  # the boot wait comes before any read
 
 
 def test_deploys_follow_the_spec() -> None:

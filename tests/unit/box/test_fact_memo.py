@@ -1,4 +1,4 @@
-"""A fact is read once per run until an operation changes the box (box/converge.py _FactMemo)."""
+"""A fact is read once per run until an operation changes the box (box/converge.py _FactReader)."""
 
 from __future__ import annotations
 

@@ -76,10 +76,11 @@ def archive_queue_mb(spec: BackupSpec, disk_kb: int) -> int:
 
 
 ARCHIVE_PUSH_IO_TIMEOUT = 10  # seconds pgBackRest's archive-push waits on one S3 request before it gives up
-# Seconds `backup` and `check` wait for their WAL segment to reach the repository. pgBackRest's default is 60 s, but
-# PostgreSQL's archiver, after three failed attempts (one push that hit ARCHIVE_PUSH_IO_TIMEOUT on a busy box is
-# enough), pauses up to 60 s before it tries again (pgarch.c, PGARCH_AUTOWAKE_INTERVAL): a final backup before
-# destroy failed so on a VM under load while archiving itself worked.
+# Seconds `backup` and `check` wait for their WAL segment to reach the repository. pgBackRest's default (60 s) left
+# no room for a retry: when a push fails (one that hits ARCHIVE_PUSH_IO_TIMEOUT on a busy box), PostgreSQL's
+# archiver tries again, and after three failures in a row it sleeps until woken or 60 s (pgarch.c,
+# PGARCH_AUTOWAKE_INTERVAL). A final backup before destroy timed out so on a loaded VM while archiving worked.
+# The cost: with archiving broken, `backup check` and `backup now` take 5 minutes to fail.
 ARCHIVE_WAIT = 300
 
 
