@@ -18,7 +18,7 @@ from postgressor.box.deploys.backup import CIPHER_MISMATCH, backup
 from postgressor.box.deploys.base import base
 from postgressor.box.deploys.postgres import postgresql
 from postgressor.box.deploys.sync import caddy, electric, gateway
-from postgressor.box.facts import BootFinished, CarriedSettings, PythonVersion, SecretDigest
+from postgressor.box.facts import SYSTEMD_BOOT_WAIT, BootFinished, CarriedSettings, PythonVersion, SecretDigest
 from postgressor.box.gateway_bundle import gateway_bundle
 from postgressor.box.layout import CIPHER_SECRET, RESTORED_MARKER
 from postgressor.box.operations import same_secret
@@ -100,10 +100,12 @@ class BoxFacts:
     carried: tuple[str, ...] = ()  # carried settings (preflight.CARRIED) the box's files hold now, by name
 
 
-def wait_for_boot(box: Host) -> None:
+def wait_for_boot(box: Host, log: Log) -> None:
     """Wait until the box has finished booting (cloud-init holds the apt lock on fresh boxes; units still starting
-    after a power-on would read as stopped)."""
-    box.get_fact(BootFinished, _timeout=BOOT_TIMEOUT)
+    after a power-on would read as stopped), saying so on ``log``, and saying when systemd's wait ran out."""
+    log("reading the box (once its boot has finished: cloud-init, systemd's start jobs)")
+    if not box.get_fact(BootFinished, _timeout=BOOT_TIMEOUT):
+        log(f"the box was still booting after {SYSTEMD_BOOT_WAIT} s (systemd's start jobs): deploying it as it is")
 
 
 def read_box(box: Host) -> BoxFacts:
@@ -147,8 +149,10 @@ def deploy_host(
     dry_run: bool = False,
     drop: frozenset[str] = frozenset(),
     detail: DetailListener | None = None,
+    log: Log = lambda message: None,
 ) -> tuple[BoxSpec, DeployResult]:
-    """One SSH connection: read the box's facts, build its spec, add the deploys and run them."""
+    """One SSH connection: wait for the box's boot (said on ``log``), read its facts, build its spec, add the
+    deploys and run them."""
     check_drops(settings, state.deployed_keys, state.stack, drop)
     specs: list[BoxSpec] = []
 
@@ -171,7 +175,7 @@ def deploy_host(
     watch = OpWatch(host, listener, detail)
     try:
         result = run_deploys(ssh_inventory(host, known_hosts_path(state)), deploys_for_box, watch, dry_run=dry_run,
-                             desired=desired, wait_ready=wait_for_boot)  # fmt: skip
+                             desired=desired, wait_ready=lambda box: wait_for_boot(box, log))  # fmt: skip
     finally:
         watch.close()
     if not dry_run and not result.failed:
@@ -264,7 +268,7 @@ def up(
                              "resize; run 'postgressor up' and confirm (or pass --yes)")  # fmt: skip
         provider.resize(change)
     host = provider.provision()
-    spec, result = deploy_host(settings, state, host, listener, detail=detail)
+    spec, result = deploy_host(settings, state, host, listener, detail=detail, log=log)
     return UpResult(stack, host, result, spec, dict(state.restored_from) if restore else {})
 
 
@@ -283,7 +287,7 @@ def deploy(
     settings = settings.model_copy(update={"provider": state.provider})
     provider = get_provider(settings, state, log)
     host = provider.ensure_running()
-    spec, result = deploy_host(settings, state, host, listener, drop=drop, detail=detail)
+    spec, result = deploy_host(settings, state, host, listener, drop=drop, detail=detail, log=log)
     return UpResult(stack, host, result, spec)
 
 
@@ -301,7 +305,7 @@ def plan(settings: Settings, stack: str, log: Log) -> PlanResult:
         result.note = f"the server is {power}: 'up' starts it; the deploy's operations are planned once it runs"
         return result
     assert state.host is not None  # "missing" otherwise
-    spec, dry = deploy_host(settings, state, state.host, lambda name, report: None, dry_run=True)
+    spec, dry = deploy_host(settings, state, state.host, lambda name, report: None, dry_run=True, log=log)
     result.postgres_note = spec.postgres_note
     result.operations = [{"name": op.name, "status": op.status} for op in dry.operations]
     return result

@@ -20,7 +20,7 @@ from postgressor.state import HostRecord, open_state
 
 OS_RELEASE = ["/etc/os-release", 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"', "ID=debian", 'VERSION_ID="12"',
               "VERSION_CODENAME=bookworm", "---"]  # fmt: skip
-BOX = {"cloud-init status --wait": ["done"], "-release": OS_RELEASE, "sys.version_info": ["3.11"],
+BOX = {"cloud-init status --wait": ["done 0"], "-release": OS_RELEASE, "sys.version_info": ["3.11"],
        "uname -m": ["aarch64"], "/proc/meminfo": "2015496 2 16431572"}  # fmt: skip
 
 
@@ -31,8 +31,11 @@ def fake_inventory(responses: dict[str, Any]) -> Inventory:
 def test_facts_are_read_after_the_boot_in_the_deploy_connection() -> None:
     inventory = fake_inventory(BOX)
     seen: list[lifecycle.BoxFacts] = []
+    said: list[str] = []
     lifecycle.run_deploys(inventory, lambda box: seen.append(lifecycle.read_box(box)) or [], lambda n, r: None,
-                          desired=lambda deploys: "d", wait_ready=lifecycle.wait_for_boot)  # fmt: skip
+                          desired=lambda deploys: "d",
+                          wait_ready=lambda box: lifecycle.wait_for_boot(box, said.append))  # fmt: skip
+    assert said == ["reading the box (once its boot has finished: cloud-init, systemd's start jobs)"]
     assert seen[0].distro.name == "debian" and seen[0].distro.major == 12 and seen[0].distro.codename == "bookworm"
     assert (seen[0].python, seen[0].machine) == ("3.11", "aarch64")
     commands = [str(c) for c in next(iter(inventory)).connector.executed_commands]
@@ -70,7 +73,16 @@ def test_the_boot_wait_returns_when_systemd_has_finished_starting(tmp_path: Path
 
     stdout, calls = boot_wait(tmp_path, "sleep 1; echo degraded")
     assert calls == ["is-system-running --wait", "finished"]
-    assert stdout.splitlines()[-1:] == ["done"] and BootFinished().process(stdout.splitlines()) is True
+    assert stdout.splitlines()[-1:] == ["done 1"] and BootFinished().process(stdout.splitlines()) is True
+
+
+def test_a_box_still_booting_after_the_wait_is_said_and_deployed_as_it_is() -> None:
+    inventory = fake_inventory({**BOX, "cloud-init status --wait": ["done 124"]})  # `timeout` cut systemctl off
+    said: list[str] = []
+    result = lifecycle.run_deploys(inventory, lambda box: [], lambda n, r: None,
+                                   wait_ready=lambda box: lifecycle.wait_for_boot(box, said.append))  # fmt: skip
+    assert not result.failed
+    assert said[-1] == "the box was still booting after 300 s (systemd's start jobs): deploying it as it is"
 
 
 def test_a_boot_that_never_finishes_holds_the_deploy_only_for_the_systemd_wait(
@@ -80,7 +92,7 @@ def test_a_boot_that_never_finishes_holds_the_deploy_only_for_the_systemd_wait(
     monkeypatch.setattr(facts, "SYSTEMD_BOOT_WAIT", 1)
     stdout, calls = boot_wait(tmp_path, "sleep 3600")
     assert calls == ["is-system-running --wait"]  # cut off by `timeout`, then the deploy goes on
-    assert stdout.splitlines()[-1:] == ["done"]
+    assert stdout.splitlines()[-1:] == ["done 124"] and facts.BootFinished().process(stdout.splitlines()) is False
 
 
 def test_an_unsupported_os_is_one_usage_line() -> None:
@@ -106,13 +118,15 @@ def test_deploy_host_uses_no_second_connection(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(lifecycle, "deploys_for", lambda spec, found, host: added.append(found) or [])
     settings = load_settings(provider="local", backup={"enabled": False})
     state = open_state(tmp_path, "demo", "local")
+    said: list[str] = []
     spec, result = lifecycle.deploy_host(settings, state, HostRecord("192.0.2.1", 22, "root", "k"),
-                                         lambda n, r: None, dry_run=True)  # fmt: skip
+                                         lambda n, r: None, dry_run=True, log=said.append)  # fmt: skip
     assert spec.distro.codename == "bookworm" and spec.pg_version == 15
     assert added[0].machine == "aarch64" and not result.failed
     assert state.pg_version is None  # a dry run records nothing
     commands = [str(c) for c in next(iter(inventory)).connector.executed_commands]
     assert "systemctl is-system-running --wait" in commands[0], commands  # the boot wait comes before any read
+    assert said == ["reading the box (once its boot has finished: cloud-init, systemd's start jobs)"]
 
 
 def test_deploys_follow_the_spec() -> None:

@@ -303,21 +303,24 @@ SYSTEMD_BOOT_WAIT = 300  # seconds: a unit stuck starting must not hold the depl
 class BootFinished(FactBase[bool]):
     """Waits until the box has finished booting: cloud-init done (it holds the apt lock on a fresh box) and
     systemd's boot jobs finished (a server just powered on is still starting PostgreSQL, Docker and the rest; a
-    deploy reading their state then would start them itself). True on a box without cloud-init too. Read it with
-    a ``_timeout``: the first boot of a cloud server can take minutes."""
+    deploy reading their state then would start them itself). True once both are done, and on a box without
+    cloud-init or systemd; False when systemd was still starting after ``SYSTEMD_BOOT_WAIT`` seconds. Read it
+    with a ``_timeout``: the first boot of a cloud server can take minutes."""
 
     volatile = True  # read again each time (box/converge.py _FactReader)
 
     def command(self) -> str:
         # /run/cloud-init/result.json is written when this boot's cloud-init has finished: asking cloud-init (a
         # Python program, seconds on a small box) is needed only before that. `is-system-running --wait` returns
-        # once the boot's start jobs are done ("running", or "degraded" when a unit failed: both end the wait).
+        # once the boot's start jobs are done ("running", or "degraded" when a unit failed: both end the wait);
+        # `timeout` exits 124 when it had to cut the wait off.
         return ("{ [ -e /run/cloud-init/result.json ] || ! command -v cloud-init >/dev/null || "
                 "cloud-init status --wait >/dev/null 2>&1; }; "
-                f"timeout {SYSTEMD_BOOT_WAIT} systemctl is-system-running --wait >/dev/null 2>&1; echo done")
+                f"timeout {SYSTEMD_BOOT_WAIT} systemctl is-system-running --wait >/dev/null 2>&1; echo done $?")
 
     def process(self, output: list[str]) -> bool:
-        return output[-1:] == ["done"]
+        last = output[-1].split() if output else []
+        return last[:1] == ["done"] and last[1:] != ["124"]
 
 
 class PythonVersion(FactBase[str]):
