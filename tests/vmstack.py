@@ -73,6 +73,13 @@ class Stack:
         return run(self.host, command, timeout=timeout)
 
 
+def full_backups(listing: dict[str, Any]) -> list[str]:
+    """The labels of the full backups in a ``backup list --json``. Tests count these, not every backup: the box's
+    own timer takes a differential one at 01:30 UTC (up to 10 min later), and a copy of the golden box whose clock
+    is set forward past that time takes it at once (the timer is Persistent)."""
+    return [b["label"] for b in listing["backups"] if b["type"] == "full"]
+
+
 REQUIRED_TOOLS = ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4")
 
 
@@ -210,7 +217,7 @@ def restore(golden: Golden, project: Path) -> Stack:
     state_text = (project / ".postgressor" / "default.json").read_text()
     data = json.loads(state_text.replace(str(golden.project), str(project)))
     vm = next(r for r in data["resources"] if r["kind"] == "vm")
-    ports = {int(g): machine.free_port() for g in vm["details"]["ports"]}
+    ports = machine.host_ports(int(g) for g in vm["details"]["ports"])
     vm["details"]["ports"] = {str(g): h for g, h in ports.items()}
     data["host"]["port"] = ports[22]
     (project / ".postgressor" / "default.json").write_text(json.dumps(data, indent=2))

@@ -106,9 +106,7 @@ class LocalProvider(Provider):
         spec = self._spec(public_key)
         ports = {int(g): int(h) for g, h in (vm.details.get("ports", {}) if vm else {}).items()}
         if machine.running_pid(spec.pid_file) is None or not ports:
-            ports = {
-                g: ports.get(g) or machine.free_port() for g in (*machine.GUEST_PORTS, *spec.extra_ports)
-            }
+            ports = machine.host_ports((*machine.GUEST_PORTS, *spec.extra_ports), ports)
             self.state.add("vm", self.state.stack, disk=str(spec.disk), ports=ports, image=label)
             running = machine.boot(spec, ports, self.log)
             self.state.add(

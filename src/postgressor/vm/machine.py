@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,10 +62,22 @@ class RunningVM:
     accel: str
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def host_ports(guest_ports: Iterable[int], given: dict[int, int] | None = None) -> dict[int, int]:
+    """``{guest port: host port on 127.0.0.1}``: the ``given`` ones kept, the others free ports, all different.
+
+    The new ports are held bound together while they are chosen: ports taken one at a time can come back twice
+    (the kernel may hand out a port again once its socket is closed), and QEMU then refuses the second forward."""
+    given, guests = given or {}, list(guest_ports)
+    wanted = [g for g in guests if not given.get(g)]
+    chosen: dict[int, int] = {g: given[g] for g in guests if given.get(g)}
+    with contextlib.ExitStack() as held:
+        while wanted:
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port not in chosen.values():
+                chosen[wanted.pop(0)] = port
+    return chosen
 
 
 def running_pid(pid_file: Path) -> int | None:
@@ -201,7 +214,7 @@ def boot(spec: VMSpec, ports: dict[int, int] | None, log: Callable[[str], None])
         )
     create_disk(spec)
     wanted = [*GUEST_PORTS, *spec.extra_ports]
-    ports = {g: (ports or {}).get(g) or free_port() for g in wanted}
+    ports = host_ports(wanted, ports)
     accel, why_not_kvm = _choose_accel(spec.accel)
     log(f"booting the VM ({accel.upper()}, {spec.cpus} CPU, {spec.memory_mb} MB)")
     if why_not_kvm:
