@@ -73,13 +73,6 @@ class Stack:
         return run(self.host, command, timeout=timeout)
 
 
-def full_backups(listing: dict[str, Any]) -> list[str]:
-    """The labels of the full backups in a ``backup list --json``. Tests count these, not every backup: the box's
-    own timer takes a differential one at 01:30 UTC (up to 10 min later), and a copy of the golden box whose clock
-    is set forward past that time takes it at once (the timer is Persistent)."""
-    return [b["label"] for b in listing["backups"] if b["type"] == "full"]
-
-
 REQUIRED_TOOLS = ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4")
 
 

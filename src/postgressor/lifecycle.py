@@ -104,8 +104,8 @@ def wait_for_boot(box: Host, log: Log) -> None:
     """Wait until the box has finished booting (cloud-init holds the apt lock on fresh boxes; units still starting
     after a power-on would read as stopped), saying so on ``log``, and saying when systemd's wait ran out."""
     log("reading the box (once its boot has finished: cloud-init, systemd's start jobs)")
-    if not box.get_fact(BootFinished, _timeout=BOOT_TIMEOUT):
-        log(f"the box was still booting after {SYSTEMD_BOOT_WAIT} s (systemd's start jobs): deploying it as it is")
+    if box.get_fact(BootFinished, _timeout=BOOT_TIMEOUT) is False:
+        log(f"the box was still booting after {SYSTEMD_BOOT_WAIT} s (systemd's start jobs): going on as it is")
 
 
 def read_box(box: Host) -> BoxFacts:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from vmstack import Stack, full_backups
+from vmstack import Stack
 
 SQL = "cd / && runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d app"
 
@@ -26,7 +26,7 @@ def test_up_sets_up_encrypted_backups(stack: Stack) -> None:
     assert stack.up_result["deploy"]["failed"] == 0
     listing = stack.cli_json("backup", "list")
     assert listing["ok"] and listing["cipher"] == "aes-256-cbc"
-    assert len(full_backups(listing)) == 1  # the deploy's first backup
+    assert [b["type"] for b in listing["backups"]] == ["full"]  # the deploy's first backup
     assert stack.sh("stat -c '%U %a' /etc/pgbackrest/pgbackrest.conf").stdout.split() == ["postgres", "600"]
     assert stack.sh("stat -c '%U %a' /etc/postgressor/secrets/pgbackrest_cipher").stdout.split() == ["root", "600"]
     shown = stack.sh("runuser -u postgres -- psql -XAtc 'SHOW archive_mode' -c 'SHOW archive_command'").stdout.split(

@@ -37,7 +37,7 @@ from golden_stack import ISSUER, SECRET
 
 from postgressor.remote.ssh import known_hosts_path
 from s3_standin import BUCKET, Moto, running_moto, s3
-from vmstack import Golden, Stack, full_backups, restored
+from vmstack import Golden, Stack, restored
 
 HOST_FROM_GUEST = "10.0.2.2"  # QEMU user networking: the host's loopback as the guest sees it
 PREFIX = "drill"
@@ -67,10 +67,9 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
 
 
 def s3_settings(server: Moto, prefix: str, more: str = "") -> str:
-    """The [backup] table that sends a stack's backups to ``prefix`` in the moto bucket (keys and passphrase come
-    from the environment), with ``more`` lines."""
+    """The [backup] keys that send a stack's backups to ``prefix`` in the moto bucket (keys and passphrase come
+    from the environment), with ``more`` lines: appended to a project whose last table is [backup]."""
     return f"""
-[backup]
 s3_endpoint = "{HOST_FROM_GUEST}"
 s3_port = {server.port}
 s3_region = "us-east-1"
@@ -105,7 +104,7 @@ def test_deploy_moves_backups_to_s3_with_a_first_full_backup(s3_stack: Stack, mo
     assert "repo1-type=s3" in conf and f"repo1-s3-endpoint={HOST_FROM_GUEST}" in conf
     assert s3_stack.sh("stat -c '%U %a' /etc/pgbackrest/pgbackrest.conf").stdout.split() == ["postgres", "600"]
     listing = s3_stack.cli_json("backup", "list")
-    assert listing["ok"] and len(full_backups(listing)) == 1, listing
+    assert listing["ok"] and [b["type"] for b in listing["backups"]] == ["full"], listing
     stored = objects(moto)
     assert any(key.startswith(f"{PREFIX}/backup/main/") for key in stored), stored
     assert any(key.startswith(f"{PREFIX}/archive/main/") for key in stored), stored

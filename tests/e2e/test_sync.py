@@ -24,7 +24,7 @@ from golden_stack import ISSUER, SECRET
 
 import reach
 from postgressor.box.layout import LOOPBACK_GUARD_RULE, LOOPBACK_GUARD_UNIT
-from vmstack import Stack, full_backups
+from vmstack import Stack
 
 USER = str(uuid.uuid4())
 
@@ -296,7 +296,6 @@ def test_a_lost_electric_slot_fails_status_and_deploy_rebuilds_electric(stack: S
     finally:
         assert stack.sh(f"{PSQL} -c 'ALTER SYSTEM RESET max_slot_wal_keep_size' -c 'SELECT pg_reload_conf()' && "
                         f"{PSQL} -d app -c 'DROP TABLE IF EXISTS wal_filler'").ok  # fmt: skip
-    fulls_before = full_backups(stack.cli_json("backup", "list"))
     result = stack.cli_json("deploy")
     assert result["deploy"]["failed"] == 0
     changed = {op["name"] for op in result["deploy"]["operations"] if op["status"] == "changed"}
@@ -305,6 +304,6 @@ def test_a_lost_electric_slot_fails_status_and_deploy_rebuilds_electric(stack: S
     assert rebuilt in changed and changed <= {rebuilt, "Electric | Electric healthy (/v1/health = 200)"}, changed
     assert not stack.sh("test -e /var/lib/electric/shape-of-the-old-timeline").ok  # its shapes are rebuilt
     assert stack.sh(slots).stdout.split() == ["logical:app"]  # Electric made its slot again on start
-    assert full_backups(stack.cli_json("backup", "list")) == fulls_before  # no second "first" backup
+    assert len(stack.cli_json("backup", "list")["backups"]) == 1  # a deploy takes no second "first" backup
     assert stack.sh("systemctl is-active electric").stdout.strip() == "active"
     assert stack.cli("status").returncode == 0

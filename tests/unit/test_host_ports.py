@@ -62,3 +62,10 @@ def test_real_ports_are_free_and_different() -> None:
     for port in ports.values():
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))  # free again once chosen
+
+
+def test_a_saved_pair_of_forwards_on_one_port_is_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state saved before host_ports (3000 and 8080 from one port) boots again with the second one moved."""
+    monkeypatch.setattr(machine.socket, "socket", KernelPorts([47699, 51000]))
+    ports = machine.host_ports([22, 3000, 8080], {22: 2222, 3000: 47699, 8080: 47699})
+    assert ports == {22: 2222, 3000: 47699, 8080: 51000}

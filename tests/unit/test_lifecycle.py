@@ -82,7 +82,7 @@ def test_a_box_still_booting_after_the_wait_is_said_and_deployed_as_it_is() -> N
     result = lifecycle.run_deploys(inventory, lambda box: [], lambda n, r: None,
                                    wait_ready=lambda box: lifecycle.wait_for_boot(box, said.append))  # fmt: skip
     assert not result.failed
-    assert said[-1] == "the box was still booting after 300 s (systemd's start jobs): deploying it as it is"
+    assert said[-1] == "the box was still booting after 300 s (systemd's start jobs): going on as it is"
 
 
 def test_a_boot_that_never_finishes_holds_the_deploy_only_for_the_systemd_wait(

@@ -68,8 +68,11 @@ def host_ports(guest_ports: Iterable[int], given: dict[int, int] | None = None) 
     The new ports are held bound together while they are chosen: ports taken one at a time can come back twice
     (the kernel may hand out a port again once its socket is closed), and QEMU then refuses the second forward."""
     given, guests = given or {}, list(guest_ports)
-    wanted = [g for g in guests if not given.get(g)]
-    chosen: dict[int, int] = {g: given[g] for g in guests if given.get(g)}
+    chosen: dict[int, int] = {}
+    for guest in guests:  # a given port another forward already has (a state saved by an older version) is chosen anew
+        if given.get(guest) and given[guest] not in chosen.values():
+            chosen[guest] = given[guest]
+    wanted = [g for g in guests if g not in chosen]
     with contextlib.ExitStack() as held:
         while wanted:
             sock = held.enter_context(socket.socket())
