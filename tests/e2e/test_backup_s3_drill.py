@@ -10,6 +10,10 @@ The module's box starts as the golden (an on-box repository and a passphrase gen
 S3 the way the README says: `backup passphrase --yes` to take custody of the passphrase, the S3 settings, the
 keys and the passphrase in the environment, `deploy`.
 
+Then an archiving outage (#23): S3 is refused from the box while writes go on. `status` names the outage, WAL
+waiting to be archived stays under the 32 MB cap, PostgreSQL keeps every row; once S3 answers, `backup check`
+passes and `status` fails on the gap until a new full backup (the drill's first step) clears it.
+
 The disaster drill (#20) kills that box while a writer commits rows (QEMU killed, its disk deleted), then makes
 a new stack on a second copy of the golden: a project of its own with the `ssh` provider, the same bucket, keys
 and passphrase, another `s3_path`, and `up --restore-from`. The second copy stands in for a new cloud server made
@@ -19,6 +23,7 @@ replaced by the restore. It prints the recovery point (rows and seconds lost) an
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -110,6 +115,48 @@ def test_deploy_moves_backups_to_s3_with_a_first_full_backup(s3_stack: Stack, mo
     assert any(key.startswith(f"{PREFIX}/archive/main/") for key in stored), stored
     report = s3_stack.cli_json("status")
     assert "error" not in report["backup"], report["backup"]
+
+
+# ---- an archiving outage (#23 item 3): S3 refused from the box while writes go on -------------------------
+
+
+def test_an_unreachable_repository_cannot_fill_the_disk_and_status_names_it(s3_stack: Stack, moto: Moto) -> None:
+    stack = s3_stack
+    block = f"OUTPUT -d {HOST_FROM_GUEST} -p tcp --dport {moto.port} -j REJECT --reject-with tcp-reset"
+    assert stack.sh(f"iptables -I {block}").ok
+    try:
+        sql(stack, "CREATE TABLE outage (id int)")
+        deadline, rows = time.monotonic() + 900, 0
+        while True:
+            # Four full segments at once for the archiver, which cannot reach S3: pgBackRest's asynchronous
+            # archive-push looks at the queue when it starts, so it finds the cap exceeded at once.
+            sql(stack, "DO $$BEGIN FOR i IN 1..4 LOOP INSERT INTO outage SELECT generate_series(1, 1000); "
+                       "PERFORM pg_switch_wal(); END LOOP; END$$")  # fmt: skip
+            rows += 4000
+            asked = time.monotonic()
+            status = stack.cli("--json", "status", check=False, timeout=300)
+            report = json.loads(status.stdout)
+            # status answers within its bound and names the outage (pgBackRest's own connect error)
+            assert status.returncode == 1 and time.monotonic() - asked < 150, (status.returncode, report)
+            assert "unable to connect" in report["error"], report["error"]
+            if report["backup"].get("wal_dropped_at"):
+                break
+            assert time.monotonic() < deadline, f"nothing was dropped from the archive queue: {report['backup']}"
+            time.sleep(10)
+        # The queue stayed under its cap (pgBackRest let PostgreSQL recycle what it dropped), and PostgreSQL
+        # kept taking writes.
+        settled = time.monotonic() + 180  # the archiver hands pgBackRest the queue one segment at a time
+        while (ready := int(sql(stack, "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"))
+               ) * 16 > QUEUE_MAX_MB + 16:  # fmt: skip
+            assert time.monotonic() < settled, f"{ready} segments still wait to be archived"
+            time.sleep(5)
+        assert sql(stack, "SELECT count(*) FROM outage") == str(rows)
+    finally:
+        stack.sh(f"iptables -D {block}")
+    assert stack.cli_json("backup", "check", timeout=600)["ok"]  # archiving resumes once S3 answers
+    failing = stack.cli("--json", "status", check=False)
+    # The gap stays an error until a new full backup: the drill below takes it and checks that status clears.
+    assert failing.returncode == 1 and "WAL was dropped" in json.loads(failing.stdout)["error"]
 
 
 # ---- the disaster drill (#20): the box killed, a new stack restored from the repository --------------------
@@ -214,8 +261,9 @@ def test_the_box_is_lost_and_a_new_stack_restores_it_from_s3(
 ) -> None:
     old = s3_stack
     old.cli("migrate", "--yes")  # `items`, with its row-level security, as the app has it
-    # A backup after whatever the tests above did to the archive (the outage left a gap): the night's backup.
-    old.cli_json("backup", "now", "--type", "incr", timeout=1200)
+    # A new full backup after the outage's gap in the archive (what status asks for), and status clears.
+    old.cli_json("backup", "now", "--type", "full", timeout=1200)
+    assert (status := old.cli("--json", "status", check=False)).returncode == 0, status.stdout[-500:]
     timeline = sql(old, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
     writer = Writer(old)
     time.sleep(2 * ARCHIVE_TIMEOUT)  # forced WAL switches while it writes
