@@ -21,7 +21,7 @@ from postgressor.box.deploys.sync import caddy, electric, gateway
 from postgressor.box.facts import SYSTEMD_BOOT_WAIT, BootFinished, CarriedSettings, PythonVersion, SecretDigest
 from postgressor.box.gateway_bundle import gateway_bundle
 from postgressor.box.layout import CIPHER_SECRET, RESTORED_MARKER
-from postgressor.box.operations import same_secret
+from postgressor.box.operations import read_restored_marker, same_secret
 from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact, image_distro, postgres_choice
 from postgressor.checks.backups import pg_time
 from postgressor.config import REPO_PATH, REPO_PATH_RULE, Settings
@@ -45,6 +45,9 @@ class UpResult:
     deploy: DeployResult
     spec: BoxSpec
     restored_from: dict[str, str] = field(default_factory=dict)  # up --restore-from: path, target, label
+    # Set by the run that finished an `up --restore-from` to the end of the archive when recovery stopped before it
+    # (checks/recovery_end.py): the one line saying where and why; '' otherwise.
+    restore_shortfall: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -181,9 +184,8 @@ def deploy_host(
     if not dry_run and not result.failed:
         state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
         state.deployed_keys = carried_keys(settings)
-        if state.restored_from and not state.restored_from.get("label"):
-            marker = run(host, f"cat {RESTORED_MARKER}").stdout.split()  # "<digest> <label>"
-            state.restored_from["label"] = " ".join(marker[1:])
+        if unfinished_restore(state):
+            record_restore(host, state)
         state.save()
     return specs[0], result
 
@@ -268,8 +270,28 @@ def up(
                              "resize; run 'postgressor up' and confirm (or pass --yes)")  # fmt: skip
         provider.resize(change)
     host = provider.provision()
+    restoring = unfinished_restore(state)
     spec, result = deploy_host(settings, state, host, listener, detail=detail, log=log)
-    return UpResult(stack, host, result, spec, dict(state.restored_from) if restore else {})
+    return UpResult(stack, host, result, spec, dict(state.restored_from) if restore else {},
+                    restore_shortfall(state) if restoring else "")  # fmt: skip
+
+
+def record_restore(host: HostRecord, state: StackState) -> None:
+    """After the deploy that ran the recorded `up --restore-from`: its backup label and, when recovery stopped
+    short of the archive, the line saying so, read from the box's restored marker."""
+    marker = read_restored_marker(run(host, f"cat {RESTORED_MARKER}").stdout)
+    state.restored_from["label"] = marker.label
+    if marker.shortfall:
+        state.restored_from["short_of_archive"] = marker.shortfall
+
+
+def unfinished_restore(state: StackState) -> bool:
+    """Whether the next deploy runs the recorded `up --restore-from` (it has no label yet)."""
+    return bool(state.restored_from) and not state.restored_from.get("label")
+
+
+def restore_shortfall(state: StackState) -> str:
+    return state.restored_from.get("short_of_archive", "") if state.restored_from.get("label") else ""
 
 
 def deploy(
@@ -287,8 +309,9 @@ def deploy(
     settings = settings.model_copy(update={"provider": state.provider})
     provider = get_provider(settings, state, log)
     host = provider.ensure_running()
+    restoring = unfinished_restore(state)
     spec, result = deploy_host(settings, state, host, listener, drop=drop, detail=detail, log=log)
-    return UpResult(stack, host, result, spec)
+    return UpResult(stack, host, result, spec, restore_shortfall=restore_shortfall(state) if restoring else "")
 
 
 def plan(settings: Settings, stack: str, log: Log) -> PlanResult:

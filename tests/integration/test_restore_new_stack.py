@@ -38,9 +38,10 @@ from postgressor.box.layout import (
     S3_KEY_SECRET_SECRET,
     SECRETS_DIR,
     SYNC_UNITS,
+    postgres_log,
     postgres_unit,
 )
-from postgressor.box.operations import compose_command, digest
+from postgressor.box.operations import compose_command, digest, read_restored_marker
 from postgressor.box.spec import BackupSpec
 from postgressor.checks.backups import parse_info
 from s3_standin import BUCKET, Moto, s3
@@ -97,6 +98,7 @@ class Box:
                 .replace(f"systemctl start {unit}", f"{ctl} -o {options} start")
                 .replace(f"systemctl is-active -q {unit}", f"{ctl} status >/dev/null")
                 .replace(f"{SECRETS_DIR}/", f"{self.secrets}/")
+                .replace(postgres_log(VERSION), f"{self.work}/pg.log")
                 .replace(MARKERS_DIR, f"{self.work}/applied"))  # fmt: skip
 
     def sh(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -254,8 +256,9 @@ def test_a_new_stack_restores_another_stacks_path_and_archives_to_its_own(stacks
     assert not [line for line in auto.splitlines() if line.startswith(("restore_command", "hot_standby"))], auto
     with b.connect() as conn:
         assert conn.execute("SHOW max_connections").fetchone() == ("20",)
-    marker = (b.work / "applied" / RESTORED_MARKER.rsplit("/", 1)[1]).read_text().split()
-    assert marker[0] == digest(old, "") and marker[1].endswith("F")
+    marker = read_restored_marker((b.work / "applied" / RESTORED_MARKER.rsplit("/", 1)[1]).read_text())
+    assert marker.digest == digest(old, "") and marker.label.endswith("F")
+    assert marker.shortfall == ""  # recovery replayed the archive to its newest segment
     assert list((b.work / "electric").iterdir()) == []
     # The roles log in with the new box's passwords, not the old server's.
     with b.connect("app", NEW_APP_PW) as conn:
@@ -285,3 +288,46 @@ def test_a_path_without_backups_fails_before_the_cluster_is_stopped(stacks: tupl
     with b.connect() as conn:  # still running, untouched
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert json.dumps(listing(moto, old)) == "{}"
+
+
+def test_a_gap_in_the_archive_stops_recovery_and_the_restore_says_so(stacks: tuple[Box, Box, str, str],
+                                                                      moto: Moto) -> None:  # fmt: skip
+    """A segment missing from the old path (as when archive-push-queue-max dropped it during an outage): recovery
+    ends before it and promotes, PostgreSQL and pgBackRest report success, and the marker's shortfall names the
+    segment, the newest one the archive holds, and the last commit replayed."""
+    a, b, old, _ = stacks
+    a.start(archive=True)
+    a.pgbackrest("stanza-create")
+    with a.connect() as conn:
+        conn.execute("CREATE ROLE app LOGIN")
+        conn.execute("CREATE ROLE electric LOGIN REPLICATION")
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, batch text NOT NULL)")
+    a.pgbackrest("--type=full", "backup")
+    with a.connect() as conn:
+        conn.execute("INSERT INTO items SELECT g, 'before-gap' FROM generate_series(1, 10) g")
+    a.pgbackrest("check")  # closes the segment holding them: archived
+    with a.connect() as conn:
+        conn.execute("INSERT INTO items SELECT g, 'in-gap' FROM generate_series(11, 20) g")
+        gap = str(conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0])  # type: ignore[index]
+    a.pgbackrest("check")
+    with a.connect() as conn:
+        conn.execute("INSERT INTO items SELECT g, 'after-gap' FROM generate_series(21, 30) g")
+    a.pgbackrest("check")
+    newest = parse_info(a.pgbackrest("--output=json", "info"))["archive"]["max"]
+    assert newest > gap, (newest, gap)
+    keys = [key for key in listing(moto, old) if f"/{gap}-" in key]
+    assert len(keys) == 1, keys
+    s3(moto).delete_object(Bucket=BUCKET, Key=keys[0])
+
+    b.start(archive=False)
+    b.sh(generated_restore(b, old))  # the restore itself succeeds, as PostgreSQL and pgBackRest see it
+    with b.connect() as conn:
+        rows = dict(conn.execute("SELECT batch, count(*) FROM items GROUP BY batch").fetchall())
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+    assert rows == {"before-gap": 10}, rows
+    marker = read_restored_marker((b.work / "applied" / RESTORED_MARKER.rsplit("/", 1)[1]).read_text())
+    assert marker.label.endswith("F")
+    assert marker.shortfall.startswith("the restore stopped short of the archive: recovery ended at "), marker
+    assert f"segment {gap} is missing or unreadable" in marker.shortfall, marker.shortfall
+    assert f"the repository holds WAL up to {newest};" in marker.shortfall, marker.shortfall
+    assert "(its last commit: 20" in marker.shortfall, marker.shortfall

@@ -514,13 +514,17 @@ def test_a_backup_after_the_drop_restarts_the_chain() -> None:
 # ---- restore's sequence on a box running sync (fake SSH) -------------------------------------------------
 
 
-def restore_box(monkeypatch: pytest.MonkeyPatch, healthy: bool) -> list[str]:
+def restore_box(monkeypatch: pytest.MonkeyPatch, healthy: bool, ended: str = "0/4000098") -> list[str]:
     """A box with PostgreSQL, Electric and the gateway active: ``run_backup_command`` answers by command, and
-    every command is recorded in order."""
+    every command is recorded in order. Recovery ends at ``ended`` on timeline 1 (INFO's newest archived segment
+    is 000000010000000000000004)."""
     ran: list[str] = []
 
     def run(host: HostRecord, command: str, timeout: float = 120) -> CommandResult:
         ran.append(command)
+        if "pg_ls_waldir()" in command:
+            history = f"1\t{ended}\tno recovery target specified\n"
+            return CommandResult(0, json.dumps({"history": history, "segment_size": 16 * 1024 * 1024}), "")
         if "echo \"now=" in command:
             units = "unit_electric=active\nunit_postgressor-gateway=active\n"
             return CommandResult(0, f"now=1900000000\npg=active\n{units}", "")
@@ -543,6 +547,39 @@ def test_restore_waits_for_electric_after_starting_it(monkeypatch: pytest.Monkey
     starts = [i for i, c in enumerate(ran) if c.startswith("systemctl start ")]
     health = next(i for i, c in enumerate(ran) if "/v1/health" in c)
     assert health > max(starts) and "end=$(($(date +%s) + 30))" in ran[health]
+
+
+def test_a_restore_that_stopped_before_the_newest_archived_segment_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = HostRecord("h", 22, "root", "k")
+    restore_box(monkeypatch, healthy=True, ended="0/4000098")  # inside segment 4, the newest archived: complete
+    assert backups.restore(host, 15, None, lambda m: None, health_timeout=30)["short_of_archive"] == ""
+    ran = restore_box(monkeypatch, healthy=True, ended="0/3000098")  # segment 4 archived, never replayed
+    report = backups.restore(host, 15, None, lambda m: None, health_timeout=30)
+    assert "segment 000000010000000000000004 is missing or unreadable" in report["short_of_archive"], report
+    assert report["started"] == ["postgresql@15-main", "electric", "postgressor-gateway"]  # it still serves
+    infos = [i for i, c in enumerate(ran) if "--output=json info" in c]
+    check = next(i for i, c in enumerate(ran) if " check" in c and "pgbackrest" in c)
+    assert len(infos) == 2 and infos[0] < check < infos[1], "the newest segment is read after check pushed one"
+    restore_box(monkeypatch, healthy=True, ended="0/3000098")
+    pitr = backups.restore(host, 15, parse_target("2026-11-25T05:00:00Z"), lambda m: None, health_timeout=30)
+    assert pitr["short_of_archive"] == ""  # PostgreSQL itself refuses to promote short of a time target
+    assert not [c for c in ran if "pg_ls_waldir()" in c][1:]
+
+
+def test_restore_short_of_the_archive_exits_1_after_its_report(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from postgressor.cli import backup_cmds
+
+    restore_box(monkeypatch, healthy=True, ended="0/3000098")
+    monkeypatch.setattr(backup_cmds, "_connection", lambda ctx: (HostRecord("h", 22, "root", "k"), None))
+    monkeypatch.setattr(backup_cmds, "recorded_version", lambda state: 15)
+    result = CliRunner().invoke(app, ["restore", "--latest", "--yes"])
+    assert result.exit_code == 1, result.output
+    assert "restored stack 'default' to latest from backup" in result.output
+    assert "error: the restore stopped short of the archive: recovery ended at 0/3000098" in result.output
+    quiet = CliRunner().invoke(app, ["--json", "restore", "--latest", "--yes"])
+    assert quiet.exit_code == 1, quiet.output
+    report = json.loads(quiet.stdout)  # one document: the report says ok: false, the error line goes to stderr
+    assert report["ok"] is False and report["error"] == report["short_of_archive"] != ""
 
 
 def test_restore_names_electric_when_it_does_not_become_healthy(monkeypatch: pytest.MonkeyPatch) -> None:

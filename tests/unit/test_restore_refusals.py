@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from postgressor.box.deploys.backup import foreign_stanza, stanza_command
 from postgressor.box.spec import BackupSpec
 from postgressor.cli import app
 from postgressor.config import load_settings
-from postgressor.state import HostRecord, open_state
+from postgressor.state import HostRecord, StackState, open_state
 
 S3_TOML = ('provider = "local"\n[backup]\ns3_endpoint = "fsn1.your-objectstorage.com"\ns3_region = "fsn1"\n'
            's3_bucket = "b"\ns3_path = "/new-stack"\n')  # fmt: skip
@@ -118,3 +119,51 @@ def test_the_stanza_step_names_the_way_out_of_a_foreign_stanza() -> None:
     assert "stanza-create" in command and "*'[028]'*" in command
     # the integration test (tests/integration/test_restore_new_stack.py) runs it against a real foreign stanza
 
+
+
+
+# The restored marker after recovery stopped at 0/5000098 while the archive held segments up to …09
+SHORT_MARKER = "\n".join(["d1g 20261125-040122F", "000000010000000000000009",
+                          json.dumps({"history": "1\t0/5000098\tno recovery target specified\n",
+                                      "segment_size": 16777216})])  # fmt: skip
+
+
+def test_the_run_that_restores_records_where_recovery_stopped_and_fails_once(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore to the end of the archive that stopped at a gap: the label and the shortfall are recorded from
+    the marker, `deploy` prints its report and exits 1 with the line; the next run, which restores nothing, passes."""
+    from postgressor.box.converge import DeployResult
+    from postgressor.box.spec import Distro, box_spec
+    from postgressor.remote.ssh import CommandResult
+
+    settings = load_settings()
+    state = open_state(settings.state_dir, "default", "local")
+    state.restored_from = {"path": "/old", "target": ""}
+    state.set_host(HostRecord("127.0.0.1", 2222, "root", "key"))
+    spec = box_spec(load_settings(provider="local"), Distro("debian", 12, "bookworm"))
+    read: list[str] = []
+
+    def marker(host: HostRecord, command: str) -> CommandResult:
+        read.append(command)
+        return CommandResult(0, SHORT_MARKER, "")
+
+    def deploy_host(settings: object, state: StackState, host: HostRecord, *args: object, **kwargs: object) -> object:
+        if stacks.unfinished_restore(state):  # as the real one does after a successful pass
+            stacks.record_restore(host, state)
+        state.save()
+        return spec, DeployResult()
+
+    monkeypatch.setattr(stacks, "run", marker)
+    monkeypatch.setattr(stacks, "deploy_host", deploy_host)
+    monkeypatch.setattr(stacks, "get_provider", lambda *a: type("P", (), {
+        "ensure_running": lambda self: HostRecord("127.0.0.1", 2222, "root", "key")})())  # fmt: skip
+    first = CliRunner().invoke(app, ["--json", "deploy"])
+    assert first.exit_code == 1, first.output
+    assert "error: the restore stopped short of the archive: recovery ended at 0/5000098" in first.stderr
+    assert '"ok": false' in first.stdout and "segment 000000010000000000000006 is missing" in first.stdout
+    assert read == ["cat /var/lib/postgressor/applied/restored-from"]
+    recorded = open_state(settings.state_dir, "default", "local").restored_from
+    assert recorded["label"] == "20261125-040122F" and "0/5000098" in recorded["short_of_archive"]
+    again = CliRunner().invoke(app, ["deploy"])
+    assert again.exit_code == 0 and len(read) == 1, again.output

@@ -8,6 +8,7 @@ import posixpath
 import re
 import shlex
 from collections.abc import Generator
+from dataclasses import dataclass
 from io import StringIO
 
 from pyinfra import host
@@ -34,6 +35,7 @@ from postgressor.box.layout import (
 )
 from postgressor.box.quoting import sql_literal
 from postgressor.checks.backups import choose_set, info_problem, parse_info, pg_moment
+from postgressor.checks.recovery_end import parse_recovery_end, recovery_end_command, short_of_archive
 from postgressor.errors import PostgressorError
 
 SWAP_HEADROOM_MB = 1024  # left free after the swap file, for packages and PostgreSQL's first WAL
@@ -301,9 +303,9 @@ def restored(repo_path: str, target: str, version: int, roles: list[str], storag
     ``storage`` is emptied (pgBackRest leaves out replication slots: Electric makes its slot and shapes again). The
     old path's ``restore_command`` goes once it is promoted (``RECOVERY_SETTINGS_RESET``)."""
     want = digest(repo_path, target)
-    done = host.get_fact(facts.FileText, path=RESTORED_MARKER).split()
-    if done[:1] == [want]:
-        host.noop(f"restored from {repo_path} (backup {' '.join(done[1:])})")
+    done = read_restored_marker(host.get_fact(facts.FileText, path=RESTORED_MARKER))
+    if done.digest == want:
+        host.noop(f"restored from {repo_path} (backup {done.label})")
         return
     chosen, problem = None, ""
     try:
@@ -340,8 +342,42 @@ def restored(repo_path: str, target: str, version: int, roles: list[str], storag
         *(f"{command} >/dev/null" for command in passwords),
         f"if [ -d {storage} ]; then find {storage} -mindepth 1 -delete; fi",
         f"install -d -m 0700 {MARKERS_DIR}",
-        f"echo {want} {shlex.quote(label)} > {RESTORED_MARKER}",
+        restored_marker_command(want, label, "" if target else (found["archive"] or {}).get("max") or "", version),
     ])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RestoredMarker:
+    """What ``restored`` left on the box: the ``digest`` of what it restored, the backup ``label``, and for a
+    restore to the end of the archive, whether recovery reached it (``shortfall``: '' when it did)."""
+
+    digest: str = ""
+    label: str = ""
+    shortfall: str = ""
+
+
+def restored_marker_command(want: str, label: str, archive_max: str, version: int) -> str:
+    """Shell writing RESTORED_MARKER: ``<digest> <label>``; for a restore to the end of the archive
+    (``archive_max``, the newest segment the repository held, non-empty) also that segment and where recovery
+    ended, read once PostgreSQL has promoted. A failed read leaves those lines out, never the restore undone."""
+    head = f"echo {want} {shlex.quote(label)}"
+    if not archive_max:
+        return f"{head} > {RESTORED_MARKER}"
+    end = f"echo {shlex.quote(archive_max)}; ( {recovery_end_command(version)} ) || true"
+    return f"{{ {head}; {end}; }} > {RESTORED_MARKER}"
+
+
+def read_restored_marker(text: str) -> RestoredMarker:
+    """RESTORED_MARKER's ``text`` (the FileText fact, or its content read over SSH); empty when absent."""
+    lines = text.strip().splitlines()
+    first = lines[0].split() if lines else []
+    if not first:
+        return RestoredMarker()
+    shortfall = ""
+    if len(lines) > 2:
+        end = parse_recovery_end("\n".join(lines[2:]))
+        shortfall = short_of_archive(end, lines[1].strip()) if end is not None else ""
+    return RestoredMarker(first[0], " ".join(first[1:]), shortfall)
 
 
 SECRET_READ = re.compile(r"\$\(cat (/[A-Za-z0-9._/-]+)\)")  # $(cat FILE): a secret read on the box

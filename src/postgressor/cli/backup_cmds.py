@@ -150,13 +150,16 @@ def restore(
             err_console.print(f"[cyan]→[/] {message}", highlight=False)
 
     report = backups.restore(host, version, target, log, settings_for(ctx).electric.health_timeout)
+    short = report.get("short_of_archive") or ""
     if quiet:
-        emit_json({"ok": True, **report})
-        return
-    console.print(f"restored stack '{name}' to {report['target']} from backup {report['backup_set']}; "
-                  f"started {', '.join(report['started'])}")  # fmt: skip
-    for note in report["notes"]:
-        console.print(f"note: {note}", markup=False)
+        emit_json({"ok": not short, **({"error": short} if short else {}), **report})
+    else:
+        console.print(f"restored stack '{name}' to {report['target']} from backup {report['backup_set']}; "
+                      f"started {', '.join(report['started'])}")  # fmt: skip
+        for note in report["notes"]:
+            console.print(f"note: {note}", markup=False)
+    if short:
+        raise PostgressorError(short)
 
 
 def render_status(report: dict[str, Any]) -> None:

@@ -167,7 +167,8 @@ def _finish(ctx: typer.Context, result: stacks.UpResult, verb: str, reporter: Re
     deploy = result.deploy
     total = reporter.elapsed()
     if global_options(ctx).json:
-        emit_json({"ok": not deploy.failed, **result.as_dict(), "seconds": round(total, 1)})
+        short = {"error": result.restore_shortfall} if result.restore_shortfall else {}
+        emit_json({"ok": not deploy.failed and not short, **short, **result.as_dict(), "seconds": round(total, 1)})
     else:
         where = f"[bold]{verb}[/] stack '{result.stack}' at {result.host.address}:{result.host.port}"
         if deploy.converged_since:
@@ -190,6 +191,8 @@ def _finish(ctx: typer.Context, result: stacks.UpResult, verb: str, reporter: Re
         raise PostgressorError(
             f"operation '{first.name}' failed: {first.error}; fix it and run 'postgressor deploy'"
         )
+    if result.restore_shortfall:
+        raise PostgressorError(result.restore_shortfall)
 
 
 def up(

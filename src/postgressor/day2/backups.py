@@ -40,6 +40,7 @@ from postgressor.checks.backups import (
     pgbackrest_error,
     run_backup_command,
 )
+from postgressor.checks.recovery_end import parse_recovery_end, recovery_end_command, short_of_archive
 from postgressor.errors import PostgressorError, UsageError
 from postgressor.state import HostRecord
 
@@ -183,6 +184,7 @@ def restore(host: HostRecord, version: int, target: datetime | None, log: Log,
                 f"(postgressor backup check), or stop {unit} on the box to restore only what is archived"
             )
         report["slots_before"] = _slots(host)
+        parsed = info(host)  # the newest archived segment now includes the one check just pushed
     running = [u for u in SYNC_UNITS if facts.get(f"unit_{u}") == "active"]
     for name in [*running, unit]:
         log(f"stopping {name}")
@@ -207,6 +209,7 @@ def restore(host: HostRecord, version: int, target: datetime | None, log: Log,
             "'postgressor restore' again (Electric and the gateway stay stopped)"
         )
     report["started"].append(unit)
+    report["short_of_archive"] = "" if target else _short_of_archive(host, version, parsed)
     report["slots_after"] = _slots(host)
     if ELECTRIC_UNIT in running:
         # Shapes hold data up to an LSN of the lost timeline: rebuild them all from the restored database.
@@ -226,6 +229,16 @@ def restore(host: HostRecord, version: int, target: datetime | None, log: Log,
                                    f"{(ready.stderr.strip().splitlines() or ['no answer'])[-1]}")  # fmt: skip
     report["notes"] = restore_notes(report, ELECTRIC_UNIT in running)
     return report
+
+
+def _short_of_archive(host: HostRecord, version: int, before: dict[str, Any]) -> str:
+    """After a restore to the latest state: '' when recovery reached the newest segment of ``before`` (pgBackRest's
+    info as read before the restore), else the line saying where it stopped (checks/recovery_end.py)."""
+    newest = (before.get("archive") or {}).get("max")
+    end = parse_recovery_end(run_backup_command(host, recovery_end_command(version)).stdout)
+    if end is None:
+        return ""
+    return short_of_archive(end, newest)
 
 
 def restore_notes(report: dict[str, Any], electric: bool) -> list[str]:
