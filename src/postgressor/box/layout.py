@@ -64,7 +64,13 @@ PGBACKREST_ASYNC_LOG = f"/var/log/pgbackrest/{PGBACKREST_STANZA}-archive-push-as
 PGBACKREST = f"cd / && runuser -u postgres -- pgbackrest --stanza={PGBACKREST_STANZA}"
 # Reading the repository's info: each request retries an unreachable S3 until io-timeout (60 s by default, about
 # 4 minutes for one `info` against a refusing endpoint, measured with 2.45); 10 s answers within 40 s.
-PGBACKREST_INFO = f"{PGBACKREST} --io-timeout=10 --output=json info"
+def pgbackrest_info(repo_path: str = "") -> str:
+    """pgBackRest's JSON info of the stack's repository, or of ``repo_path`` in it (another stack's s3_path)."""
+    path = f" --repo1-path={shlex.quote(repo_path)}" if repo_path else ""
+    return f"{PGBACKREST}{path} --io-timeout=10 --output=json info"
+
+
+PGBACKREST_INFO = pgbackrest_info()
 # File names under SECRETS_DIR (not secrets themselves).
 CIPHER_SECRET = "pgbackrest_cipher"  # noqa: S105
 S3_KEY_SECRET = "pgbackrest_s3_key"  # noqa: S105

@@ -227,7 +227,7 @@ def test_a_restore_from_another_path_comes_before_the_stanza_and_the_first_backu
     spec = replace(spec, backup=replace(spec.backup, restore_from="/old"))
     info = ('[{"name":"main","status":{"code":0,"message":"ok"},"db":[{"version":"15"}],"backup":[{"label":'
             '"20261130-010203F","type":"full","timestamp":{"start":1,"stop":2},"database":{"id":1}}]}]')
-    responses = {**FRESH_BOX, "--repo1-path=/old --output=json info": info}
+    responses = {**FRESH_BOX, "--repo1-path=/old --io-timeout=10 --output=json info": info}
     data = {"fake_responses": responses, "fake_delay": 0, "fake_delay_jitter": 0}
     inventory = Inventory(([("@fake/box", data)], {}))
     result = run_deploys(inventory, [(backup, {"spec": spec})], lambda n, r: None)
