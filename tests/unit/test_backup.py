@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -620,3 +621,65 @@ def test_archive_push_gives_up_on_an_unreachable_repository_within_its_own_io_ti
     section = lines.index("[global:archive-push]")  # pgBackRest's command section: archive-push only
     assert lines[section + 1] == "io-timeout=10" and "io-timeout=10" not in lines[:section]
     assert lines.index("[main]") > section + 1
+
+
+# ---- backup now while a scheduled backup runs (a real shell, systemctl stood in) -------------------------------
+
+
+def shell_box(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, busy_answers: int) -> Callable[[], list[str]]:
+    """``run_backup_command`` runs each command in sh, with a ``systemctl`` that lists a running scheduled backup
+    (as `systemctl list-units --no-legend --plain` prints it, systemd 252) for its first ``busy_answers`` calls,
+    and a ``pgbackrest`` that records it ran. Returns a reader of what ran, in order, as the stand-ins saw it."""
+    import subprocess
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    calls.write_text("")
+    (bin_dir / "systemctl").write_text(
+        f'#!/bin/sh\necho "systemctl $*" >> {calls}\nn=$(grep -c "^systemctl list-units" {calls})\n'
+        f'if [ "$n" -le {busy_answers} ]; then echo "pgbackrest-backup@diff.service loaded activating start '
+        'pgBackRest diff backup"; fi\n'
+    )
+    (bin_dir / "pgbackrest").write_text(f'#!/bin/sh\necho "pgbackrest $*" >> {calls}\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+    def run(host: HostRecord, command: str, timeout: float = 120) -> CommandResult:
+        if "--output=json info" in command:
+            return CommandResult(0, json.dumps([INFO]), "")
+        command = command.replace("cd / && runuser -u postgres -- pgbackrest", "pgbackrest")
+        command = command.replace("sleep 5", "sleep 0.1")
+        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env, timeout=timeout)
+        return CommandResult(done.returncode, done.stdout, done.stderr)
+
+    monkeypatch.setattr(backups, "run_backup_command", run)
+    monkeypatch.setattr(health, "run_backup_command", run)
+    return lambda: calls.read_text().splitlines()
+
+
+def test_backup_now_waits_for_a_running_scheduled_backup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = shell_box(monkeypatch, tmp_path, busy_answers=3)
+    said: list[str] = []
+    result = backups.backup_now(HostRecord("h", 22, "root", "k"), "full", said.append)
+    assert said == ["waiting for the scheduled backup (pgbackrest-backup@diff.service) to finish: pgBackRest runs "
+                    "one at a time"]  # fmt: skip
+    ran = calls()
+    backup = next(i for i, line in enumerate(ran) if line.startswith("pgbackrest "))
+    assert [line for line in ran[:backup] if "list-units" in line] == [
+        "systemctl list-units --no-legend --plain --state=activating,active pgbackrest-backup@*"] * 4
+    assert "--type=full backup" in ran[backup] and result["backup"]["label"]
+
+
+def test_backup_now_starts_at_once_when_nothing_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = shell_box(monkeypatch, tmp_path, busy_answers=0)
+    said: list[str] = []
+    backups.backup_now(HostRecord("h", 22, "root", "k"), "incr", said.append)
+    assert said == [] and len(calls()) == 2, calls()
+
+
+def test_a_scheduled_backup_that_never_ends_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    shell_box(monkeypatch, tmp_path, busy_answers=10**6)
+    with pytest.raises(PostgressorError, match=r"^the scheduled backup \(pgbackrest-backup@diff.service\) still runs "
+                                               r"after 1 s; see 'journalctl -u pgbackrest-backup@\*' on the box$"):
+        backups.wait_for_scheduled_backups(HostRecord("h", 22, "root", "k"), lambda m: None, timeout=1)

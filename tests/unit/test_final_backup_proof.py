@@ -54,7 +54,7 @@ def test_a_clean_repository_proves_the_set_and_says_what_was_checked(monkeypatch
                      "endpoint": "fsn1.your-objectstorage.com", "archive_id": "15-1", "wal_start": WAL_START,
                      "wal_stop": WAL_STOP, "wal_segments": 6, "repository_problems": []}  # fmt: skip
     listings = [c for c in box.commands if "repo-ls" in c]
-    assert len(listings) == 1 and len(box.commands) == 7  # one round trip lists both archive directories
+    assert len(listings) == 1 and len(box.commands) == 8  # one round trip lists both archive directories
     assert listings[0].count(" repo-ls ") == 2
     assert "repo-ls archive/main/15-1/0000000100000000" in listings[0]
     assert "repo-ls archive/main/15-1/0000000100000001" in listings[0]

@@ -63,7 +63,7 @@ class Box:
         raise AssertionError(f"unexpected command on the box: {command}")
 
 
-HEALTHY = {"grep -E '^repo1-": (0, S3_CONF), "--type=full backup": (0, "backup ok"),
+HEALTHY = {"grep -E '^repo1-": (0, S3_CONF), "systemctl list-units": (0, ""), "--type=full backup": (0, "backup ok"),
            "--output=json info": (0, fixture("info_set.json")), f"--set={LABEL} info": (0, fixture("info_set.json")),
            "repo-ls": (0, fixture("listings.json")), " verify": (0, fixture("verify_ok.txt")),
            "--stanza=main check": (0, "")}  # fmt: skip
@@ -133,8 +133,8 @@ def test_s3_takes_a_verified_final_backup_first_and_names_what_remains(project: 
     result = CliRunner().invoke(app, ["--json", "--stack", "demo", "destroy", "--yes"])
     assert result.exit_code == 0, result.output
     order = [next(p for p in HEALTHY if p in c) for c in box.commands]
-    # repository check, full backup, info; then the proof: info of that set, one listing of its WAL, verify;
-    # then the WAL written since is archived, and the server goes
+    # repository check, no scheduled backup running, full backup, info; then the proof: info of that set, one
+    # listing of its WAL, verify; then the WAL written since is archived, and the server goes
     assert order == list(HEALTHY)
     assert provider.destroyed and not kept(project)
     removed = json.loads(result.stdout)["removed"]

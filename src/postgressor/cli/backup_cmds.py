@@ -50,7 +50,13 @@ def now(
     host = _host(ctx)
     if not global_options(ctx).json:
         err_console.print(f"[cyan]→[/] {kind.value} backup running on {host.address}")
-    result = backups.backup_now(host, kind.value)
+    quiet = global_options(ctx).json
+
+    def log(message: str) -> None:
+        if not quiet:
+            err_console.print(f"[cyan]→[/] {message}", highlight=False)
+
+    result = backups.backup_now(host, kind.value, log)
     if global_options(ctx).json:
         emit_json({"ok": True, **result})
         return

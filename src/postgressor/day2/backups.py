@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import shlex
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from postgressor.box.layout import (
     PGBACKREST,
     PGBACKREST_CHECK,
     SYNC_UNITS,
+    backup_unit,
     electric_health_url,
     pgbackrest_restore,
     postgres_log,
@@ -53,9 +55,32 @@ Log = Callable[[str], None]
 # ---- backup now / check / passphrase ---------------------------------------------------------------------
 
 
-def backup_now(host: HostRecord, kind: str) -> dict[str, Any]:
+# The scheduled backups running now: instances of the backup service (Type=oneshot, so "activating" while the
+# backup runs), one per line. pgBackRest allows one backup at a time: another started meanwhile fails at once
+# ("unable to acquire lock", error 050).
+RUNNING_BACKUPS = f"systemctl list-units --no-legend --plain --state=activating,active '{backup_unit()}'"
+
+
+def wait_for_scheduled_backups(host: HostRecord, log: Log, timeout: int = BACKUP_TIMEOUT) -> None:
+    """Return once no scheduled backup runs on the box (said on ``log`` when one does); PostgressorError after
+    ``timeout`` seconds."""
+    running = [line.split()[0] for line in run_backup_command(host, RUNNING_BACKUPS).stdout.splitlines() if line]
+    if not running:
+        return
+    log(f"waiting for the scheduled backup ({', '.join(running)}) to finish: pgBackRest runs one at a time")
+    loop = 'while [ -n "$(' + RUNNING_BACKUPS + ')" ]; do sleep 5; done'
+    wait = f"timeout {timeout} sh -c {shlex.quote(loop)}"
+    if not run_backup_command(host, wait, timeout=timeout + 60).ok:
+        raise PostgressorError(f"the scheduled backup ({', '.join(running)}) still runs after {timeout} s; see "
+                               f"'journalctl -u {backup_unit()}' on the box")  # fmt: skip
+
+
+def backup_now(host: HostRecord, kind: str, log: Log = lambda message: None) -> dict[str, Any]:
+    """Take a ``kind`` backup (full, diff or incr) now, after any scheduled one that is running; returns the newest
+    backup as pgBackRest's info lists it and how many are kept."""
     if kind not in BACKUP_TYPES:
         raise UsageError(f"unknown backup type '{kind}'; choose one of {', '.join(BACKUP_TYPES)}")
+    wait_for_scheduled_backups(host, log)
     result = run_backup_command(host, f"{PGBACKREST} --type={kind} backup 2>&1", timeout=BACKUP_TIMEOUT)
     if not result.ok:
         raise PostgressorError(
