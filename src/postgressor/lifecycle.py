@@ -24,9 +24,10 @@ from postgressor.box.layout import CIPHER_SECRET, RESTORED_MARKER
 from postgressor.box.operations import read_restored_marker, same_secret
 from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact, image_distro, postgres_choice
 from postgressor.checks.backups import pg_time
+from postgressor.checks.recovery_end import UNCHECKED
 from postgressor.config import REPO_PATH, REPO_PATH_RULE, Settings
 from postgressor.day2 import destroy as safe_destroy
-from postgressor.day2.backups import parse_target
+from postgressor.day2.backups import parse_target, record_restore_end
 from postgressor.errors import ConfigError, PostgressorError, UsageError
 from postgressor.opwatch import DetailListener, OpWatch
 from postgressor.preflight import carried_keys, check_drops
@@ -283,6 +284,9 @@ def record_restore(host: HostRecord, state: StackState) -> None:
     state.restored_from["label"] = marker.label
     if marker.shortfall:
         state.restored_from["short_of_archive"] = marker.shortfall
+    if not marker.checked:
+        state.restored_from["note"] = UNCHECKED
+    record_restore_end(state, marker.shortfall)
 
 
 def unfinished_restore(state: StackState) -> bool:

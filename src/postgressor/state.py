@@ -57,6 +57,9 @@ class StackState:
     deployed_keys: list[str] = field(default_factory=list)  # names of secrets/key sources on the box, no values
     # `up --restore-from`: {"path", "target"} (target '' = the end of the archive), then "label" once restored
     restored_from: dict[str, str] = field(default_factory=dict)
+    # The last restore to the end of the archive stopped short of it: {"at": ISO time, "line": why}; {} otherwise.
+    # status warns until a backup finished after it.
+    short_restore: dict[str, str] = field(default_factory=dict)
 
     @property
     def stack_dir(self) -> Path:
@@ -100,6 +103,7 @@ class StackState:
             "pg_version": self.pg_version,
             "deployed_keys": self.deployed_keys,
             "restored_from": self.restored_from,
+            "short_restore": self.short_restore,
         }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.stack}.", suffix=".tmp")
         try:
@@ -157,6 +161,7 @@ def load_state(state_dir: Path, stack: str) -> StackState | None:
             pg_version=data.get("pg_version"),
             deployed_keys=list(data.get("deployed_keys", [])),
             restored_from={str(k): str(v) for k, v in (data.get("restored_from") or {}).items()},
+            short_restore={str(k): str(v) for k, v in (data.get("short_restore") or {}).items()},
         )
     except (ValueError, KeyError, TypeError) as err:
         raise PostgressorError(

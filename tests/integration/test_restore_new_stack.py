@@ -38,7 +38,6 @@ from postgressor.box.layout import (
     S3_KEY_SECRET_SECRET,
     SECRETS_DIR,
     SYNC_UNITS,
-    postgres_log,
     postgres_unit,
 )
 from postgressor.box.operations import compose_command, digest, read_restored_marker
@@ -98,7 +97,6 @@ class Box:
                 .replace(f"systemctl start {unit}", f"{ctl} -o {options} start")
                 .replace(f"systemctl is-active -q {unit}", f"{ctl} status >/dev/null")
                 .replace(f"{SECRETS_DIR}/", f"{self.secrets}/")
-                .replace(postgres_log(VERSION), f"{self.work}/pg.log")
                 .replace(MARKERS_DIR, f"{self.work}/applied"))  # fmt: skip
 
     def sh(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -258,7 +256,7 @@ def test_a_new_stack_restores_another_stacks_path_and_archives_to_its_own(stacks
         assert conn.execute("SHOW max_connections").fetchone() == ("20",)
     marker = read_restored_marker((b.work / "applied" / RESTORED_MARKER.rsplit("/", 1)[1]).read_text())
     assert marker.digest == digest(old, "") and marker.label.endswith("F")
-    assert marker.shortfall == ""  # recovery replayed the archive to its newest segment
+    assert (marker.shortfall, marker.checked) == ("", True)  # recovery replayed the archive to its newest segment
     assert list((b.work / "electric").iterdir()) == []
     # The roles log in with the new box's passwords, not the old server's.
     with b.connect("app", NEW_APP_PW) as conn:
@@ -276,6 +274,22 @@ def test_a_new_stack_restores_another_stacks_path_and_archives_to_its_own(stacks
     assert mine["status"]["code"] == 0 and [x["type"] for x in mine["backups"]] == ["full"]
     assert listing(moto, new)
     assert listing(moto, old) == before  # nothing written into the old stack's history
+
+    # A third box restores the new path, whose history is on timeline 2 (B was promoted): recovery follows it to
+    # the end, and the check claims no shortfall across the timelines.
+    with b.connect() as conn:
+        conn.execute("INSERT INTO items SELECT g, 'on-timeline-2' FROM generate_series(61, 65) g")
+    b.pgbackrest("check")
+    with new_box(moto, f"/third-{os.urandom(4).hex()}", {"app": NEW_APP_PW, "electric": NEW_ELECTRIC_PW}) as c:
+        c.start(archive=False)
+        c.sh(generated_restore(c, new))
+        with c.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM items WHERE batch = 'on-timeline-2'").fetchone() == (5,)
+            history = conn.execute("SELECT name FROM pg_ls_waldir() WHERE name LIKE '%.history' ORDER BY 1"
+                                   ).fetchall()  # fmt: skip
+        assert ("00000003.history",) in history, history
+        third = read_restored_marker((c.work / "applied" / RESTORED_MARKER.rsplit("/", 1)[1]).read_text())
+        assert (third.shortfall, third.checked) == ("", True), third
 
 
 def test_a_path_without_backups_fails_before_the_cluster_is_stopped(stacks: tuple[Box, Box, str, str],
@@ -328,6 +342,6 @@ def test_a_gap_in_the_archive_stops_recovery_and_the_restore_says_so(stacks: tup
     marker = read_restored_marker((b.work / "applied" / RESTORED_MARKER.rsplit("/", 1)[1]).read_text())
     assert marker.label.endswith("F")
     assert marker.shortfall.startswith("the restore stopped short of the archive: recovery ended at "), marker
-    assert f"segment {gap} is missing or unreadable" in marker.shortfall, marker.shortfall
-    assert f"the repository holds WAL up to {newest};" in marker.shortfall, marker.shortfall
-    assert "(its last commit: 20" in marker.shortfall, marker.shortfall
+    assert f"segment {gap} could not be read" in marker.shortfall, marker.shortfall
+    assert f"the repository holds WAL up to {newest}:" in marker.shortfall, marker.shortfall
+    assert "on timeline 1, after its last replayed commit of 20" in marker.shortfall, marker.shortfall

@@ -38,7 +38,7 @@ from postgressor.day2.backups import (
 from postgressor.errors import ConfigError, PostgressorError, UsageError
 from postgressor.lifecycle import BoxFacts, deploys_for
 from postgressor.remote.ssh import CommandResult
-from postgressor.state import HostRecord
+from postgressor.state import HostRecord, load_state, open_state
 
 BOOKWORM = Distro("debian", 12, "bookworm")
 S3 = {"s3_endpoint": "fsn1.your-objectstorage.com", "s3_region": "fsn1", "s3_bucket": "my-backups",
@@ -524,8 +524,11 @@ def restore_box(monkeypatch: pytest.MonkeyPatch, healthy: bool, ended: str = "0/
     def run(host: HostRecord, command: str, timeout: float = 120) -> CommandResult:
         ran.append(command)
         if "pg_ls_waldir()" in command:
+            if not ended:
+                return CommandResult(1, "", "psql: error: connection to server on socket failed")
             history = f"1\t{ended}\tno recovery target specified\n"
-            return CommandResult(0, json.dumps({"history": history, "segment_size": 16 * 1024 * 1024}), "")
+            return CommandResult(0, json.dumps({"history": history, "segment_size": 16 * 1024 * 1024,
+                                                "last_commit": "2026-11-25T05:01:02.5+00:00"}), "")  # fmt: skip
         if "echo \"now=" in command:
             units = "unit_electric=active\nunit_postgressor-gateway=active\n"
             return CommandResult(0, f"now=1900000000\npg=active\n{units}", "")
@@ -550,21 +553,43 @@ def test_restore_waits_for_electric_after_starting_it(monkeypatch: pytest.Monkey
     assert health > max(starts) and "end=$(($(date +%s) + 30))" in ran[health]
 
 
-def test_a_restore_that_stopped_before_the_newest_archived_segment_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_restore_that_stopped_before_the_newest_archived_segment_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:  # fmt: skip
     host = HostRecord("h", 22, "root", "k")
+    state = open_state(tmp_path, "demo", "ssh")
     restore_box(monkeypatch, healthy=True, ended="0/4000098")  # inside segment 4, the newest archived: complete
-    assert backups.restore(host, 15, None, lambda m: None, health_timeout=30)["short_of_archive"] == ""
+    done = backups.restore(host, 15, None, lambda m: None, health_timeout=30, state=state)
+    assert done["short_of_archive"] == "" and backups.UNCHECKED not in done["notes"] and state.short_restore == {}
     ran = restore_box(monkeypatch, healthy=True, ended="0/3000098")  # segment 4 archived, never replayed
-    report = backups.restore(host, 15, None, lambda m: None, health_timeout=30)
-    assert "segment 000000010000000000000004 is missing or unreadable" in report["short_of_archive"], report
+    report = backups.restore(host, 15, None, lambda m: None, health_timeout=30, state=state)
+    assert "segment 000000010000000000000004 could not be read" in report["short_of_archive"], report
     assert report["started"] == ["postgresql@15-main", "electric", "postgressor-gateway"]  # it still serves
     infos = [i for i, c in enumerate(ran) if "--output=json info" in c]
     check = next(i for i, c in enumerate(ran) if " check" in c and "pgbackrest" in c)
     assert len(infos) == 2 and infos[0] < check < infos[1], "the newest segment is read after check pushed one"
-    restore_box(monkeypatch, healthy=True, ended="0/3000098")
-    pitr = backups.restore(host, 15, parse_target("2026-11-25T05:00:00Z"), lambda m: None, health_timeout=30)
+    recorded = load_state(tmp_path, "demo")
+    assert recorded is not None and recorded.short_restore["line"] == report["short_of_archive"]
+    pitr_ran = restore_box(monkeypatch, healthy=True, ended="0/3000098")
+    pitr = backups.restore(host, 15, parse_target("2026-11-25T05:00:00Z"), lambda m: None, health_timeout=30,
+                           state=state)  # fmt: skip
     assert pitr["short_of_archive"] == ""  # PostgreSQL itself refuses to promote short of a time target
-    assert not [c for c in ran if "pg_ls_waldir()" in c][1:]
+    assert not [c for c in pitr_ran if "pg_ls_waldir()" in c] and state.short_restore == {}
+
+
+def test_a_shortfall_is_not_lost_behind_electric_failing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    state = open_state(tmp_path, "demo", "ssh")
+    restore_box(monkeypatch, healthy=False, ended="0/3000098")
+    with pytest.raises(PostgressorError) as failed:
+        backups.restore(HostRecord("h", 22, "root", "k"), 15, None, lambda m: None, health_timeout=30, state=state)
+    assert str(failed.value).startswith("the database is restored but Electric is not healthy: ")
+    assert "; also, the restore stopped short of the archive: recovery ended at 0/3000098" in str(failed.value)
+    assert state.short_restore["line"].startswith("the restore stopped short of the archive")  # recorded first
+
+
+def test_an_unreadable_end_is_a_note_not_a_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    restore_box(monkeypatch, healthy=True, ended="")  # psql answered nothing understandable
+    report = backups.restore(HostRecord("h", 22, "root", "k"), 15, None, lambda m: None, health_timeout=30)
+    assert report["short_of_archive"] == "" and report["notes"][-1] == backups.UNCHECKED
 
 
 def test_restore_short_of_the_archive_exits_1_after_its_report(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

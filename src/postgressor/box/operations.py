@@ -35,7 +35,7 @@ from postgressor.box.layout import (
 )
 from postgressor.box.quoting import sql_literal
 from postgressor.checks.backups import choose_set, info_problem, parse_info, pg_moment
-from postgressor.checks.recovery_end import parse_recovery_end, recovery_end_command, short_of_archive
+from postgressor.checks.recovery_end import RECOVERY_END_COMMAND, parse_recovery_end, short_of_archive
 from postgressor.errors import PostgressorError
 
 SWAP_HEADROOM_MB = 1024  # left free after the swap file, for packages and PostgreSQL's first WAL
@@ -342,29 +342,32 @@ def restored(repo_path: str, target: str, version: int, roles: list[str], storag
         *(f"{command} >/dev/null" for command in passwords),
         f"if [ -d {storage} ]; then find {storage} -mindepth 1 -delete; fi",
         f"install -d -m 0700 {MARKERS_DIR}",
-        restored_marker_command(want, label, "" if target else (found["archive"] or {}).get("max") or "", version),
+        restored_marker_command(want, label, "" if target else (found["archive"] or {}).get("max") or ""),
     ])  # fmt: skip
 
 
 @dataclass(frozen=True)
 class RestoredMarker:
     """What ``restored`` left on the box: the ``digest`` of what it restored, the backup ``label``, and for a
-    restore to the end of the archive, whether recovery reached it (``shortfall``: '' when it did)."""
+    restore to the end of the archive whether recovery reached it: ``shortfall`` ('' when it did), ``checked``
+    (False when where recovery ended could not be read)."""
 
     digest: str = ""
     label: str = ""
     shortfall: str = ""
+    checked: bool = True
 
 
-def restored_marker_command(want: str, label: str, archive_max: str, version: int) -> str:
-    """Shell writing RESTORED_MARKER: ``<digest> <label>``; for a restore to the end of the archive
-    (``archive_max``, the newest segment the repository held, non-empty) also that segment and where recovery
-    ended, read once PostgreSQL has promoted. A failed read leaves those lines out, never the restore undone."""
+def restored_marker_command(want: str, label: str, archive_max: str) -> str:
+    """Shell writing RESTORED_MARKER (whole, or not at all: a marker cut short would run the restore again):
+    ``<digest> <label>``; for a restore to the end of the archive (``archive_max``, the newest segment the
+    repository held, non-empty) also that segment and where recovery ended, read once PostgreSQL has promoted. A
+    failed read leaves that line out, never the restore undone."""
     head = f"echo {want} {shlex.quote(label)}"
     if not archive_max:
         return f"{head} > {RESTORED_MARKER}"
-    end = f"echo {shlex.quote(archive_max)}; ( {recovery_end_command(version)} ) || true"
-    return f"{{ {head}; {end}; }} > {RESTORED_MARKER}"
+    end = f"echo {shlex.quote(archive_max)}; ( {RECOVERY_END_COMMAND} ) || true"
+    return f"{{ {head}; {end}; }} > {RESTORED_MARKER}.new && mv {RESTORED_MARKER}.new {RESTORED_MARKER}"
 
 
 def read_restored_marker(text: str) -> RestoredMarker:
@@ -373,11 +376,12 @@ def read_restored_marker(text: str) -> RestoredMarker:
     first = lines[0].split() if lines else []
     if not first:
         return RestoredMarker()
-    shortfall = ""
-    if len(lines) > 2:
-        end = parse_recovery_end("\n".join(lines[2:]))
-        shortfall = short_of_archive(end, lines[1].strip()) if end is not None else ""
-    return RestoredMarker(first[0], " ".join(first[1:]), shortfall)
+    if len(lines) < 2:  # a point-in-time restore, or a marker written before the end was recorded
+        return RestoredMarker(first[0], " ".join(first[1:]))
+    end = parse_recovery_end("\n".join(lines[2:]))
+    if end is None:
+        return RestoredMarker(first[0], " ".join(first[1:]), checked=False)
+    return RestoredMarker(first[0], " ".join(first[1:]), short_of_archive(end, lines[1].strip()))
 
 
 SECRET_READ = re.compile(r"\$\(cat (/[A-Za-z0-9._/-]+)\)")  # $(cat FILE): a secret read on the box

@@ -3,15 +3,18 @@ the repository held when the restore began.
 
 PostgreSQL replays archived WAL until ``restore_command`` cannot fetch the next segment, then promotes, and calls
 that the end of the archive. A segment missing in the middle (dropped from pgBackRest's archive queue during an
-outage, or lost in the repository) ends recovery there, silently: everything written after it is not restored,
-yet PostgreSQL, pgBackRest and the restore all report success. A restore to a point in time cannot stop short
-unnoticed: PostgreSQL 13+ refuses to promote before its target ("recovery ended before configured recovery
-target was reached"), so only restores to the latest state are checked.
+outage, lost from the repository, or not fetched because of a read error) ends recovery there, silently:
+everything written after it is not restored, yet PostgreSQL, pgBackRest and the restore all report success. A
+restore to a point in time cannot stop short unnoticed: PostgreSQL 13+ refuses to promote before its target
+("recovery ended before configured recovery target was reached"), so only restores to the latest state are
+checked.
 
-Where recovery ended is read from the new timeline's history file, which PostgreSQL writes at promotion: its last
-line is ``<parent timeline>\\t<switch point LSN>\\t<reason>`` (src/backend/access/transam/timeline.c,
-writeTimeLineHistory, PostgreSQL 15). Recovery ends in the segment holding the switch point, or exactly at its
-start; the archive reaching a segment at or past the first one recovery could not read is a shortfall.
+Where recovery ended is read from the new timeline's history file, which PostgreSQL writes at promotion
+(xlog.c StartupXLOG and timeline.c writeTimeLineHistory, PostgreSQL 15): the lines of the timeline recovery
+followed (each ``<timeline>\\t<LSN where the next one begins>\\t<reason>``), then ``<that timeline>\\t<end of
+recovery>``. Recovery may end on an ancestor of the timeline it followed, before that one began: the end lies on
+the first timeline of the path whose switch point is past it. The last replayed commit is
+``pg_last_xact_replay_timestamp()``, which keeps its value once recovery has ended.
 """
 
 from __future__ import annotations
@@ -19,66 +22,84 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from postgressor.box.layout import postgres_log, psql
+from postgressor.box.layout import psql
 
-# One JSON line: the newest timeline history file in pg_wal (text) and the WAL segment size (bytes, PostgreSQL 11+).
+# One JSON line: the newest timeline history file in pg_wal (text), the WAL segment size (bytes, PostgreSQL 11+)
+# and the time of the last commit recovery replayed (null when it replayed none).
 RECOVERY_END_SQL = (
     "SELECT json_build_object("
     "'history', (SELECT pg_read_file('pg_wal/' || name) FROM pg_ls_waldir() "
     "WHERE name ~ '^[0-9A-F]{8}\\.history$' ORDER BY name DESC LIMIT 1), "
-    "'segment_size', (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'))"
+    "'segment_size', (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), "
+    "'last_commit', pg_last_xact_replay_timestamp())"
 )
-# PostgreSQL logs this at the end of recovery (xlogrecovery.c, PerformWalRecovery, PostgreSQL 15)
-LAST_COMMIT = "last completed transaction was at log time"
+RECOVERY_END_COMMAND = psql(RECOVERY_END_SQL)
 SEGMENT = re.compile(r"[0-9A-F]{24}")
-
-
-def recovery_end_command(version: int | str) -> str:
-    """Shell printing where the last recovery of PostgreSQL ``version`` ended: ``RECOVERY_END_SQL``'s JSON line,
-    then the log's last "last completed transaction" line (none when recovery replayed no commit)."""
-    return f"{psql(RECOVERY_END_SQL)} && {{ grep -h '{LAST_COMMIT}' {postgres_log(version)} | tail -n 1; true; }}"
+LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+UNCHECKED = ("where recovery ended could not be read, so whether this restore reached the end of the archive is "
+             "not checked: compare its newest rows with what you expect")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class RecoveryEnd:
-    """Where recovery ended: ``timeline`` it replayed last, ``lsn`` (bytes) where the next timeline starts,
-    ``segment_size`` in bytes, ``last_commit`` as PostgreSQL logged it ('' when unknown)."""
+    """Where recovery ended. ``path``: (timeline, LSN in bytes where the next one begins) for each timeline recovery
+    followed, oldest first; the last switch point is the end of recovery. ``segment_size`` in bytes;
+    ``last_commit``: the last replayed commit's time as PostgreSQL printed it ('' when none)."""
 
-    timeline: int
-    lsn: int
+    path: tuple[tuple[int, int], ...]
     segment_size: int
     last_commit: str = ""
+
+    @property
+    def lsn(self) -> int:
+        return self.path[-1][1]
 
     @property
     def lsn_text(self) -> str:
         return f"{self.lsn >> 32:X}/{self.lsn & 0xFFFFFFFF:X}"
 
     @property
+    def timeline(self) -> int:
+        """The timeline recovery ended on: the first of the path whose switch point lies past the end."""
+        return next((tli for tli, switch in self.path[:-1] if switch > self.lsn), self.path[-1][0])
+
+    @property
     def first_unread(self) -> int:
-        """The number of the first segment recovery did not replay (the one after the switch point's, or the one
-        the switch point starts exactly)."""
+        """The number of the first segment recovery did not replay (the one after the end's, or the one the end
+        starts exactly)."""
         return -(-self.lsn // self.segment_size)
+
+    def file_timeline(self, number: int) -> int:
+        """The timeline in the name of segment ``number`` as recovery asks for it: the newest timeline of the path
+        that begins at or before that segment (a timeline begins at its parent's switch point)."""
+        begins = [(tli, 0 if i == 0 else self.path[i - 1][1]) for i, (tli, _) in enumerate(self.path)]
+        return max(tli for tli, start in begins if start // self.segment_size <= number)
 
 
 def parse_recovery_end(output: str) -> RecoveryEnd | None:
-    """``recovery_end_command``'s output as a RecoveryEnd; None when there is no history file (the cluster never
+    """``RECOVERY_END_COMMAND``'s output as a RecoveryEnd; None when there is no history file (the cluster never
     promoted) or the output is not understood."""
-    lines = output.strip().splitlines()
     try:
-        found = json.loads(lines[0]) if lines else {}
-        history = [line.split("\t") for line in (found.get("history") or "").splitlines()]
-        entries = [fields for fields in history if len(fields) >= 2 and fields[0].strip().isdigit()]
-        if not entries:
-            return None
-        high, low = entries[-1][1].strip().split("/")
+        found = json.loads(output.strip().splitlines()[0])
         size = int(found["segment_size"])
-    except (ValueError, KeyError, TypeError, AttributeError):
+        path = []
+        for line in (found.get("history") or "").splitlines():
+            fields = line.split("\t")
+            if len(fields) < 2 or not fields[0].strip().isdigit():
+                continue  # blank lines and comments
+            lsn = LSN.fullmatch(fields[1].strip())
+            if lsn is None:
+                return None
+            path.append((int(fields[0]), (int(lsn[1], 16) << 32) + int(lsn[2], 16)))
+        commit = found.get("last_commit") or ""
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         return None
-    if size <= 0:
+    if size <= 0 or not path or not isinstance(commit, str):
         return None
-    commit = next((line.split(LAST_COMMIT, 1)[1].strip() for line in lines[1:] if LAST_COMMIT in line), "")
-    return RecoveryEnd(int(entries[-1][0]), (int(high, 16) << 32) + int(low, 16), size, commit)
+    return RecoveryEnd(tuple(path), size, commit)
 
 
 def segment_number(name: str, segment_size: int) -> tuple[int, int]:
@@ -94,22 +115,35 @@ def segment_name(timeline: int, number: int, segment_size: int) -> str:
 
 
 def short_of_archive(end: RecoveryEnd, archive_max: str | None) -> str:
-    """'' when recovery replayed the archive to its end (``archive_max``: the newest segment the repository held,
-    from pgBackRest's info; None or unknown is taken as reached); else one line: where recovery stopped, the first
-    segment it could not read, and what that means."""
+    """'' when recovery replayed the archive to its end, else one line: where recovery stopped, the first segment
+    it could not read, and what that means. ``archive_max``: the newest segment the repository held (pgBackRest's
+    info: the highest timeline's newest); None, a malformed name, or a timeline off recovery's path claims
+    nothing."""
     if not archive_max or not SEGMENT.fullmatch(archive_max):
         return ""
     timeline, newest = segment_number(archive_max, end.segment_size)
+    if timeline not in {tli for tli, _ in end.path}:
+        return ""  # an abandoned branch: its segments are not recovery's to reach
     if timeline < end.timeline or (timeline == end.timeline and newest < end.first_unread):
         return ""
-    missing = segment_name(end.timeline, end.first_unread, end.segment_size)
-    when = f" (its last commit: {end.last_commit})" if end.last_commit else ""
-    reach = (f"timeline {timeline}, which recovery never reached" if timeline > end.timeline
-             else f"{archive_max}")  # fmt: skip
+    unread = segment_name(end.file_timeline(end.first_unread), end.first_unread, end.segment_size)
+    when = f", after its last replayed commit of {end.last_commit}" if end.last_commit else ""
     return (
         f"the restore stopped short of the archive: recovery ended at {end.lsn_text} on timeline {end.timeline}"
-        f"{when}, but the repository holds WAL up to {reach}; segment {missing} is missing or unreadable (dropped "
-        "from the archive queue during an outage, or lost from the repository), so what was written after that "
-        "point is not in the restored database. PostgreSQL runs on what was restored; no restore can replay past "
-        "the gap, so take a new full backup now (postgressor backup now --type full)"
+        f"{when}, but the repository holds WAL up to {archive_max}: segment {unread} could not be read (missing "
+        "from the repository, or a read error), so what was written after that point is not in the restored "
+        "database. PostgreSQL runs on what was restored; the repository still holds the WAL after the gap"
     )
+
+
+def short_restore_warning(recorded: dict[str, str], last_backup: dict[str, Any] | None) -> str:
+    """The warning status shows while the last restore is known to have stopped short of the archive (``recorded``:
+    the state's ``short_restore``) and no backup has finished since (``last_backup``: status's); '' otherwise."""
+    if not recorded.get("at"):
+        return ""
+    stop = (last_backup or {}).get("stop")
+    if stop and datetime.fromisoformat(stop) > datetime.fromisoformat(recorded["at"]):
+        return ""
+    why = recorded.get("line", "").removeprefix("the restore stopped short of the archive: ")
+    return (f"the restore of {recorded['at']} stopped short of the archive: {why}; once you have checked the "
+            "restored data, a backup clears this warning (postgressor backup now)")

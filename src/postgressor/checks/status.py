@@ -17,6 +17,7 @@ from postgressor.box.layout import (
     psql,
 )
 from postgressor.checks.backups import backup_status
+from postgressor.checks.recovery_end import short_restore_warning
 from postgressor.config import Settings
 from postgressor.errors import PostgressorError
 from postgressor.providers import get_provider
@@ -148,5 +149,8 @@ def status(settings: Settings, stack: str) -> dict[str, Any]:
         report["backup"] = backup_status(state.host)
         if report["backup"].get("error"):
             report.setdefault("error", report["backup"]["error"])
+        short = short_restore_warning(state.short_restore, report["backup"].get("last_backup"))
+        if short:
+            report["warnings"] = [*report.get("warnings", []), short]
     report["deployed_at"] = state.deployed_at
     return report

@@ -155,7 +155,7 @@ def restore(
         if not quiet:
             err_console.print(f"[cyan]→[/] {message}", highlight=False)
 
-    report = backups.restore(host, version, target, log, settings_for(ctx).electric.health_timeout)
+    report = backups.restore(host, version, target, log, settings_for(ctx).electric.health_timeout, state)
     short = report.get("short_of_archive") or ""
     if quiet:
         emit_json({"ok": not short, **({"error": short} if short else {}), **report})

@@ -186,6 +186,8 @@ def _finish(ctx: typer.Context, result: stacks.UpResult, verb: str, reporter: Re
         if done.get("label"):
             when = done["target"] or "to the end of its archived WAL"
             console.print(f"restored from {done['path']}: backup {done['label']}, {when}", markup=False)
+            if done.get("note"):
+                console.print(f"note: {done['note']}", markup=False)
     if deploy.failed:
         first = deploy.failed[0]
         raise PostgressorError(

@@ -42,9 +42,9 @@ from postgressor.checks.backups import (
     pgbackrest_error,
     run_backup_command,
 )
-from postgressor.checks.recovery_end import parse_recovery_end, recovery_end_command, short_of_archive
+from postgressor.checks.recovery_end import RECOVERY_END_COMMAND, UNCHECKED, parse_recovery_end, short_of_archive
 from postgressor.errors import PostgressorError, UsageError
-from postgressor.state import HostRecord
+from postgressor.state import HostRecord, StackState
 
 BACKUP_TIMEOUT = 6 * 3600  # seconds a backup or restore may stay silent over SSH
 BACKUP_TYPES = ("full", "diff", "incr")
@@ -177,11 +177,12 @@ def _slots(host: HostRecord) -> list[str] | None:
         return None
 
 
-def restore(host: HostRecord, version: int, target: datetime | None, log: Log,
-            health_timeout: int = 300) -> dict[str, Any]:  # fmt: skip
+def restore(host: HostRecord, version: int, target: datetime | None, log: Log, health_timeout: int = 300,
+            state: StackState | None = None) -> dict[str, Any]:  # fmt: skip
     """Stop Electric, the gateway and PostgreSQL ``version`` (the one recorded in the state); restore (to ``target``
     or the latest state); start them, and wait up to ``health_timeout`` seconds until Electric answers its health
-    check (it rebuilds its slot and shapes first)."""
+    check (it rebuilds its slot and shapes first). A restore to the latest state that stopped short of the archive
+    says so in ``short_of_archive`` (and in any later error), and is recorded in ``state`` as soon as it is known."""
     parsed = info(host)
     problem = info_problem(parsed)
     if problem and not parsed["backups"]:
@@ -234,8 +235,14 @@ def restore(host: HostRecord, version: int, target: datetime | None, log: Log,
             "'postgressor restore' again (Electric and the gateway stay stopped)"
         )
     report["started"].append(unit)
-    report["short_of_archive"] = "" if target else _short_of_archive(host, version, parsed)
+    short, checked = ("", True) if target else _short_of_archive(host, parsed)
+    report["short_of_archive"] = short
+    if state is not None:
+        record_restore_end(state, short)
     report["slots_after"] = _slots(host)
+
+    def failed(message: str) -> PostgressorError:  # the shortfall must not be lost behind a later failure
+        return PostgressorError(f"{message}; also, {short}" if short else message)
     if ELECTRIC_UNIT in running:
         # Shapes hold data up to an LSN of the lost timeline: rebuild them all from the restored database.
         cleared = run_backup_command(host, f"find {ELECTRIC_STORAGE} -mindepth 1 -delete")
@@ -243,27 +250,34 @@ def restore(host: HostRecord, version: int, target: datetime | None, log: Log,
     for name in running:
         log(f"starting {name}")
         if not run_backup_command(host, f"systemctl start {name}", timeout=300).ok:
-            raise PostgressorError(f"the database is restored but {name} did not start; see 'journalctl -u {name}'")
+            raise failed(f"the database is restored but {name} did not start; see 'journalctl -u {name}'")
         report["started"].append(name)
     if ELECTRIC_UNIT in running:
         log(f"waiting for Electric to answer {electric_health_url()} (up to {health_timeout} s)")
         ready = run_backup_command(host, http_ready_command(electric_health_url(), health_timeout, ELECTRIC_UNIT),
                                    timeout=health_timeout + 60)  # fmt: skip
         if not ready.ok:
-            raise PostgressorError(f"the database is restored but Electric is not healthy: "
-                                   f"{(ready.stderr.strip().splitlines() or ['no answer'])[-1]}")  # fmt: skip
-    report["notes"] = restore_notes(report, ELECTRIC_UNIT in running)
+            raise failed(f"the database is restored but Electric is not healthy: "
+                         f"{(ready.stderr.strip().splitlines() or ['no answer'])[-1]}")  # fmt: skip
+    report["notes"] = restore_notes(report, ELECTRIC_UNIT in running) + ([] if checked else [UNCHECKED])
     return report
 
 
-def _short_of_archive(host: HostRecord, version: int, before: dict[str, Any]) -> str:
-    """After a restore to the latest state: '' when recovery reached the newest segment of ``before`` (pgBackRest's
-    info as read before the restore), else the line saying where it stopped (checks/recovery_end.py)."""
-    newest = (before.get("archive") or {}).get("max")
-    end = parse_recovery_end(run_backup_command(host, recovery_end_command(version)).stdout)
+def _short_of_archive(host: HostRecord, before: dict[str, Any]) -> tuple[str, bool]:
+    """After a restore to the latest state: ('', True) when recovery reached the newest segment of ``before``
+    (pgBackRest's info as read before the restore), (the line saying where it stopped, True) when it did not,
+    ('', False) when where it ended could not be read (checks/recovery_end.py)."""
+    end = parse_recovery_end(run_backup_command(host, RECOVERY_END_COMMAND).stdout)
     if end is None:
-        return ""
-    return short_of_archive(end, newest)
+        return "", False
+    return short_of_archive(end, (before.get("archive") or {}).get("max")), True
+
+
+def record_restore_end(state: StackState, short: str) -> None:
+    """Remember in ``state`` whether the restore just finished stopped short of the archive (status warns about it
+    until a backup finished after it); a complete restore replaces what an earlier one left."""
+    state.short_restore = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "line": short} if short else {}
+    state.save()
 
 
 def restore_notes(report: dict[str, Any], electric: bool) -> list[str]:
