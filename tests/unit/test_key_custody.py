@@ -268,3 +268,26 @@ def test_status_notes_a_local_repository_does_not_survive_the_box(tmp_path: Path
     assert report["notes"] == [status_check.LOCAL_REPOSITORY_NOTE] and "error" not in report
     s3 = load_settings(backup={**S3, "cipher_pass": PASS})
     assert "notes" not in status_check.status(s3, "default")
+
+
+def test_status_warns_about_a_short_restore_until_a_backup_after_it(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "postgressor.toml").write_text('provider = "local"\n')
+    state = open_state(tmp_path / ".postgressor", "default", "local")
+    state.set_host(HostRecord("127.0.0.1", 2222, "root", "k"))
+    state.pg_version = 15
+    state.short_restore = {"at": "2026-12-02T04:50:00+00:00", "line": "the restore stopped short of the archive: "
+                           "recovery ended at 0/5000098 on timeline 1"}  # fmt: skip
+    state.save()
+    postgres = json.dumps({"version": "15.8", "settings": {}, "slots": []})
+    last: dict[str, Any] = {"label": "20261202-013000F", "type": "full", "stop": "2026-12-02T01:31:00+00:00"}
+    monkeypatch.setattr(status_check, "power_state", lambda settings, state: "running")
+    monkeypatch.setattr(status_check, "run", lambda host, script, timeout=60: CommandResult(
+        0, f"service=active\n{postgres}\n", ""))  # fmt: skip
+    monkeypatch.setattr(status_check, "backup_status", lambda host: {"last_backup": last, "archiver": None})
+    result = CliRunner().invoke(app, ["status"])
+    assert result.exit_code == 0, result.output  # a warning: the restore itself already failed once
+    assert "warning: the restore of 2026-12-02T04:50:00+00:00 stopped short of the archive: recovery ended at " \
+           "0/5000098" in " ".join(result.output.split())
+    last["stop"] = "2026-12-02T05:10:00+00:00"
+    assert "warnings" not in status_check.status(load_settings(), "default")
