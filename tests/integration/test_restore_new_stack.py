@@ -201,6 +201,19 @@ def stacks(moto: Moto) -> Iterator[tuple[Box, Box, str, str]]:
         yield a, b, old, new
 
 
+def backed_up_old_box(a: Box, before_backup: int) -> None:
+    """The old box archiving into its path: the roles the restore gives new passwords (app's the old one), the
+    table ``items`` with ``before_backup`` rows, and a full backup."""
+    a.start(archive=True)
+    a.pgbackrest("stanza-create")
+    with a.connect() as conn:
+        conn.execute(f"CREATE ROLE app LOGIN PASSWORD '{OLD_APP_PW}'")
+        conn.execute("CREATE ROLE electric LOGIN REPLICATION PASSWORD 'old-electric-pw'")
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, batch text NOT NULL)")
+        conn.execute(f"INSERT INTO items SELECT g, 'before-backup' FROM generate_series(1, {before_backup}) g")
+    a.pgbackrest("--type=full", "backup")
+
+
 def test_a_new_stack_restores_another_stacks_path_and_archives_to_its_own(stacks: tuple[Box, Box, str, str],
                                                                         moto: Moto) -> None:  # fmt: skip
     a, b, old, new = stacks
@@ -209,14 +222,7 @@ def test_a_new_stack_restores_another_stacks_path_and_archives_to_its_own(stacks
         rest = fh.read()
         fh.seek(0)
         fh.write("local all app scram-sha-256\n" + rest)
-    a.start(archive=True)
-    a.pgbackrest("stanza-create")
-    with a.connect() as conn:
-        conn.execute(f"CREATE ROLE app LOGIN PASSWORD '{OLD_APP_PW}'")
-        conn.execute("CREATE ROLE electric LOGIN REPLICATION PASSWORD 'old-electric-pw'")
-        conn.execute("CREATE TABLE items (id int PRIMARY KEY, batch text NOT NULL)")
-        conn.execute("INSERT INTO items SELECT g, 'before-backup' FROM generate_series(1, 50) g")
-    a.pgbackrest("--type=full", "backup")
+    backed_up_old_box(a, before_backup=50)
     with a.connect() as conn:
         conn.execute("INSERT INTO items SELECT g, 'after-backup' FROM generate_series(51, 60) g")
     a.pgbackrest("check")  # switches WAL and waits until it is in S3: the old box's last archived segment
@@ -310,13 +316,7 @@ def test_a_gap_in_the_archive_stops_recovery_and_the_restore_says_so(stacks: tup
     ends before it and promotes, PostgreSQL and pgBackRest report success, and the marker's shortfall names the
     segment, the newest one the archive holds, and the last commit replayed."""
     a, b, old, _ = stacks
-    a.start(archive=True)
-    a.pgbackrest("stanza-create")
-    with a.connect() as conn:
-        conn.execute("CREATE ROLE app LOGIN")
-        conn.execute("CREATE ROLE electric LOGIN REPLICATION")
-        conn.execute("CREATE TABLE items (id int PRIMARY KEY, batch text NOT NULL)")
-    a.pgbackrest("--type=full", "backup")
+    backed_up_old_box(a, before_backup=0)
     with a.connect() as conn:
         conn.execute("INSERT INTO items SELECT g, 'before-gap' FROM generate_series(1, 10) g")
     a.pgbackrest("check")  # closes the segment holding them: archived
