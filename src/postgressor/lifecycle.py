@@ -21,13 +21,14 @@ from postgressor.box.deploys.sync import caddy, electric, gateway
 from postgressor.box.facts import SYSTEMD_BOOT_WAIT, BootFinished, CarriedSettings, PythonVersion, SecretDigest
 from postgressor.box.gateway_bundle import gateway_bundle
 from postgressor.box.layout import CIPHER_SECRET, RESTORED_MARKER
+from postgressor.box.operations import digest as restore_digest
 from postgressor.box.operations import read_restored_marker, same_secret
 from postgressor.box.spec import BoxSpec, Distro, box_spec, distro_from_fact, image_distro, postgres_choice
 from postgressor.checks.backups import pg_time
 from postgressor.checks.recovery_end import UNCHECKED
 from postgressor.config import REPO_PATH, REPO_PATH_RULE, Settings
 from postgressor.day2 import destroy as safe_destroy
-from postgressor.day2.backups import parse_target, record_restore_end
+from postgressor.day2.backups import parse_target, record_short_restore
 from postgressor.errors import ConfigError, PostgressorError, UsageError
 from postgressor.opwatch import DetailListener, OpWatch
 from postgressor.preflight import carried_keys, check_drops
@@ -182,12 +183,12 @@ def deploy_host(
                              desired=desired, wait_ready=lambda box: wait_for_boot(box, log))  # fmt: skip
     finally:
         watch.close()
+    if not dry_run and unfinished_restore(state):
+        record_restore(host, state)  # also after a failed pass: the restore may have run before what failed
     if not dry_run and not result.failed:
         state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
         state.deployed_keys = carried_keys(settings)
-        if unfinished_restore(state):
-            record_restore(host, state)
-        state.save()
+    state.save()
     return specs[0], result
 
 
@@ -278,15 +279,21 @@ def up(
 
 
 def record_restore(host: HostRecord, state: StackState) -> None:
-    """After the deploy that ran the recorded `up --restore-from`: its backup label and, when recovery stopped
-    short of the archive, the line saying so, read from the box's restored marker."""
-    marker = read_restored_marker(run(host, f"cat {RESTORED_MARKER}").stdout)
+    """After a deploy with the recorded `up --restore-from`: once the box's restored marker says this restore ran,
+    its backup label and, when recovery stopped short of the archive, the line saying so (also kept for status)."""
+    try:
+        marker = read_restored_marker(run(host, f"cat {RESTORED_MARKER} 2>/dev/null").stdout)
+    except PostgressorError:
+        return  # unreadable now: the next run reads it
+    if marker.digest != restore_digest(state.restored_from["path"], state.restored_from.get("target", "")):
+        return  # the pass ended before the restore
     state.restored_from["label"] = marker.label
     if marker.shortfall:
         state.restored_from["short_of_archive"] = marker.shortfall
     if not marker.checked:
         state.restored_from["note"] = UNCHECKED
-    record_restore_end(state, marker.shortfall)
+    if marker.shortfall:
+        record_short_restore(state, marker.shortfall, marker.read_at)
 
 
 def unfinished_restore(state: StackState) -> bool:
@@ -366,7 +373,7 @@ def destroy(settings: Settings, stack: str, log: Log, skip_final_backup: bool = 
     final = None
     if backups.off_box and safe_destroy.holds_data(state) and not skip_final_backup:
         log("taking a final full backup to S3 before the server goes")
-        final = safe_destroy.final_backup(provider.ensure_running())
+        final = safe_destroy.final_backup(provider.ensure_running(), log)
     removed = provider.destroy()
     state.delete()
     kept = safe_destroy.remaining(final, backups, safe_destroy.no_final_backup(state, skip_final_backup))

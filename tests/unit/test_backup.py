@@ -528,7 +528,8 @@ def restore_box(monkeypatch: pytest.MonkeyPatch, healthy: bool, ended: str = "0/
                 return CommandResult(1, "", "psql: error: connection to server on socket failed")
             history = f"1\t{ended}\tno recovery target specified\n"
             return CommandResult(0, json.dumps({"history": history, "segment_size": 16 * 1024 * 1024,
-                                                "last_commit": "2026-11-25T05:01:02.5+00:00"}), "")  # fmt: skip
+                                                "last_commit": "2026-11-25T05:01:02.5+00:00",
+                                                "read_at": "2026-11-25T05:20:00.25+00:00"}), "")  # fmt: skip
         if "echo \"now=" in command:
             units = "unit_electric=active\nunit_postgressor-gateway=active\n"
             return CommandResult(0, f"now=1900000000\npg=active\n{units}", "")
@@ -569,11 +570,13 @@ def test_a_restore_that_stopped_before_the_newest_archived_segment_says_so(monke
     assert len(infos) == 2 and infos[0] < check < infos[1], "the newest segment is read after check pushed one"
     recorded = load_state(tmp_path, "demo")
     assert recorded is not None and recorded.short_restore["line"] == report["short_of_archive"]
+    assert recorded.short_restore["at"] == "2026-11-25T05:20:00.25+00:00"  # the box's clock, as backups are timed
     pitr_ran = restore_box(monkeypatch, healthy=True, ended="0/3000098")
     pitr = backups.restore(host, 15, parse_target("2026-11-25T05:00:00Z"), lambda m: None, health_timeout=30,
                            state=state)  # fmt: skip
     assert pitr["short_of_archive"] == ""  # PostgreSQL itself refuses to promote short of a time target
-    assert not [c for c in pitr_ran if "pg_ls_waldir()" in c] and state.short_restore == {}
+    assert not [c for c in pitr_ran if "pg_ls_waldir()" in c]
+    assert state.short_restore["line"] == report["short_of_archive"]  # only a backup clears it, not a restore
 
 
 def test_a_shortfall_is_not_lost_behind_electric_failing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -648,23 +651,21 @@ def test_archive_push_gives_up_on_an_unreachable_repository_within_its_own_io_ti
     assert lines.index("[main]") > section + 1
 
 
-# ---- backup now while a scheduled backup runs (a real shell, systemctl stood in) -------------------------------
+# ---- backup now while a scheduled backup runs (a real shell and flock, systemctl and pgbackrest stood in) ------
 
 
-def shell_box(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, busy_answers: int) -> Callable[[], list[str]]:
-    """``run_backup_command`` runs each command in sh, with a ``systemctl`` that lists a running scheduled backup
-    (as `systemctl list-units --no-legend --plain` prints it, systemd 252) for its first ``busy_answers`` calls,
-    and a ``pgbackrest`` that records it ran. Returns a reader of what ran, in order, as the stand-ins saw it."""
+def shell_box(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, listed: str = "") -> Callable[[], list[str]]:
+    """``run_backup_command`` runs each command in sh, with BACKUP_LOCK in ``tmp_path``, a ``systemctl`` that
+    prints ``listed`` for list-units, and a ``pgbackrest`` that records it ran. Returns a reader of what ran, in
+    order, as the stand-ins saw it."""
     import subprocess
+
+    from postgressor.box.layout import BACKUP_LOCK
 
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir()
     calls.write_text("")
-    (bin_dir / "systemctl").write_text(
-        f'#!/bin/sh\necho "systemctl $*" >> {calls}\nn=$(grep -c "^systemctl list-units" {calls})\n'
-        f'if [ "$n" -le {busy_answers} ]; then echo "pgbackrest-backup@diff.service loaded activating start '
-        'pgBackRest diff backup"; fi\n'
-    )
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "systemctl $*" >> {calls}\nprintf "%s" "{listed}"\n')
     (bin_dir / "pgbackrest").write_text(f'#!/bin/sh\necho "pgbackrest $*" >> {calls}\n')
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
@@ -673,8 +674,7 @@ def shell_box(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, busy_answers: int
     def run(host: HostRecord, command: str, timeout: float = 120) -> CommandResult:
         if "--output=json info" in command:
             return CommandResult(0, json.dumps([INFO]), "")
-        command = command.replace("cd / && runuser -u postgres -- pgbackrest", "pgbackrest")
-        command = command.replace("sleep 5", "sleep 0.1")
+        command = command.replace("cd / && runuser -u postgres -- ", "").replace(BACKUP_LOCK, str(tmp_path / "lock"))
         done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env, timeout=timeout)
         return CommandResult(done.returncode, done.stdout, done.stderr)
 
@@ -683,28 +683,65 @@ def shell_box(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, busy_answers: int
     return lambda: calls.read_text().splitlines()
 
 
-def test_backup_now_waits_for_a_running_scheduled_backup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    calls = shell_box(monkeypatch, tmp_path, busy_answers=3)
+RUNNING_DIFF = "pgbackrest-backup@diff.service loaded activating start pgBackRest diff backup (postgressor)\n"
+
+
+def test_backup_now_waits_for_the_lock_a_scheduled_backup_holds(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    import subprocess
+    import time
+
+    calls = shell_box(monkeypatch, tmp_path, RUNNING_DIFF)
+    # The scheduled backup, as its unit runs it: flock on the same file around pgbackrest (here: 2 s of work).
+    holder = subprocess.Popen(["flock", str(tmp_path / "lock"), "sleep", "2"])
+    time.sleep(0.3)
     said: list[str] = []
+    started = time.monotonic()
     result = backups.backup_now(HostRecord("h", 22, "root", "k"), "full", said.append)
+    waited = time.monotonic() - started
+    holder.wait()
     assert said == ["waiting for the scheduled backup (pgbackrest-backup@diff.service) to finish: pgBackRest runs "
                     "one at a time"]  # fmt: skip
+    assert waited >= 1.5, waited  # it ran once the holder let go, not beside it
     ran = calls()
-    backup = next(i for i, line in enumerate(ran) if line.startswith("pgbackrest "))
-    assert [line for line in ran[:backup] if "list-units" in line] == [
-        "systemctl list-units --no-legend --plain --state=activating,active pgbackrest-backup@*"] * 4
-    assert "--type=full backup" in ran[backup] and result["backup"]["label"]
+    assert ran == ["systemctl list-units --no-legend --plain --state=activating,active,deactivating "
+                   "pgbackrest-backup@*", "pgbackrest --stanza=main --type=full backup"], ran
+    assert result["backup"]["label"]
 
 
 def test_backup_now_starts_at_once_when_nothing_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    calls = shell_box(monkeypatch, tmp_path, busy_answers=0)
+    calls = shell_box(monkeypatch, tmp_path)
     said: list[str] = []
     backups.backup_now(HostRecord("h", 22, "root", "k"), "incr", said.append)
-    assert said == [] and len(calls()) == 2, calls()
+    assert said == [] and calls()[-1] == "pgbackrest --stanza=main --type=incr backup", calls()
 
 
-def test_a_scheduled_backup_that_never_ends_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    shell_box(monkeypatch, tmp_path, busy_answers=10**6)
-    with pytest.raises(PostgressorError, match=r"^the scheduled backup \(pgbackrest-backup@diff.service\) still runs "
-                                               r"after 1 s; see 'journalctl -u pgbackrest-backup@\*' on the box$"):
-        backups.wait_for_scheduled_backups(HostRecord("h", 22, "root", "k"), lambda m: None, timeout=1)
+def test_a_lock_that_stays_taken_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    shell_box(monkeypatch, tmp_path, RUNNING_DIFF)
+    monkeypatch.setattr(backups, "BACKUP_TIMEOUT", 1)
+    holder = subprocess.Popen(["flock", str(tmp_path / "lock"), "sleep", "5"])
+    time.sleep(0.3)
+    try:
+        with pytest.raises(PostgressorError, match=r"^another backup still held the backup lock after 1 s; see "
+                                                   r"'postgressor logs backup'$"):  # fmt: skip
+            backups.backup_now(HostRecord("h", 22, "root", "k"), "diff")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_scheduled_backup_takes_the_same_lock_as_postgres() -> None:
+    """The unit as the backup deploy renders it (its template and arguments, read through the fake connector)."""
+    import jinja2
+
+    from postgressor.box.deploys.base import template
+    from postgressor.box.layout import BACKUP_LOCK, pgbackrest_backup
+
+    unit = jinja2.Template(Path(template("pgbackrest-backup.service.j2")).read_text(),
+                           undefined=jinja2.StrictUndefined).render(stanza="main", lock=BACKUP_LOCK)  # fmt: skip
+    assert f"ExecStart=/usr/bin/flock {BACKUP_LOCK} /usr/bin/pgbackrest --stanza=main --type=%i backup" in unit
+    assert "User=postgres" in unit
+    assert pgbackrest_backup("full", 60).startswith(f"cd / && runuser -u postgres -- flock -w 60 -E 75 {BACKUP_LOCK} ")

@@ -46,7 +46,11 @@ def test_the_history_files_last_line_says_where_recovery_ended() -> None:
     output(history=None),  # never promoted: no history file
     output(history="# only a comment\n"),
     output(size=0),
-    output(commit=12),  # type: ignore[arg-type]
+    output(size=2**33),  # not a size initdb allows (a power of two, 1 MB to 1 GB)
+    output(size=3 * MB16),
+    output(history="0\t0/5000098\tx\n"),  # timelines start at 1
+    output(history="4294967296\t0/5000098\tx\n"),  # and are 32-bit
+    output(history="1\t0/100\tx\n" * 10_001),
     "",
     "psql: error: connection refused",
     json.dumps({"history": "2\tnot-an-lsn\tx\n", "segment_size": MB16}),
@@ -54,6 +58,12 @@ def test_the_history_files_last_line_says_where_recovery_ended() -> None:
 ])  # fmt: skip
 def test_an_unreadable_end_is_none(text: str) -> None:
     assert parse_recovery_end(text) is None
+
+
+@pytest.mark.parametrize("commit", [12, "2026-12-02 04:40:56\x1b[2J", "x" * 100, "2026-12-02T04:40:56+00:00\nnext"])
+def test_a_commit_time_that_is_not_a_timestamp_is_left_out(commit: object) -> None:
+    end = parse_recovery_end(output(commit=commit))  # type: ignore[arg-type]
+    assert end is not None and end.last_commit == ""
 
 
 def test_no_replayed_commit_leaves_it_out() -> None:
@@ -88,7 +98,8 @@ def test_the_shortfall_names_the_unread_segment_the_newest_and_the_last_commit()
                     f"last replayed commit of {COMMIT}, but the repository holds WAL up to 000000020000000000000009: "
                     "segment 000000020000000000000006 could not be read (missing from the repository, or a read "
                     "error), so what was written after that point is not in the restored database. PostgreSQL runs "
-                    "on what was restored; the repository still holds the WAL after the gap")
+                    "on what was restored; the repository still holds the WAL after the gap, and a later restore "
+                    "--latest follows the new timeline, so it does not cross the gap either")
     # Ended on timeline 1 before timeline 2 began: the segment recovery could not read is timeline 1's.
     earlier = short_of_archive(end_at(0x5000098, parents=((1, 0x9000000),)), "000000020000000000000009")
     assert "on timeline 1," in earlier and "segment 000000010000000000000006 could not be read" in earlier
@@ -131,6 +142,12 @@ def test_the_marker_carries_where_recovery_ended(tmp_path: Path) -> None:
 def test_a_failed_read_still_writes_the_marker_and_says_it_is_unchecked(tmp_path: Path) -> None:
     marker = read_restored_marker(shell_marker(tmp_path, "000000020000000000000009", "psql: error", psql_rc=2))
     assert (marker.digest, marker.label, marker.shortfall, marker.checked) == ("d1g", "20261202-040000F", "", False)
+
+
+def test_a_label_that_is_not_pgbackrests_is_not_repeated() -> None:
+    assert read_restored_marker("d1g 20261125-040122F_20261126-013000D").label == "20261125-040122F_20261126-013000D"
+    for odd in ("d1g \x1b[2J", "d1g a b", "d1g " + "9" * 200):
+        assert read_restored_marker(odd).label == "(unreadable label)", odd
 
 
 def test_a_point_in_time_restore_and_an_older_marker_carry_no_end() -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from postgressor import lifecycle as stacks
 from postgressor.box.deploys.backup import foreign_stanza, stanza_command
+from postgressor.box.operations import digest
 from postgressor.box.spec import BackupSpec
 from postgressor.cli import app
 from postgressor.config import load_settings
@@ -123,7 +125,7 @@ def test_the_stanza_step_names_the_way_out_of_a_foreign_stanza() -> None:
 
 
 # The restored marker after recovery stopped at 0/5000098 while the archive held segments up to …09
-SHORT_MARKER = "\n".join(["d1g 20261125-040122F", "000000010000000000000009",
+SHORT_MARKER = "\n".join([f"{digest('/old', '')} 20261125-040122F", "000000010000000000000009",
                           json.dumps({"history": "1\t0/5000098\tno recovery target specified\n",
                                       "segment_size": 16777216})])  # fmt: skip
 
@@ -163,10 +165,53 @@ def test_the_run_that_restores_records_where_recovery_stopped_and_fails_once(
     assert first.exit_code == 1, first.output
     assert "error: the restore stopped short of the archive: recovery ended at 0/5000098" in first.stderr
     assert '"ok": false' in first.stdout and "segment 000000010000000000000006 could not be read" in first.stdout
-    assert read == ["cat /var/lib/postgressor/applied/restored-from"]
+    assert read == ["cat /var/lib/postgressor/applied/restored-from 2>/dev/null"]
     saved = open_state(settings.state_dir, "default", "local")
     recorded = saved.restored_from
     assert recorded["label"] == "20261125-040122F" and "0/5000098" in recorded["short_of_archive"]
     assert saved.short_restore["line"] == recorded["short_of_archive"]  # status warns until a backup after it
     again = CliRunner().invoke(app, ["deploy"])
     assert again.exit_code == 0 and len(read) == 1, again.output
+
+
+@pytest.mark.parametrize("restored", [True, False])
+def test_a_pass_that_fails_after_the_restore_still_records_it(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              restored: bool) -> None:  # fmt: skip
+    """The real deploy_host, its pass failing (Electric, after `restored`): the label and the shortfall are
+    recorded from the marker all the same, and the failure's line carries the shortfall; a pass that failed
+    before the restore (no marker) records nothing, so the next run restores."""
+    from postgressor.box.converge import DeployResult, OpReport
+    from postgressor.box.spec import Distro
+    from postgressor.remote.ssh import CommandResult
+
+    settings = load_settings()
+    state = open_state(settings.state_dir, "default", "local")
+    state.restored_from = {"path": "/old", "target": ""}
+    state.set_host(HostRecord("127.0.0.1", 2222, "root", "key"))
+    failed = DeployResult([OpReport("Electric running", "failed", error="unit electric failed")])
+
+    def run_deploys(inventory: object, deploys_for_box: Any, watch: object, **kwargs: object) -> DeployResult:
+        deploys_for_box(object())
+        return failed
+
+    monkeypatch.setattr(stacks, "ssh_inventory", lambda host, known: None)
+    monkeypatch.setattr(stacks, "run_deploys", run_deploys)
+    monkeypatch.setattr(stacks, "read_box", lambda box: stacks.BoxFacts(Distro("debian", 12, "bookworm"), "3.11",
+                                                                          "x86_64"))  # fmt: skip
+    monkeypatch.setattr(stacks, "check_cipher_custody", lambda box, spec: None)
+    monkeypatch.setattr(stacks, "deploys_for", lambda spec, found, host: [])
+    marker = SHORT_MARKER if restored else ""
+    monkeypatch.setattr(stacks, "run", lambda host, command: CommandResult(0 if restored else 1, marker, ""))
+    monkeypatch.setattr(stacks, "get_provider", lambda *a: type("P", (), {
+        "ensure_running": lambda self: HostRecord("127.0.0.1", 2222, "root", "key")})())  # fmt: skip
+    result = CliRunner().invoke(app, ["deploy"])
+    assert result.exit_code == 1, result.output
+    line = " ".join(result.output.split())
+    assert "error: operation 'Electric running' failed: unit electric failed; fix it and run 'postgressor deploy'" \
+        in line
+    saved = open_state(settings.state_dir, "default", "local")
+    if restored:
+        assert "; also, the restore stopped short of the archive: recovery ended at 0/5000098" in line
+        assert saved.restored_from["label"] == "20261125-040122F" and saved.short_restore
+    else:
+        assert "also," not in line and "label" not in saved.restored_from and not saved.short_restore

@@ -62,6 +62,18 @@ WAL_DROPPED_MARK = "because archive queue exceeded"
 PGBACKREST_ASYNC_LOG = f"/var/log/pgbackrest/{PGBACKREST_STANZA}-archive-push-async.log"
 # pgBackRest as postgres, reading PGBACKREST_CONF (so no secret is ever on its command line)
 PGBACKREST = f"cd / && runuser -u postgres -- pgbackrest --stanza={PGBACKREST_STANZA}"
+# pgBackRest runs one backup at a time: a second one fails at once on its lock (error 050). The scheduled backups
+# and `backup now` take this lock first, with flock (util-linux), so each waits for the other. Both take it as
+# postgres: the file stays postgres's, and fs.protected_regular refuses O_CREAT on another user's file in the
+# sticky /run/lock, even to root.
+BACKUP_LOCK = "/run/lock/postgressor-backup"
+
+
+def pgbackrest_backup(kind: str, wait: int) -> str:
+    """A ``kind`` backup (full, diff, incr) as postgres once BACKUP_LOCK is free, waiting up to ``wait`` seconds
+    for it (then exit 75, EX_TEMPFAIL)."""
+    return (f"cd / && runuser -u postgres -- flock -w {wait} -E 75 {BACKUP_LOCK} pgbackrest "
+            f"--stanza={PGBACKREST_STANZA} --type={shlex.quote(kind)} backup")  # fmt: skip
 # Reading the repository's info: each request retries an unreachable S3 until io-timeout (60 s by default, about
 # 4 minutes for one `info` against a refusing endpoint, measured with 2.45); 10 s answers within 40 s.
 def pgbackrest_info(repo_path: str = "") -> str:

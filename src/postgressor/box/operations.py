@@ -356,6 +356,7 @@ class RestoredMarker:
     label: str = ""
     shortfall: str = ""
     checked: bool = True
+    read_at: str = ""  # the box's time when where recovery ended was read ('' when not)
 
 
 def restored_marker_command(want: str, label: str, archive_max: str) -> str:
@@ -376,12 +377,17 @@ def read_restored_marker(text: str) -> RestoredMarker:
     first = lines[0].split() if lines else []
     if not first:
         return RestoredMarker()
+    # the label as pgBackRest makes them (20261125-040122F, …F_…D): anything else from the box is not repeated
+    label = first[1] if len(first) == 2 and BACKUP_LABEL.fullmatch(first[1]) else "(unreadable label)"
     if len(lines) < 2:  # a point-in-time restore, or a marker written before the end was recorded
-        return RestoredMarker(first[0], " ".join(first[1:]))
+        return RestoredMarker(first[0], label)
     end = parse_recovery_end("\n".join(lines[2:]))
     if end is None:
-        return RestoredMarker(first[0], " ".join(first[1:]), checked=False)
-    return RestoredMarker(first[0], " ".join(first[1:]), short_of_archive(end, lines[1].strip()))
+        return RestoredMarker(first[0], label, checked=False)
+    return RestoredMarker(first[0], label, short_of_archive(end, lines[1].strip()), read_at=end.read_at)
+
+
+BACKUP_LABEL = re.compile(r"\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?")
 
 
 SECRET_READ = re.compile(r"\$\(cat (/[A-Za-z0-9._/-]+)\)")  # $(cat FILE): a secret read on the box

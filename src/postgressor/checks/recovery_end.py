@@ -34,11 +34,16 @@ RECOVERY_END_SQL = (
     "'history', (SELECT pg_read_file('pg_wal/' || name) FROM pg_ls_waldir() "
     "WHERE name ~ '^[0-9A-F]{8}\\.history$' ORDER BY name DESC LIMIT 1), "
     "'segment_size', (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), "
-    "'last_commit', pg_last_xact_replay_timestamp())"
+    "'last_commit', pg_last_xact_replay_timestamp(), 'read_at', now())"
 )
 RECOVERY_END_COMMAND = psql(RECOVERY_END_SQL)
 SEGMENT = re.compile(r"[0-9A-F]{24}")
 LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+# What the box says is checked before it is printed or stored: a timestamp as PostgreSQL prints one (no escape
+# sequences, no length), segment sizes initdb allows (powers of two, 1 MB to 1 GB), 32-bit timelines.
+TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([+-]\d{2}(:?\d{2})?)?")
+SEGMENT_SIZES = frozenset(1 << n for n in range(20, 31))
+MAX_HISTORY = 10_000  # timelines on one path; a real history has one line per promotion
 UNCHECKED = ("where recovery ended could not be read, so whether this restore reached the end of the archive is "
              "not checked: compare its newest rows with what you expect")  # fmt: skip
 
@@ -47,11 +52,13 @@ UNCHECKED = ("where recovery ended could not be read, so whether this restore re
 class RecoveryEnd:
     """Where recovery ended. ``path``: (timeline, LSN in bytes where the next one begins) for each timeline recovery
     followed, oldest first; the last switch point is the end of recovery. ``segment_size`` in bytes;
-    ``last_commit``: the last replayed commit's time as PostgreSQL printed it ('' when none)."""
+    ``last_commit``: the last replayed commit's time as PostgreSQL printed it ('' when none); ``read_at``: the
+    box's time of the reading (the state records a short restore with it, as backups are timed by that clock)."""
 
     path: tuple[tuple[int, int], ...]
     segment_size: int
     last_commit: str = ""
+    read_at: str = ""  # the box's clock when this was read (ISO 8601), '' when unknown
 
     @property
     def lsn(self) -> int:
@@ -94,12 +101,18 @@ def parse_recovery_end(output: str) -> RecoveryEnd | None:
             if lsn is None:
                 return None
             path.append((int(fields[0]), (int(lsn[1], 16) << 32) + int(lsn[2], 16)))
-        commit = found.get("last_commit") or ""
+            if len(path) > MAX_HISTORY or not 0 < path[-1][0] <= 0xFFFFFFFF:
+                return None
+        commit, read_at = (found.get(key) or "" for key in ("last_commit", "read_at"))
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         return None
-    if size <= 0 or not path or not isinstance(commit, str):
+    if size not in SEGMENT_SIZES or not path:
         return None
-    return RecoveryEnd(tuple(path), size, commit)
+    return RecoveryEnd(tuple(path), size, _timestamp(commit), _timestamp(read_at))
+
+
+def _timestamp(value: object) -> str:
+    return value if isinstance(value, str) and TIMESTAMP.fullmatch(value) else ""
 
 
 def segment_number(name: str, segment_size: int) -> tuple[int, int]:
@@ -132,7 +145,8 @@ def short_of_archive(end: RecoveryEnd, archive_max: str | None) -> str:
         f"the restore stopped short of the archive: recovery ended at {end.lsn_text} on timeline {end.timeline}"
         f"{when}, but the repository holds WAL up to {archive_max}: segment {unread} could not be read (missing "
         "from the repository, or a read error), so what was written after that point is not in the restored "
-        "database. PostgreSQL runs on what was restored; the repository still holds the WAL after the gap"
+        "database. PostgreSQL runs on what was restored; the repository still holds the WAL after the gap, and a "
+        "later restore --latest follows the new timeline, so it does not cross the gap either"
     )
 
 

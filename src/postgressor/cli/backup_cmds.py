@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from postgressor import lifecycle as stacks
@@ -46,7 +47,7 @@ def now(
     ctx: typer.Context,
     kind: BackupType = typer.Option(BackupType.full, "--type", "-t", help="full, diff or incr."),
 ) -> None:
-    """Take a backup now."""
+    """Take a backup now (after a scheduled backup that is running: pgBackRest runs one at a time)."""
     host = _host(ctx)
     if not global_options(ctx).json:
         err_console.print(f"[cyan]→[/] {kind.value} backup running on {host.address}")
@@ -54,7 +55,7 @@ def now(
 
     def log(message: str) -> None:
         if not quiet:
-            err_console.print(f"[cyan]→[/] {message}", highlight=False)
+            err_console.print(f"[cyan]→[/] {escape(message)}", highlight=False)
 
     result = backups.backup_now(host, kind.value, log)
     if global_options(ctx).json:
@@ -140,7 +141,9 @@ def restore(
     latest: bool = typer.Option(False, "--latest", help="Restore the newest state in the archive."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (required without a terminal)."),
 ) -> None:
-    """Replace the database with a backup plus archived WAL (stops Electric, the gateway and PostgreSQL)."""
+    """Replace the database with a backup plus archived WAL (stops Electric, the gateway and PostgreSQL).
+
+    With --latest it exits 1 after the restore when recovery stopped at a gap in the archive, saying where."""
     if (to_time is None) == (not latest):
         raise UsageError("pass exactly one of --to-time TIME or --latest")
     target = backups.parse_target(to_time) if to_time is not None else None
@@ -153,7 +156,7 @@ def restore(
 
     def log(message: str) -> None:
         if not quiet:
-            err_console.print(f"[cyan]→[/] {message}", highlight=False)
+            err_console.print(f"[cyan]→[/] {escape(message)}", highlight=False)
 
     report = backups.restore(host, version, target, log, settings_for(ctx).electric.health_timeout, state)
     short = report.get("short_of_archive") or ""

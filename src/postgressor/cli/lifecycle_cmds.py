@@ -190,8 +190,9 @@ def _finish(ctx: typer.Context, result: stacks.UpResult, verb: str, reporter: Re
                 console.print(f"note: {done['note']}", markup=False)
     if deploy.failed:
         first = deploy.failed[0]
+        also = f"; also, {result.restore_shortfall}" if result.restore_shortfall else ""
         raise PostgressorError(
-            f"operation '{first.name}' failed: {first.error}; fix it and run 'postgressor deploy'"
+            f"operation '{first.name}' failed: {first.error}; fix it and run 'postgressor deploy'{also}"
         )
     if result.restore_shortfall:
         raise PostgressorError(result.restore_shortfall)

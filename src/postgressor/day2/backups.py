@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import shlex
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,11 +17,11 @@ from postgressor.box.layout import (
     CIPHER_SECRET,
     ELECTRIC_STORAGE,
     ELECTRIC_UNIT,
-    PGBACKREST,
     PGBACKREST_CHECK,
     SYNC_UNITS,
     backup_unit,
     electric_health_url,
+    pgbackrest_backup,
     pgbackrest_restore,
     postgres_log,
     postgres_unit,
@@ -55,33 +54,26 @@ Log = Callable[[str], None]
 # ---- backup now / check / passphrase ---------------------------------------------------------------------
 
 
-# The scheduled backups running now: instances of the backup service (Type=oneshot, so "activating" while the
-# backup runs), one per line. pgBackRest allows one backup at a time: another started meanwhile fails at once
-# ("unable to acquire lock", error 050).
-RUNNING_BACKUPS = f"systemctl list-units --no-legend --plain --state=activating,active '{backup_unit()}'"
-
-
-def wait_for_scheduled_backups(host: HostRecord, log: Log, timeout: int = BACKUP_TIMEOUT) -> None:
-    """Return once no scheduled backup runs on the box (said on ``log`` when one does); PostgressorError after
-    ``timeout`` seconds."""
-    running = [line.split()[0] for line in run_backup_command(host, RUNNING_BACKUPS).stdout.splitlines() if line]
-    if not running:
-        return
-    log(f"waiting for the scheduled backup ({', '.join(running)}) to finish: pgBackRest runs one at a time")
-    loop = 'while [ -n "$(' + RUNNING_BACKUPS + ')" ]; do sleep 5; done'
-    wait = f"timeout {timeout} sh -c {shlex.quote(loop)}"
-    if not run_backup_command(host, wait, timeout=timeout + 60).ok:
-        raise PostgressorError(f"the scheduled backup ({', '.join(running)}) still runs after {timeout} s; see "
-                               f"'journalctl -u {backup_unit()}' on the box")  # fmt: skip
+# The scheduled backups running now: instances of the backup service (Type=oneshot: "activating" while the
+# backup runs, "deactivating" while it stops), one per line.
+RUNNING_BACKUPS = (f"systemctl list-units --no-legend --plain --state=activating,active,deactivating "
+                   f"'{backup_unit()}'")  # fmt: skip
+LOCK_BUSY = 75  # pgbackrest_backup's exit when BACKUP_LOCK stayed taken
 
 
 def backup_now(host: HostRecord, kind: str, log: Log = lambda message: None) -> dict[str, Any]:
-    """Take a ``kind`` backup (full, diff or incr) now, after any scheduled one that is running; returns the newest
-    backup as pgBackRest's info lists it and how many are kept."""
+    """Take a ``kind`` backup (full, diff or incr) now, once a scheduled one that is running has finished (said
+    on ``log``); returns the newest backup as pgBackRest's info lists it and how many are kept."""
     if kind not in BACKUP_TYPES:
         raise UsageError(f"unknown backup type '{kind}'; choose one of {', '.join(BACKUP_TYPES)}")
-    wait_for_scheduled_backups(host, log)
-    result = run_backup_command(host, f"{PGBACKREST} --type={kind} backup 2>&1", timeout=BACKUP_TIMEOUT)
+    probe = run_backup_command(host, RUNNING_BACKUPS)
+    running = [line.split()[0] for line in probe.stdout.splitlines() if line.strip()][:3]
+    if running:
+        log(f"waiting for the scheduled backup ({', '.join(running)}) to finish: pgBackRest runs one at a time")
+    result = run_backup_command(host, f"{pgbackrest_backup(kind, BACKUP_TIMEOUT)} 2>&1", timeout=BACKUP_TIMEOUT * 2)
+    if result.exit_status == LOCK_BUSY:
+        raise PostgressorError(f"another backup still held the backup lock after {BACKUP_TIMEOUT} s; see "
+                               "'postgressor logs backup'")  # fmt: skip
     if not result.ok:
         raise PostgressorError(
             f"{kind} backup failed: {pgbackrest_error(result.stdout + result.stderr)}; run 'postgressor backup check'"
@@ -235,10 +227,13 @@ def restore(host: HostRecord, version: int, target: datetime | None, log: Log, h
             "'postgressor restore' again (Electric and the gateway stay stopped)"
         )
     report["started"].append(unit)
-    short, checked = ("", True) if target else _short_of_archive(host, parsed)
+    end = None if target else parse_recovery_end(run_backup_command(host, RECOVERY_END_COMMAND).stdout)
+    checked = target is not None or end is not None
+    # pgBackRest's info as read before the restore: its newest segment is what recovery had to reach
+    short = short_of_archive(end, (parsed.get("archive") or {}).get("max")) if end is not None else ""
     report["short_of_archive"] = short
-    if state is not None:
-        record_restore_end(state, short)
+    if state is not None and end is not None and short:
+        record_short_restore(state, short, end.read_at)
     report["slots_after"] = _slots(host)
 
     def failed(message: str) -> PostgressorError:  # the shortfall must not be lost behind a later failure
@@ -263,20 +258,12 @@ def restore(host: HostRecord, version: int, target: datetime | None, log: Log, h
     return report
 
 
-def _short_of_archive(host: HostRecord, before: dict[str, Any]) -> tuple[str, bool]:
-    """After a restore to the latest state: ('', True) when recovery reached the newest segment of ``before``
-    (pgBackRest's info as read before the restore), (the line saying where it stopped, True) when it did not,
-    ('', False) when where it ended could not be read (checks/recovery_end.py)."""
-    end = parse_recovery_end(run_backup_command(host, RECOVERY_END_COMMAND).stdout)
-    if end is None:
-        return "", False
-    return short_of_archive(end, (before.get("archive") or {}).get("max")), True
-
-
-def record_restore_end(state: StackState, short: str) -> None:
-    """Remember in ``state`` whether the restore just finished stopped short of the archive (status warns about it
-    until a backup finished after it); a complete restore replaces what an earlier one left."""
-    state.short_restore = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "line": short} if short else {}
+def record_short_restore(state: StackState, short: str, at: str) -> None:
+    """Remember in ``state`` that the restore finished at ``at`` (the box's clock, ISO 8601; '' for this
+    machine's) stopped short of the archive, ``short`` saying how: status warns until a backup finished after it.
+    Only a backup clears it, not a later restore (one to the latest state follows the new timeline and does not
+    cross the gap either)."""
+    state.short_restore = {"at": at or datetime.now(UTC).isoformat(timespec="seconds"), "line": short}
     state.save()
 
 

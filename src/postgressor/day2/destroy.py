@@ -8,6 +8,7 @@ live on the server is not destroyed unless the caller says ``skip_final_backup``
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +108,7 @@ def repository_on_box(host: HostRecord) -> dict[str, str]:
     return {key.removeprefix("repo1-"): value.strip() for key, value in values.items()}
 
 
-def final_backup(host: HostRecord) -> dict[str, Any]:
+def final_backup(host: HostRecord, log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """A full backup to the box's S3 repository, then proof that it restores to consistency (checks.restorable:
     the set is a full one without errors, each WAL segment from its start to its stop is in the repository exactly
     once, and ``pgbackrest verify`` read the set and those segments back intact). Returns the set, where it is and
@@ -123,7 +124,7 @@ def final_backup(host: HostRecord) -> dict[str, Any]:
             "destroyed"
         )
     try:
-        label = backup_now(host, "full")["backup"]["label"]
+        label = backup_now(host, "full", log)["backup"]["label"]
     except PostgressorError as exc:
         raise PostgressorError(f"the final full backup failed: {exc}; nothing was destroyed") from None
     try:

@@ -19,6 +19,7 @@ from pyinfra.operations import apt, files, server, systemd
 from postgressor.box import facts
 from postgressor.box.deploys.base import APT_ARGS, template
 from postgressor.box.layout import (
+    BACKUP_LOCK,
     BACKUP_UNIT,
     CIPHER_SECRET,
     ELECTRIC_STORAGE,
@@ -209,7 +210,8 @@ def backup(spec: BoxSpec) -> None:
             command=f"{PGBACKREST} check && {PGBACKREST} --type=full backup")  # fmt: skip
 
     unit = files.template(name="Backup service unit", src=template("pgbackrest-backup.service.j2"),
-                          dest=f"/etc/systemd/system/{SERVICE}", mode="644", stanza=PGBACKREST_STANZA)  # fmt: skip
+                          dest=f"/etc/systemd/system/{SERVICE}", mode="644", stanza=PGBACKREST_STANZA,
+                          lock=BACKUP_LOCK)  # fmt: skip
     timers = [unit]
     for kind, schedule in (("full", backup.full_schedule), ("diff", backup.diff_schedule)):
         timers.append(files.template(name=f"{kind} backup timer", src=template("pgbackrest-backup.timer.j2"),
