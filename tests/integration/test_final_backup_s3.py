@@ -19,7 +19,7 @@ import pytest
 from pgcluster import bindir
 from test_backup_s3 import Rig, moto, rig
 
-from postgressor.box.layout import PGBACKREST, PGBACKREST_CONF, PGBACKREST_STANZA
+from postgressor.box.layout import BACKUP_LOCK, PGBACKREST, PGBACKREST_CONF, PGBACKREST_STANZA
 from postgressor.checks import backups as health
 from postgressor.checks.restorable import wal_segments
 from postgressor.day2 import destroy as safe_destroy
@@ -44,6 +44,10 @@ def on_rig(rig: Rig) -> Callable[..., CommandResult]:
     def run(host: HostRecord, command: str, timeout: float = 120) -> CommandResult:
         local = (command.replace(PGBACKREST, f"cd / && {user}pgbackrest --config={rig.config} "
                                              f"--stanza={PGBACKREST_STANZA}")
+                 # a backup under the box's backup lock (pgbackrest_backup): the lock in the rig's directory
+                 .replace("runuser -u postgres -- flock", f"{user}flock")
+                 .replace(f"{BACKUP_LOCK} pgbackrest --stanza=", f"{rig.work}/backup.lock pgbackrest "
+                                                                 f"--config={rig.config} --stanza=")
                  .replace(PGBACKREST_CONF, str(rig.config))
                  .replace("runuser -u postgres -- psql", psql))  # fmt: skip
         done = subprocess.run(["sh", "-c", local], capture_output=True, text=True, cwd="/", timeout=timeout)
@@ -88,7 +92,7 @@ def test_the_final_backup_check_names_a_duplicate_and_a_gap_verify_misses(
     assert final["wal_segments"] == len(wal_segments(final["wal_start"], final["wal_stop"])) >= 3
     assert final["repository_problems"] == [] and final["path"] == f"/{rig.prefix}"
     label, archive_id = final["label"], final["archive_id"]
-    monkeypatch.setattr(safe_destroy, "backup_now", lambda host, kind: {"backup": {"label": label}})  # re-check
+    monkeypatch.setattr(safe_destroy, "backup_now", lambda host, kind, log: {"backup": {"label": label}})  # re-check
 
     client = s3(moto)
     folder = f"{rig.prefix}/archive/{PGBACKREST_STANZA}/{archive_id}/0000000100000001/"
