@@ -183,9 +183,11 @@ def deploy_host(
                              desired=desired, wait_ready=lambda box: wait_for_boot(box, log))  # fmt: skip
     finally:
         watch.close()
-    if not dry_run and unfinished_restore(state):
+    if dry_run:
+        return specs[0], result
+    if unfinished_restore(state):
         record_restore(host, state)  # also after a failed pass: the restore may have run before what failed
-    if not dry_run and not result.failed:
+    if not result.failed:
         state.deployed_at = datetime.now(UTC).isoformat(timespec="seconds")
         state.deployed_keys = carried_keys(settings)
     state.save()

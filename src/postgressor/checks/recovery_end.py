@@ -156,8 +156,11 @@ def short_restore_warning(recorded: dict[str, str], last_backup: dict[str, Any] 
     if not recorded.get("at"):
         return ""
     stop = (last_backup or {}).get("stop")
-    if stop and datetime.fromisoformat(stop) > datetime.fromisoformat(recorded["at"]):
-        return ""
+    try:
+        if stop and datetime.fromisoformat(stop) > datetime.fromisoformat(recorded["at"]):
+            return ""
+    except ValueError:  # a hand-edited state file: keep warning
+        pass
     why = recorded.get("line", "").removeprefix("the restore stopped short of the archive: ")
     return (f"the restore of {recorded['at']} stopped short of the archive: {why}; once you have checked the "
             "restored data, a backup clears this warning (postgressor backup now)")

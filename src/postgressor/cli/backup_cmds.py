@@ -49,9 +49,9 @@ def now(
 ) -> None:
     """Take a backup now (after a scheduled backup that is running: pgBackRest runs one at a time)."""
     host = _host(ctx)
-    if not global_options(ctx).json:
-        err_console.print(f"[cyan]→[/] {kind.value} backup running on {host.address}")
     quiet = global_options(ctx).json
+    if not quiet:
+        err_console.print(f"[cyan]→[/] {kind.value} backup running on {host.address}")
 
     def log(message: str) -> None:
         if not quiet:

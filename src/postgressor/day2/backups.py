@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -58,6 +59,7 @@ Log = Callable[[str], None]
 # backup runs, "deactivating" while it stops), one per line.
 RUNNING_BACKUPS = (f"systemctl list-units --no-legend --plain --state=activating,active,deactivating "
                    f"'{backup_unit()}'")  # fmt: skip
+RUNNING_UNIT = re.compile(rf"{re.escape(backup_unit(''))}[a-z]+\.service")
 LOCK_BUSY = 75  # pgbackrest_backup's exit when BACKUP_LOCK stayed taken
 
 
@@ -67,7 +69,7 @@ def backup_now(host: HostRecord, kind: str, log: Log = lambda message: None) -> 
     if kind not in BACKUP_TYPES:
         raise UsageError(f"unknown backup type '{kind}'; choose one of {', '.join(BACKUP_TYPES)}")
     probe = run_backup_command(host, RUNNING_BACKUPS)
-    running = [line.split()[0] for line in probe.stdout.splitlines() if line.strip()][:3]
+    running = [word for word in probe.stdout.split() if RUNNING_UNIT.fullmatch(word)][:3]
     if running:
         log(f"waiting for the scheduled backup ({', '.join(running)}) to finish: pgBackRest runs one at a time")
     result = run_backup_command(host, f"{pgbackrest_backup(kind, BACKUP_TIMEOUT)} 2>&1", timeout=BACKUP_TIMEOUT * 2)
