@@ -200,13 +200,17 @@ def dropped_at(line: str) -> str | None:
     return f"{found.group(1)}T{found.group(2)}+00:00" if found else None
 
 
+def backed_up_after(last_backup: dict[str, Any] | None, moment: str) -> bool:
+    """Whether ``last_backup`` (status's newest good backup) finished after ``moment`` (ISO 8601); ValueError when
+    either is not a time."""
+    stop = (last_backup or {}).get("stop")
+    return isinstance(stop, str) and bool(stop) and datetime.fromisoformat(stop) > datetime.fromisoformat(moment)
+
+
 def dropped_problem(dropped: str | None, last_backup: dict[str, Any] | None) -> str:
     """Why point-in-time recovery is broken since WAL was dropped from the archive queue, or '' when a backup
     finished after the drop (it restarts the chain)."""
-    if dropped is None:
-        return ""
-    stop = (last_backup or {}).get("stop")
-    if stop and datetime.fromisoformat(stop) > datetime.fromisoformat(dropped):
+    if dropped is None or backed_up_after(last_backup, dropped):
         return ""
     return (
         f"WAL was dropped from the archive queue at {dropped} (the repository was unreachable longer than "

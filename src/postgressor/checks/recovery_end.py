@@ -22,10 +22,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from postgressor.box.layout import psql
+from postgressor.checks.backups import backed_up_after
 
 # One JSON line: the newest timeline history file in pg_wal (text), the WAL segment size (bytes, PostgreSQL 11+)
 # and the time of the last commit recovery replayed (null when it replayed none).
@@ -155,9 +155,8 @@ def short_restore_warning(recorded: dict[str, str], last_backup: dict[str, Any] 
     the state's ``short_restore``) and no backup has finished since (``last_backup``: status's); '' otherwise."""
     if not recorded.get("at"):
         return ""
-    stop = (last_backup or {}).get("stop")
     try:
-        if stop and datetime.fromisoformat(stop) > datetime.fromisoformat(recorded["at"]):
+        if backed_up_after(last_backup, recorded["at"]):
             return ""
     except ValueError:  # a hand-edited state file: keep warning
         pass

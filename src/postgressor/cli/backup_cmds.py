@@ -27,6 +27,17 @@ class BackupType(StrEnum):
     incr = "incr"
 
 
+def _progress(ctx: typer.Context) -> backups.Log:
+    """A progress line on stderr ("→ …", what the box said printed as text), none with --json."""
+    quiet = global_options(ctx).json
+
+    def log(message: str) -> None:
+        if not quiet:
+            err_console.print(f"[cyan]→[/] {escape(message)}", highlight=False)
+
+    return log
+
+
 def _connection(ctx: typer.Context) -> tuple[HostRecord, StackState]:
     settings = settings_for(ctx)
     if not settings.backup.enabled:
@@ -49,14 +60,8 @@ def now(
 ) -> None:
     """Take a backup now (after a scheduled backup that is running: pgBackRest runs one at a time)."""
     host = _host(ctx)
-    quiet = global_options(ctx).json
-    if not quiet:
-        err_console.print(f"[cyan]→[/] {kind.value} backup running on {host.address}")
-
-    def log(message: str) -> None:
-        if not quiet:
-            err_console.print(f"[cyan]→[/] {escape(message)}", highlight=False)
-
+    log = _progress(ctx)
+    log(f"{kind.value} backup running on {host.address}")
     result = backups.backup_now(host, kind.value, log)
     if global_options(ctx).json:
         emit_json({"ok": True, **result})
@@ -153,12 +158,7 @@ def restore(
     host, state = _connection(ctx)
     version = recorded_version(state)
     quiet = global_options(ctx).json
-
-    def log(message: str) -> None:
-        if not quiet:
-            err_console.print(f"[cyan]→[/] {escape(message)}", highlight=False)
-
-    report = backups.restore(host, version, target, log, settings_for(ctx).electric.health_timeout, state)
+    report = backups.restore(host, version, target, _progress(ctx), settings_for(ctx).electric.health_timeout, state)
     short = report.get("short_of_archive") or ""
     if quiet:
         emit_json({"ok": not short, **({"error": short} if short else {}), **report})
